@@ -1,0 +1,1 @@
+"""gem_lightning: PyTorch Lightning image classification framework."""

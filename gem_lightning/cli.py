@@ -1,0 +1,94 @@
+"""The command line: ``fit``, ``validate``, ``test`` and ``predict`` driven by YAML configs.
+
+Class names and the input size flow from the data module into the model (never typed twice).
+When ``validate``, ``test`` or ``predict`` get a checkpoint, the checkpoint decides both: the
+network must be rebuilt exactly as it was trained, whatever folder the images now come from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger
+from jsonargparse import lazy_instance
+
+from gem_lightning.callbacks.prediction_writer import PredictionWriter
+from gem_lightning.data.datamodule import GemDataModule
+from gem_lightning.metrics import MONITOR
+from gem_lightning.module import GemClassifier
+
+
+def read_checkpoint_hparams(ckpt_path: str | None) -> dict:
+    """The model hyperparameters saved in a checkpoint file, or ``{}`` without one."""
+    if not ckpt_path or not Path(ckpt_path).is_file():
+        return {}
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    return dict(checkpoint.get("hyper_parameters", {}))
+
+
+class GemCLI(LightningCLI):
+    """LightningCLI with gem-lightning's links, checkpointing and prediction writer."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": MONITOR,
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-{epoch:03d}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_lightning_class_args(ModelSummary, "summary")
+        parser.set_defaults({"summary.max_depth": 3})
+        parser.add_lightning_class_args(PredictionWriter, "predictions")
+        parser.set_defaults({"trainer.logger": lazy_instance(CSVLogger, save_dir="runs", name="gem")})
+        parser.link_arguments(
+            "data.class_names", "model.class_names", compute_fn=self._class_names, apply_on="instantiate"
+        )
+        parser.link_arguments("data.image_size", "model.image_size", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        """From a checkpoint, feed the data module the input size and classes the network expects."""
+        config = self.config[self.config.subcommand]
+        if self.config.subcommand == "fit":
+            return
+        hparams = read_checkpoint_hparams(config.get("ckpt_path"))
+        if "image_size" in hparams:
+            config.data.image_size = hparams["image_size"]
+        self.checkpoint_class_names = hparams.get("class_names")
+
+    def _class_names(self, data_class_names: list[str] | None) -> list[str] | None:
+        """The data's class names; when predicting from a checkpoint alone, the checkpoint's."""
+        return data_class_names or getattr(self, "checkpoint_class_names", None)
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning would copy every checkpoint hyperparameter into the model's config, including
+        the linked ones, which jsonargparse rejects; ``before_instantiate_classes`` and
+        ``instantiate_classes`` do it through the data module instead."""
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        names = getattr(self, "checkpoint_class_names", None)
+        if names and self.datamodule.class_names and list(self.datamodule.class_names) != list(names):
+            raise ValueError(
+                f"The checkpoint was trained on {len(names)} classes ({', '.join(names[:5])}, ...) but "
+                f"data.data_dir has {len(self.datamodule.class_names)} ({', '.join(self.datamodule.class_names[:5])}, ...): "
+                "evaluate on a folder with the same class folders."
+            )
+
+
+def cli_main(args: list[str] | None = None, *, run: bool = True) -> GemCLI:
+    """Entry point of ``python main.py`` and the ``gem-lightning`` command."""
+    return GemCLI(
+        GemClassifier,
+        GemDataModule,
+        args=args,
+        run=run,
+        seed_everything_default=42,
+        save_config_kwargs={"overwrite": True},
+    )

@@ -1,0 +1,1 @@
+"""Data loading and the embedded synthetic gem dataset."""

@@ -1,0 +1,189 @@
+"""Decode every image once: a store of resized uint8 images that later epochs read instead of files.
+
+Entries are keyed by the digest of the file's bytes and the decode settings (size, auto-crop,
+background), so a changed file or a changed size gets a new key and is decoded again: a stale
+image can never be served. On disk, each entry is one ``.npy`` file written atomically, shared by
+every run and every DDP rank on the machine; files that fail to decode leave a ``.bad`` note with
+the reason, so all ranks agree on which images exist without decoding them again.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from gem_lightning.data.images import BadImageError, decode_resized
+from gem_lightning.data.scan import ImageRecord, Rejected
+
+
+def default_cache_dir() -> str:
+    """``$GEM_LIGHTNING_CACHE``, else ``$XDG_CACHE_HOME/gem-lightning``, else ``~/.cache/gem-lightning``."""
+    if "GEM_LIGHTNING_CACHE" in os.environ:
+        return os.environ["GEM_LIGHTNING_CACHE"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "gem-lightning")
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """Everything that changes the decoded pixels; part of every cache key."""
+
+    size: int
+    autocrop: bool = False
+    background: tuple[int, int, int] = (255, 255, 255)
+
+    @property
+    def tag(self) -> str:
+        crop = "-autocrop" if self.autocrop else ""
+        background = "".join(f"{c:02x}" for c in self.background)
+        return f"v1-{self.size}px{crop}-bg{background}"
+
+    def decode(self, path: Path) -> np.ndarray:
+        image = decode_resized(path, self.size, background=self.background, autocrop=self.autocrop)
+        return np.require(image, requirements=["C", "W"])
+
+
+class _DecodeJobs(Dataset):
+    """Decodes records in DataLoader workers; failures come back as reasons, never as exceptions."""
+
+    def __init__(self, records: list[ImageRecord], settings: DecodeSettings) -> None:
+        self.records = records
+        self.settings = settings
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str | None]:
+        try:
+            return index, self.settings.decode(self.records[index].path), None
+        except BadImageError as error:
+            return index, None, error.reason
+
+
+def decode_all(records: list[ImageRecord], settings: DecodeSettings, num_workers: int):
+    """Yield ``(index, image or None, reason or None)`` for every record, decoding in parallel."""
+    loader = DataLoader(
+        _DecodeJobs(records, settings),
+        batch_size=None,
+        num_workers=num_workers,
+        collate_fn=lambda item: item,
+        multiprocessing_context="fork" if num_workers and os.name == "posix" else None,
+    )
+    yield from loader
+
+
+class DiskCache:
+    """Decoded images as one ``.npy`` per entry under ``directory/<settings tag>/``."""
+
+    def __init__(self, directory: Path, settings: DecodeSettings) -> None:
+        self.root = Path(directory) / settings.tag
+        self.settings = settings
+
+    def _path(self, digest: str, suffix: str) -> Path:
+        return self.root / digest[:2] / f"{digest}{suffix}"
+
+    def has(self, record: ImageRecord) -> bool:
+        return self._path(record.digest, ".npy").exists() or self._path(record.digest, ".bad").exists()
+
+    def reason(self, record: ImageRecord) -> str | None:
+        bad = self._path(record.digest, ".bad")
+        return bad.read_text() if bad.exists() else None
+
+    def load(self, record: ImageRecord) -> np.ndarray:
+        return np.load(self._path(record.digest, ".npy"))
+
+    def store(self, record: ImageRecord, image: np.ndarray | None, reason: str | None) -> None:
+        if image is not None:
+            _atomic_write(self._path(record.digest, ".npy"), lambda f: np.save(f, image))
+        else:
+            _atomic_write(self._path(record.digest, ".bad"), lambda f: f.write(str(reason).encode()))
+
+    def fill(self, records: list[ImageRecord], num_workers: int) -> int:
+        """Decode the records not yet cached; returns how many were decoded."""
+        missing = [r for r in records if not self.has(r)]
+        for index, image, reason in decode_all(missing, self.settings, num_workers):
+            self.store(missing[index], image, reason)
+        return len(missing)
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            write(file)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ImageStore:
+    """Random access to decoded images (``(H, W, 3)`` uint8 tensors) by record index.
+
+    In memory, all images sit in one shared-memory tensor that DataLoader workers read without
+    copying; otherwise each access reads the entry from the disk cache.
+    """
+
+    def __init__(self, images: torch.Tensor | None, disk: DiskCache | None, records: list[ImageRecord]) -> None:
+        self.images = images
+        self.disk = disk
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if self.images is not None:
+            return self.images[index]
+        return torch.from_numpy(self.disk.load(self.records[index]))
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.images is None else self.images.numel()
+
+
+def estimated_bytes(count: int, settings: DecodeSettings) -> int:
+    return count * settings.size * settings.size * 3
+
+
+def build_store(
+    records: list[ImageRecord],
+    settings: DecodeSettings,
+    *,
+    disk: DiskCache | None,
+    in_memory: bool,
+    num_workers: int,
+) -> tuple[ImageStore, list[Rejected]]:
+    """Decode (or read back) every record; returns the store of good images and the rejects.
+
+    The store's indices follow the good records in their given order.
+    """
+    if disk is not None:
+        disk.fill(records, num_workers)
+        rejected = [Rejected(r.path, disk.reason(r)) for r in records if disk.reason(r) is not None]
+        bad = {item.path for item in rejected}
+        good = [r for r in records if r.path not in bad]
+        if not in_memory:
+            return ImageStore(None, disk, good), rejected
+        images = torch.empty((len(good), settings.size, settings.size, 3), dtype=torch.uint8)
+        for index, record in enumerate(good):
+            images[index] = torch.from_numpy(disk.load(record))
+        return ImageStore(images.share_memory_(), None, good), rejected
+
+    decoded: list[np.ndarray | None] = [None] * len(records)
+    reasons: list[str | None] = [None] * len(records)
+    for index, image, reason in decode_all(records, settings, num_workers):
+        decoded[index], reasons[index] = image, reason
+    good = [r for r, image in zip(records, decoded) if image is not None]
+    rejected = [Rejected(r.path, reason) for r, reason in zip(records, reasons) if reason is not None]
+    images = torch.empty((len(good), settings.size, settings.size, 3), dtype=torch.uint8)
+    for index, image in enumerate(image for image in decoded if image is not None):
+        images[index] = torch.from_numpy(image)
+    return ImageStore(images.share_memory_(), None, good), rejected

@@ -1,0 +1,266 @@
+"""The LightningDataModule for folder-per-class image sets (``train/<Class>/*``, ``test/<Class>/*``).
+
+``prepare_data`` generates the embedded dataset when asked and decodes every image once into the
+disk cache; ``setup`` scans the folder, reports what it will not use, splits ``train/`` into
+train and validation reproducibly, and builds datasets over the decoded images.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import torch
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from gem_lightning.data.cache import DecodeSettings, DiskCache, ImageStore, build_store, estimated_bytes
+from gem_lightning.data.datasets import CachedImageDataset, PredictDataset, collate_predictions, find_predict_files
+from gem_lightning.data.scan import (
+    DatasetLayoutError,
+    ImageRecord,
+    Rejected,
+    SplitScan,
+    check_dataset_dir,
+    format_summary,
+    scan_split,
+)
+from gem_lightning.data.split import stratified_split
+from gem_lightning.data.synthetic import SYNTHETIC_CLASSES, generate_gem_dataset
+from gem_lightning.data.transforms import Augmentation, cache_size_for, eval_transform, train_transform
+
+
+class BadFilesError(ValueError):
+    """``bad_files: strict`` and the dataset has files that cannot be used."""
+
+
+def default_num_workers() -> int:
+    """One loader worker per spare core (at least one, at most eight)."""
+    return min(8, max(1, (os.cpu_count() or 2) - 1))
+
+
+class GemDataModule(LightningDataModule):
+    """Image folders in, uint8 image batches out.
+
+    Args:
+        data_dir: folder holding ``train/<Class>/...`` and optionally ``test/<Class>/...``.
+        generate: ``synthetic`` writes the embedded procedural gem dataset into ``data_dir`` on
+            first use (for the quickstart; nothing is downloaded).
+        image_size: side, in pixels, of the square images the model sees.
+        val_fraction: share of each class of ``train/`` held out for validation.
+        seed: seed of the train/validation split (independent of the training seed).
+        batch_size: images per batch, per process.
+        num_workers: DataLoader worker processes; default: one per spare core.
+        pin_memory: pin host memory for faster copies to a GPU; default: when CUDA is available.
+        persistent_workers: keep workers alive between epochs.
+        augment: the training augmentation.
+        bad_files: ``skip`` unusable files and report them, or ``strict``: stop before training.
+        cache: ``memory``: decoded images in RAM (falls back to ``disk`` above
+            ``cache_memory_gb``); ``disk``: read decoded images from ``cache_dir`` each time.
+        cache_dir: where decoded images persist, shared by runs and DDP ranks; ``null`` keeps
+            them in memory only, decoded again by each process.
+        cache_memory_gb: memory budget of the in-memory cache, per process.
+        autocrop: crop each photo to the gem's bounding box before resizing (the seed's step).
+        background: colour that transparent areas of images become.
+        predict_path: an image file, a folder (searched recursively) or a glob, for ``predict``.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        *,
+        generate: Literal["synthetic"] | None = None,
+        image_size: int = 220,
+        val_fraction: float = 0.2,
+        seed: int = 42,
+        batch_size: int = 32,
+        num_workers: int | None = None,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+        augment: Augmentation = Augmentation(),
+        bad_files: Literal["skip", "strict"] = "skip",
+        cache: Literal["memory", "disk"] = "memory",
+        cache_dir: str | None = "~/.cache/gem-lightning",
+        cache_memory_gb: float = 4.0,
+        autocrop: bool = False,
+        background: tuple[int, int, int] = (255, 255, 255),
+        predict_path: str | None = None,
+    ) -> None:
+        super().__init__()
+        if image_size < 32:
+            raise ValueError(f"data.image_size must be at least 32 px, got {image_size}.")
+        self.save_hyperparameters()
+        self.data_dir = Path(data_dir).expanduser() if data_dir else None
+        self.generate = generate
+        self.image_size = image_size
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.batch_size = batch_size
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.persistent_workers = persistent_workers and self.num_workers > 0
+        self.augment = augment
+        self.bad_files = bad_files
+        self.cache = cache
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
+        self.cache_memory_gb = cache_memory_gb
+        self.settings = DecodeSettings(cache_size_for(image_size), autocrop, tuple(background))
+        self.predict_path = predict_path
+        self.class_names = self._read_class_names()
+        self.datasets: dict[str, Dataset] = {}
+        self.records: dict[str, list[ImageRecord]] = {}
+        self.rejected: dict[str, list[Rejected]] = {}
+
+    def _read_class_names(self) -> list[str] | None:
+        """Class names in label order: the sorted folder names of ``train/``."""
+        if self.generate == "synthetic" and not (self.data_dir and (self.data_dir / "train").is_dir()):
+            return sorted(gem.name for gem in SYNTHETIC_CLASSES)
+        if self.data_dir is None:
+            return None
+        return check_dataset_dir(self.data_dir)
+
+    @property
+    def num_classes(self) -> int | None:
+        return None if self.class_names is None else len(self.class_names)
+
+    def _require_data_dir(self, stage: str) -> Path:
+        if self.data_dir is None:
+            raise DatasetLayoutError(f"`{stage}` needs a dataset: set --data.data_dir to a folder with train/<Class>/ images.")
+        return self.data_dir
+
+    # Lightning hooks -------------------------------------------------------------------------
+
+    def prepare_data(self) -> None:
+        """Once per machine: generate the embedded dataset if asked, and fill the disk cache."""
+        if self.generate == "synthetic":
+            generate_gem_dataset(self._require_data_dir("generate"))
+        if self.data_dir is None or self.cache_dir is None:
+            return
+        for split in ("train", "test"):
+            if (self.data_dir / split).is_dir():
+                scan = scan_split(self.data_dir / split, self.class_names)
+                self._disk_cache().fill(scan.records, self.num_workers)
+
+    def setup(self, stage: str) -> None:
+        if stage in ("fit", "validate") and "train" not in self.datasets:
+            self._setup_train_and_val()
+        elif stage == "test" and "test" not in self.datasets:
+            self._setup_test()
+        elif stage == "predict":
+            files = find_predict_files(self._require_predict_path())
+            self.datasets["predict"] = PredictDataset(files, self.settings, eval_transform(self.image_size))
+
+    def _setup_train_and_val(self) -> None:
+        scan, store = self._load_split("train")
+        labels = [r.label for r in store.records]
+        train_idx, val_idx = stratified_split(store.records, self.val_fraction, self.seed)
+        self.records["train"] = [store.records[i] for i in train_idx]
+        self.records["val"] = [store.records[i] for i in val_idx]
+        self.datasets["train"] = CachedImageDataset(store, labels, train_idx, train_transform(self.image_size, self.augment))
+        self.datasets["val"] = CachedImageDataset(store, labels, val_idx, eval_transform(self.image_size))
+        rank_zero_info(f"Split {len(store.records)} training images into {len(train_idx)} train and {len(val_idx)} validation (seed {self.seed}).")
+
+    def _setup_test(self) -> None:
+        scan, store = self._load_split("test")
+        self.records["test"] = store.records
+        labels = [r.label for r in store.records]
+        self.datasets["test"] = CachedImageDataset(store, labels, list(range(len(labels))), eval_transform(self.image_size))
+
+    def _load_split(self, split: str) -> tuple[SplitScan, ImageStore]:
+        split_dir = self._require_data_dir(split) / split
+        if not split_dir.is_dir():
+            raise DatasetLayoutError(f"{str(split_dir)!r} does not exist: `{split}` needs a {split}/<Class>/ folder in data_dir.")
+        scan = scan_split(split_dir, self.class_names)
+        store, decode_failures = build_store(
+            scan.records,
+            self.settings,
+            disk=self._disk_cache(),
+            in_memory=self._fits_in_memory(len(scan.records)),
+            num_workers=self.num_workers,
+        )
+        scan.rejected += decode_failures
+        scan.records = store.records
+        self._report(split, scan)
+        self.rejected[split] = scan.rejected
+        if not store.records:
+            raise DatasetLayoutError(f"{str(split_dir)!r} has no usable images. See the summary above.")
+        return scan, store
+
+    def _report(self, split: str, scan: SplitScan) -> None:
+        summary = format_summary({split: scan})
+        if scan.rejected and self.bad_files == "strict":
+            raise BadFilesError(
+                f"{len(scan.rejected)} unusable file(s) in {str(scan.root)!r} and data.bad_files is 'strict'.\n"
+                f"{summary}\nRemove or fix them, or set --data.bad_files skip to train without them."
+            )
+        rank_zero_info(f"Dataset {str(scan.root)!r}:\n{summary}")
+        if scan.rejected:
+            rank_zero_warn(f"{len(scan.rejected)} file(s) in {str(scan.root)!r} are skipped; the summary above says why.")
+
+    def _disk_cache(self) -> DiskCache | None:
+        return DiskCache(self.cache_dir, self.settings) if self.cache_dir is not None else None
+
+    def _fits_in_memory(self, count: int) -> bool:
+        if self.cache == "disk" and self.cache_dir is not None:
+            return False
+        needed = estimated_bytes(count, self.settings)
+        fits = needed <= self.cache_memory_gb * 2**30
+        if not fits and self.cache_dir is not None:
+            rank_zero_warn(
+                f"The decoded images need {needed / 2**30:.1f} GiB, above data.cache_memory_gb="
+                f"{self.cache_memory_gb}; reading them from the disk cache in {str(self.cache_dir)!r} instead."
+            )
+            return False
+        return True
+
+    def _require_predict_path(self) -> str:
+        if not self.predict_path:
+            raise ValueError("`predict` needs --data.predict_path: an image, a folder of images or a glob.")
+        return self.predict_path
+
+    # Dataloaders -----------------------------------------------------------------------------
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.datasets["train"], train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.datasets["val"])
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.datasets["test"])
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.datasets["predict"], collate_fn=collate_predictions)
+
+    def _loader(self, dataset: Dataset, *, train: bool = False, collate_fn=None) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=self._sampler(dataset, train),
+            shuffle=None if self._distributed else train,
+            drop_last=False,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            collate_fn=collate_fn,
+        )
+
+    @property
+    def _distributed(self) -> bool:
+        return self.trainer is not None and self.trainer.world_size > 1
+
+    def _sampler(self, dataset: Dataset, train: bool):
+        """Under DDP: a shuffling sampler for training; an unpadded one for evaluation (exact metrics)."""
+        if not self._distributed:
+            return None
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        if train:
+            return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+        return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
+
+    def paths(self, stage: str) -> list[Path]:
+        """Files behind the evaluation dataset of ``stage`` (``val`` or ``test``), by dataset index."""
+        return [record.path for record in self.records[stage]]

@@ -1,0 +1,88 @@
+"""Torch datasets over decoded images (training and evaluation) and over raw files (prediction)."""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.utils.data import Dataset
+from torch.utils.data._utils.collate import default_collate
+
+from gem_lightning.data.cache import DecodeSettings, ImageStore
+from gem_lightning.data.images import BadImageError
+from gem_lightning.data.scan import is_hidden, iter_files, probe_file
+
+
+class CachedImageDataset(Dataset):
+    """``(image, label, index)`` triples from an image store; ``image`` is ``(3, S, S)`` uint8.
+
+    ``index`` is the position in ``indices``, so evaluation can map predictions back to files.
+    """
+
+    def __init__(self, store: ImageStore, labels: list[int], indices: list[int], transform: Callable) -> None:
+        self.store = store
+        self.labels = labels
+        self.indices = indices
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, int, int]:
+        index = self.indices[position]
+        image = self.store[index].permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+        return self.transform(image), self.labels[index], position
+
+
+def find_predict_files(predict_path: str) -> list[Path]:
+    """The files named by ``predict_path``: one file, a folder (recursively) or a glob pattern."""
+    path = Path(predict_path).expanduser()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = iter_files(path)
+    else:
+        files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+        files = [p for p in files if not is_hidden(p)]
+    if not files:
+        raise FileNotFoundError(
+            f"data.predict_path {predict_path!r} matches no files; give an image file, a folder of "
+            "images (searched recursively) or a glob such as 'photos/**/*.jpg'."
+        )
+    return files
+
+
+class PredictDataset(Dataset):
+    """Decodes files for ``predict``; a file that fails yields its reason instead of an image."""
+
+    def __init__(self, files: list[Path], settings: DecodeSettings, transform: Callable) -> None:
+        self.files = files
+        self.settings = settings
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict:
+        path = self.files[index]
+        reason = probe_file(path)
+        if reason is None:
+            try:
+                image = torch.from_numpy(self.settings.decode(path)).permute(2, 0, 1)
+                return {"image": self.transform(image), "index": index, "path": str(path)}
+            except BadImageError as error:
+                reason = error.reason
+        return {"index": index, "path": str(path), "reason": reason}
+
+
+def collate_predictions(items: list[dict]) -> dict:
+    """Batch the good images; carry the bad files' indices and reasons alongside."""
+    good = [item for item in items if "image" in item]
+    return {
+        "image": default_collate([item["image"] for item in good]) if good else torch.empty(0, 3, 1, 1, dtype=torch.uint8),
+        "index": [item["index"] for item in good],
+        "path": [item["path"] for item in good],
+        "rejected": [(item["index"], item["path"], item["reason"]) for item in items if "reason" in item],
+    }

@@ -1,0 +1,166 @@
+"""The LightningModule: the network, its loss and optimizer, and metrics per stage.
+
+Inputs are ``(B, 3, S, S)`` uint8 batches; the module converts and normalises them on the device,
+so the checkpoint alone (class names, image size, normalisation, architecture) is enough to predict.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from gem_lightning.metrics import LOSS, MONITOR, classification_metrics
+from gem_lightning.models.factory import build_network
+from gem_lightning.models.vgg import HeadKind, PoolKind, VGGConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class GemClassifier(LightningModule):
+    """Classifies square RGB images into ``class_names``.
+
+    Args:
+        class_names: class names in label order; linked from the data module by the CLI.
+        image_size: side of the square input; linked from the data module by the CLI.
+        arch: ``vgg`` (the seed's CNN, shaped by the arguments below) or a torchvision model name.
+        weights: pretrained weights for a torchvision ``arch``: a local state-dict file or a
+            torchvision weights name (downloaded by torchvision). Default: from scratch.
+        channels: VGG: output channels of each conv block.
+        pools: VGG: pooling after each block (``max``, ``avg`` or ``none``).
+        convs_per_block: VGG: 3x3 convs per block.
+        batch_norm: VGG: batch norm after every conv.
+        head: VGG: ``flatten`` (the seed's) or ``gap`` (global average pooling).
+        hidden_units: VGG: width of the hidden dense layer (0: none).
+        dropout: VGG: dropout before the dense layers.
+        mean: per-channel mean used to normalise inputs scaled to [0, 1].
+        std: per-channel standard deviation used to normalise inputs.
+        label_smoothing: cross-entropy label smoothing.
+        channels_last: run convolutions in channels-last memory format (faster on CPUs with
+            AMX/AVX-512 and on tensor-core GPUs, especially under bf16).
+        tta: test-time augmentation for validate, test and predict: ``hflip`` averages the
+            probabilities of each image and its mirror image.
+        top_k: how many ranked classes ``predict`` reports per image.
+        optimizer: the optimizer (``class_path`` and ``init_args`` in YAML); Adam, lr 1e-3.
+        lr_scheduler: an optional LR scheduler, stepped per epoch unless it is ``OneCycleLR``.
+    """
+
+    def __init__(
+        self,
+        class_names: list[str],
+        image_size: int = 220,
+        *,
+        arch: str = "vgg",
+        weights: str | None = None,
+        channels: list[int] = [32, 64, 128, 128, 128],
+        pools: list[PoolKind] = ["max", "max", "max", "avg", "max"],
+        convs_per_block: int = 1,
+        batch_norm: bool = False,
+        head: HeadKind = "flatten",
+        hidden_units: int = 256,
+        dropout: float = 0.5,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        label_smoothing: float = 0.0,
+        channels_last: bool = True,
+        tta: Literal["none", "hflip"] = "none",
+        top_k: int = 5,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        if not class_names or len(class_names) < 2:
+            raise ValueError(f"model.class_names needs at least two classes, got {class_names!r}.")
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.class_names = list(class_names)
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        vgg = VGGConfig(tuple(channels), tuple(pools), convs_per_block, batch_norm, head, hidden_units, dropout)
+        self.network = build_network(arch, num_classes=self.num_classes, image_size=image_size, vgg=vgg, weights=weights)
+        if channels_last:
+            self.network.to(memory_format=torch.channels_last)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255, persistent=False)
+        self.example_input_array = torch.zeros(2, 3, image_size, image_size, dtype=torch.uint8)
+
+        self.train_metrics = classification_metrics(self.num_classes, "train/")
+        self.val_metrics = classification_metrics(self.num_classes, "val/")
+        self.test_metrics = classification_metrics(self.num_classes, "test/")
+        self.val_confusion = MulticlassConfusionMatrix(self.num_classes)
+        self.test_confusion = MulticlassConfusionMatrix(self.num_classes)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (or 0-255 float) images -> normalised float images, in the network's memory format."""
+        images = (images.float() - self.mean) / self.std
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, S, S)`` images -> ``(B, num_classes)`` logits."""
+        return self.network(self.normalize(images))
+
+    def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities, with test-time augmentation if ``tta`` asks for it."""
+        probs = self(images).float().softmax(dim=-1)
+        if self.hparams.tta == "hflip":
+            probs = (probs + self(images.flip(-1)).float().softmax(dim=-1)) / 2
+        return probs
+
+    # Steps -----------------------------------------------------------------------------------
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, targets, _ = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits.float(), targets, label_smoothing=self.hparams.label_smoothing)
+        self.train_metrics.update(logits.detach(), targets)
+        self.log(f"train/{LOSS}", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(targets))
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=len(targets))
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._evaluation_step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._evaluation_step(batch, "test")
+
+    def _evaluation_step(self, batch, stage: str) -> dict[str, torch.Tensor]:
+        images, targets, indices = batch
+        probs = self.predict_proba(images)
+        loss = F.nll_loss(probs.clamp_min(1e-12).log(), targets)
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        confusion = self.val_confusion if stage == "val" else self.test_confusion
+        metrics.update(probs, targets)
+        confusion.update(probs, targets)
+        self.log(f"{stage}/{LOSS}", loss, on_epoch=True, prog_bar=stage == "val", sync_dist=True, batch_size=len(targets))
+        self.log_dict(metrics, on_epoch=True, prog_bar=stage == "val", batch_size=len(targets))
+        return {"probs": probs, "targets": targets, "indices": indices}
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """For each good image: its path, the top-k class names and their probabilities."""
+        rows = []
+        if len(batch["path"]):
+            probs = self.predict_proba(batch["image"])
+            top_probs, top_labels = probs.topk(min(self.hparams.top_k, self.num_classes), dim=-1)
+            for path, index, labels, values in zip(batch["path"], batch["index"], top_labels.tolist(), top_probs.tolist()):
+                rows.append({"index": index, "path": path, "classes": [self.class_names[i] for i in labels], "probs": values})
+        return {"predictions": rows, "rejected": batch["rejected"]}
+
+    # Optimisation ----------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer(self.parameters())
+        if self.lr_scheduler is None:
+            return optimizer
+        scheduler = self.lr_scheduler(optimizer)
+        interval = "step" if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR) else "epoch"
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval, "monitor": MONITOR}}

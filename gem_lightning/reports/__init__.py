@@ -1,0 +1,1 @@
+"""Human-readable reports (figures, CSV, Markdown) built from evaluation results."""
