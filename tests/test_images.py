@@ -344,7 +344,7 @@ def test_decode_resized_shape_dtype_and_layout(tmp_path):
     array = decode_resized(path, 24)
     assert array.shape == (24, 24, 3)
     assert array.dtype == np.uint8
-    assert array.flags["C_CONTIGUOUS"]
+    assert array.flags["C_CONTIGUOUS"] and array.flags["WRITEABLE"]
     assert_close(array[12, 12], (0, 0, 255), tolerance=0)
 
 
@@ -457,7 +457,9 @@ def test_bounding_box_rejects_wrong_input():
 # --------------------------------------------------------------------------- real photos
 
 
-@pytest.mark.skipif(not GEMSTONES.is_dir(), reason=f"shared gemstones dataset not found at {GEMSTONES}")
+@pytest.mark.skipif(
+    not GEMSTONES.is_dir(), reason=f"shared gemstones dataset not found at {GEMSTONES}"
+)
 def test_real_gemstone_photos():
     photos = sorted(GEMSTONES.glob("*/*/*.jpg"))
     assert photos, f"no photos under {GEMSTONES}"

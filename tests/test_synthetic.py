@@ -87,7 +87,9 @@ def test_incomplete_root_is_not_mistaken_for_complete(tmp_path: Path) -> None:
     assert (root / "train" / SYNTHETIC_CLASSES[0].name).is_dir() and not (root / "junk").exists()
 
 
-def test_interrupted_generation_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_generation_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls = []
 
     def failing_render(*args, **kwargs):

@@ -6,10 +6,11 @@ the same idea in torch/numpy, made sturdier for dealer photos:
 
 * it works on a small copy (longest side about 256 px), so it costs a few milliseconds;
 * a pixel counts as "gem" when it differs clearly from the background (the background is a
-  smooth colour ramp fitted to the photo's border, so plain and gradient backdrops both work)
-  or when it lies on a strong edge (Sobel gradient magnitude);
-* both thresholds adapt to how noisy the border itself is, so JPEG noise, paper texture and
-  soft shadows on the backdrop are not taken for the gem;
+  smooth quadratic colour surface fitted to the photo's border, so plain, gradient and
+  vignetted backdrops all work) or when it lies on a strong edge (Sobel gradient magnitude);
+* both thresholds adapt to how noisy the border itself is, so JPEG noise and fabric or paper
+  texture on the backdrop are not taken for the gem (a hard cast shadow still is: boxes
+  tend to include the gem's shadow or reflection);
 * the box spans the 1st to 99th percentile of the gem pixels' coordinates, so a stray
   watermark or speck of dust does not stretch it, then gets a 5% margin and is widened
   towards a square (the crop is later squeezed to a square, so this keeps the gem's shape).
@@ -18,6 +19,11 @@ Fallback: the whole image is kept when the gem pixels cover less than 1% of the 
 (nothing stands out: a blank or featureless photo) or more than 85% of it (the "gem" is
 everywhere: a close-up, or a busy scene such as a stone held in a hand), and when the box
 would cover nearly the whole picture anyway.
+
+Speed: about 5-10 ms per photo on one CPU thread (the working copy is about 256 px). The
+tensors are small, so torch's intra-op threads only add overhead; DataLoader workers already
+run with one thread each, and a caller using this in the main process of a busy machine may
+want ``torch.set_num_threads(1)``.
 """
 
 from __future__ import annotations
@@ -70,8 +76,9 @@ def autocrop(image: Image.Image) -> Image.Image:
     # Shrink with PIL first: far cheaper than turning a multi-megapixel photo into an array.
     preview = rgb
     if max(rgb.size) > 2 * WORK_SIZE:
-        preview = rgb.copy()
-        preview.thumbnail((2 * WORK_SIZE, 2 * WORK_SIZE), Image.Resampling.BOX)
+        scale = 2 * WORK_SIZE / max(rgb.size)
+        size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
+        preview = rgb.resize(size, Image.Resampling.BOX)
     left, top, right, bottom = gem_bounding_box(np.asarray(preview))
     if (left, top, right, bottom) == (0, 0, *preview.size):
         return rgb
@@ -154,7 +161,7 @@ def _border_mask(height: int, width: int) -> torch.Tensor:
 
 
 def _colour_foreground(image: torch.Tensor, border: torch.Tensor) -> torch.Tensor:
-    """Pixels whose colour departs from the background ramp fitted to the border."""
+    """Pixels whose colour departs from the background surface fitted to the border."""
     background = _fit_background(image, border)
     distance = _channel_norm(image - background)
     threshold = _adaptive_threshold(distance[border], COLOUR_FLOOR, COLOUR_K)
@@ -179,8 +186,12 @@ def _fit_background(image: torch.Tensor, border: torch.Tensor) -> torch.Tensor:
         coeffs = torch.linalg.lstsq(design[keep], colours[keep]).solution  # (6, 3)
         residual = _channel_norm((design @ coeffs - colours).T)
         keep = residual <= residual.quantile(0.6)
-    terms = _quadratic_terms(xs.view(1, width), ys.view(height, 1))  # (h, w, 6)
-    return (terms @ coeffs).permute(2, 0, 1)
+    # Evaluate the surface separably: far cheaper than building an (h, w, 6) design matrix.
+    c = coeffs.T.reshape(3, 6, 1, 1)  # per channel: 1, x, y, x^2, y^2, xy
+    x, y = xs.view(1, 1, width), ys.view(1, height, 1)
+    along_x = c[:, 0] + (c[:, 1] + c[:, 3] * x) * x  # (3, 1, w)
+    along_y = (c[:, 2] + c[:, 4] * y) * y  # (3, h, 1)
+    return along_x + along_y + c[:, 5] * (y * x)
 
 
 def _quadratic_terms(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -222,8 +233,12 @@ def _robust_extent(foreground: torch.Tensor) -> tuple[float, float, float, float
 def _add_margin(box: tuple[float, ...], width: int, height: int) -> tuple[float, ...]:
     left, top, right, bottom = box
     pad = MARGIN * max(right - left, bottom - top)
-    return (max(0.0, left - pad), max(0.0, top - pad),
-            min(float(width), right + pad), min(float(height), bottom + pad))
+    return (
+        max(0.0, left - pad),
+        max(0.0, top - pad),
+        min(float(width), right + pad),
+        min(float(height), bottom + pad),
+    )
 
 
 def _towards_square(box: tuple[float, ...], width: int, height: int) -> Box:
@@ -232,7 +247,8 @@ def _towards_square(box: tuple[float, ...], width: int, height: int) -> Box:
     side = max(right - left, bottom - top)
     left, right = _grow_interval(left, right, side, float(width))
     top, bottom = _grow_interval(top, bottom, side, float(height))
-    return _clip_box((int(left), int(top), int(np.ceil(right)), int(np.ceil(bottom))), width, height)
+    box = (int(left), int(top), int(np.ceil(right)), int(np.ceil(bottom)))
+    return _clip_box(box, width, height)
 
 
 def _grow_interval(low: float, high: float, length: float, limit: float) -> tuple[float, float]:

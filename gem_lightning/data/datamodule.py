@@ -17,7 +17,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from gem_lightning.data.cache import DecodeSettings, DiskCache, ImageStore, build_store, estimated_bytes
+from gem_lightning.data.cache import DecodeSettings, default_cache_dir, DiskCache, ImageStore, build_store, estimated_bytes
 from gem_lightning.data.datasets import CachedImageDataset, PredictDataset, collate_predictions, find_predict_files
 from gem_lightning.data.scan import (
     DatasetLayoutError,
@@ -60,8 +60,9 @@ class GemDataModule(LightningDataModule):
         bad_files: ``skip`` unusable files and report them, or ``strict``: stop before training.
         cache: ``memory``: decoded images in RAM (falls back to ``disk`` above
             ``cache_memory_gb``); ``disk``: read decoded images from ``cache_dir`` each time.
-        cache_dir: where decoded images persist, shared by runs and DDP ranks; ``null`` keeps
-            them in memory only, decoded again by each process.
+        cache_dir: where decoded images persist, shared by runs and DDP ranks; ``auto``:
+            ``$GEM_LIGHTNING_CACHE``, else ``~/.cache/gem-lightning``; ``null`` keeps them in
+            memory only, decoded again by each process.
         cache_memory_gb: memory budget of the in-memory cache, per process.
         autocrop: crop each photo to the gem's bounding box before resizing (the seed's step).
         background: colour that transparent areas of images become.
@@ -83,7 +84,7 @@ class GemDataModule(LightningDataModule):
         augment: Augmentation = Augmentation(),
         bad_files: Literal["skip", "strict"] = "skip",
         cache: Literal["memory", "disk"] = "memory",
-        cache_dir: str | None = "~/.cache/gem-lightning",
+        cache_dir: str | None = "auto",
         cache_memory_gb: float = 4.0,
         autocrop: bool = False,
         background: tuple[int, int, int] = (255, 255, 255),
@@ -105,6 +106,8 @@ class GemDataModule(LightningDataModule):
         self.augment = augment
         self.bad_files = bad_files
         self.cache = cache
+        if cache_dir == "auto":
+            cache_dir = default_cache_dir()
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self.cache_memory_gb = cache_memory_gb
         self.settings = DecodeSettings(cache_size_for(image_size), autocrop, tuple(background))

@@ -127,7 +127,7 @@ def decode_resized(
     background: Background = WHITE,
     autocrop: bool = False,
 ) -> np.ndarray:
-    """Decode ``path`` to a ``size x size`` RGB array (HxWx3, uint8, C-contiguous).
+    """Decode ``path`` to a ``size x size`` RGB array (HxWx3, uint8, C-contiguous, writable).
 
     The picture is squeezed to a square, ignoring its aspect ratio, as the original notebook
     did, with an antialiased bilinear resize. With ``autocrop`` it is first cropped to the
@@ -147,7 +147,9 @@ def decode_resized(
         image = crop_to_gem(image)
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BILINEAR)
-    return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
+    # np.array copies into a writable array (np.asarray of a PIL image is read-only, which
+    # torch.from_numpy warns about).
+    return np.array(image, dtype=np.uint8, order="C")
 
 
 # --------------------------------------------------------------------------- opening
@@ -165,8 +167,9 @@ def _open_checked(path: Path) -> Image.Image:
     except UnidentifiedImageError as err:
         reason = CORRUPT if _has_image_signature(path) else NOT_AN_IMAGE
         raise BadImageError(path, reason, "format not recognised") from err
-    except OSError as err:  # permission denied, missing, a directory, I/O error
-        raise BadImageError(path, UNREADABLE, _describe(err)) from err
+    except OSError as err:  # permission denied, missing, a directory, I/O error, broken header
+        reason = UNREADABLE if err.errno is not None else CORRUPT  # PIL's own errors carry no errno
+        raise BadImageError(path, reason, _describe(err)) from err
     except Exception as err:  # a plugin recognised the format, then choked on its header
         raise BadImageError(path, CORRUPT, _describe(err)) from err
     try:
@@ -232,8 +235,14 @@ def _decode(path: Path, background: Background, draft_size: int | None) -> Image
 _EXIF_ORIENTATION = 0x0112
 
 
-def _exif_orientation(image: Image.Image) -> int:
-    """The EXIF orientation tag (1 = stored upright); unreadable EXIF counts as upright."""
+def _exif_orientation(image: Image.Image, header_only: bool = False) -> int:
+    """The EXIF orientation tag (1 = stored upright); unreadable EXIF counts as upright.
+
+    With ``header_only`` no pixel data is read: PIL would otherwise decode a whole PNG to
+    look for an EXIF chunk placed after the pixels (rare; :func:`load_rgb` still honours it).
+    """
+    if header_only and image.format == "PNG" and "exif" not in image.info:
+        return 1
     try:
         orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
     except Exception:
@@ -242,7 +251,7 @@ def _exif_orientation(image: Image.Image) -> int:
 
 
 def _orientation_swaps_axes(image: Image.Image) -> bool:
-    return _exif_orientation(image) in (5, 6, 7, 8)
+    return _exif_orientation(image, header_only=True) in (5, 6, 7, 8)
 
 
 def _apply_orientation(image: Image.Image) -> Image.Image:

@@ -1,0 +1,92 @@
+"""The VGG-style network and the network factory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from gem_lightning.models.factory import build_network, replace_classifier
+from gem_lightning.models.vgg import VGG, VGGConfig
+
+
+def count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_seed_architecture_has_the_seed_parameter_count():
+    assert count(VGG(num_classes=88, image_size=220)) == 1_590_936
+
+
+@pytest.mark.parametrize("image_size", [32, 33, 64, 100, 220])
+def test_any_image_size_from_32_gives_logits(image_size):
+    model = VGG(num_classes=7, image_size=image_size)
+    assert model(torch.randn(2, 3, image_size, image_size)).shape == (2, 7)
+
+
+def test_seed_feature_map_shapes():
+    model = VGG(num_classes=88, image_size=220)
+    assert model.forward_features(torch.zeros(1, 3, 220, 220)).shape == (1, 128, 6, 6)
+    pools = [type(m).__name__ for m in model.features if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d))]
+    assert pools == ["MaxPool2d", "MaxPool2d", "MaxPool2d", "AvgPool2d", "MaxPool2d"]
+
+
+def test_too_small_image_is_refused_with_the_minimum():
+    with pytest.raises(ValueError, match="image_size >= 32"):
+        VGG(num_classes=3, image_size=16)
+
+
+def test_mismatched_table_is_refused():
+    with pytest.raises(ValueError, match="one pool kind per block"):
+        VGGConfig(channels=(8, 16), pools=("max",))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [VGGConfig(), VGGConfig(batch_norm=True, head="gap", convs_per_block=2), VGGConfig(hidden_units=0, channels=(8, 8), pools=("max", "none"))],
+)
+def test_gradients_reach_every_parameter(config):
+    model = VGG(num_classes=5, image_size=48, config=config)
+    loss = nn.functional.cross_entropy(model(torch.randn(4, 3, 48, 48)), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+        assert torch.isfinite(parameter.grad).all(), name
+
+
+def test_gap_head_is_independent_of_input_size():
+    config = VGGConfig(head="gap", batch_norm=True)
+    assert count(VGG(num_classes=10, image_size=64, config=config)) == count(VGG(num_classes=10, image_size=220, config=config))
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in VGG(num_classes=10, image_size=64, config=config).modules()) == 5
+
+
+def test_torchvision_architecture_from_scratch():
+    network = build_network("resnet18", num_classes=6, image_size=64, vgg=VGGConfig())
+    assert network(torch.randn(1, 3, 64, 64)).shape == (1, 6)
+
+
+def test_unknown_architecture_lists_choices():
+    with pytest.raises(ValueError, match="resnet18"):
+        build_network("not-a-net", num_classes=3, image_size=64, vgg=VGGConfig())
+
+
+def test_local_weights_file_loads_features_and_replaces_classifier(tmp_path):
+    source = build_network("resnet18", num_classes=1000, image_size=64, vgg=VGGConfig())
+    weights = tmp_path / "resnet18.pt"
+    torch.save(source.state_dict(), weights)
+    network = build_network("resnet18", num_classes=4, image_size=64, vgg=VGGConfig(), weights=str(weights))
+    assert torch.equal(network.conv1.weight, source.conv1.weight)
+    assert network.fc.out_features == 4
+
+
+def test_weights_of_another_architecture_are_refused(tmp_path):
+    weights = tmp_path / "vgg.pt"
+    torch.save(VGG(num_classes=3, image_size=32).state_dict(), weights)
+    with pytest.raises(ValueError, match="does not fit"):
+        build_network("resnet18", num_classes=3, image_size=32, vgg=VGGConfig(), weights=str(weights))
+
+
+def test_replace_classifier_swaps_the_last_linear():
+    network = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Sequential(nn.Linear(8, 10)))
+    replace_classifier(network, 3)
+    assert network[2][0].out_features == 3 and network[0].out_features == 8
