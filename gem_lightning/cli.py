@@ -7,6 +7,7 @@ network must be rebuilt exactly as it was trained, whatever folder the images no
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -16,9 +17,16 @@ from lightning.pytorch.loggers import CSVLogger
 from jsonargparse import lazy_instance
 
 from gem_lightning.callbacks.prediction_writer import PredictionWriter
+from gem_lightning.callbacks.timing import EpochTimer
 from gem_lightning.data.datamodule import GemDataModule
+from gem_lightning.errors import UserInputError
 from gem_lightning.metrics import MONITOR
 from gem_lightning.module import GemClassifier
+
+
+LINKED_FROM_DATA = {"class_names", "image_size"}
+CHOSEN_AT_INFERENCE = {"tta", "top_k", "channels_last"}
+"""Model options a user may change when evaluating or predicting with a trained checkpoint."""
 
 
 def read_checkpoint_hparams(ckpt_path: str | None) -> dict:
@@ -46,6 +54,7 @@ class GemCLI(LightningCLI):
         parser.add_lightning_class_args(ModelSummary, "summary")
         parser.set_defaults({"summary.max_depth": 3})
         parser.add_lightning_class_args(PredictionWriter, "predictions")
+        parser.add_lightning_class_args(EpochTimer, "epoch_timer")
         parser.set_defaults({"trainer.logger": lazy_instance(CSVLogger, save_dir="runs", name="gem")})
         parser.link_arguments(
             "data.class_names", "model.class_names", compute_fn=self._class_names, apply_on="instantiate"
@@ -53,11 +62,14 @@ class GemCLI(LightningCLI):
         parser.link_arguments("data.image_size", "model.image_size", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
-        """From a checkpoint, feed the data module the input size and classes the network expects."""
+        """From a checkpoint, rebuild the network as it was trained and feed the data what it expects."""
         config = self.config[self.config.subcommand]
         if self.config.subcommand == "fit":
             return
         hparams = read_checkpoint_hparams(config.get("ckpt_path"))
+        for key, value in hparams.items():
+            if key in config.model and key not in LINKED_FROM_DATA | CHOSEN_AT_INFERENCE:
+                config.model[key] = value
         if "image_size" in hparams:
             config.data.image_size = hparams["image_size"]
         self.checkpoint_class_names = hparams.get("class_names")
@@ -75,7 +87,7 @@ class GemCLI(LightningCLI):
         super().instantiate_classes()
         names = getattr(self, "checkpoint_class_names", None)
         if names and self.datamodule.class_names and list(self.datamodule.class_names) != list(names):
-            raise ValueError(
+            raise UserInputError(
                 f"The checkpoint was trained on {len(names)} classes ({', '.join(names[:5])}, ...) but "
                 f"data.data_dir has {len(self.datamodule.class_names)} ({', '.join(self.datamodule.class_names[:5])}, ...): "
                 "evaluate on a folder with the same class folders."
@@ -83,12 +95,19 @@ class GemCLI(LightningCLI):
 
 
 def cli_main(args: list[str] | None = None, *, run: bool = True) -> GemCLI:
-    """Entry point of ``python main.py`` and the ``gem-lightning`` command."""
-    return GemCLI(
-        GemClassifier,
-        GemDataModule,
-        args=args,
-        run=run,
-        seed_everything_default=42,
-        save_config_kwargs={"overwrite": True},
-    )
+    """Entry point of ``python main.py`` and the ``gem-lightning`` command.
+
+    Mistakes in the user's input end the run with the error message and exit status 2.
+    """
+    try:
+        return GemCLI(
+            GemClassifier,
+            GemDataModule,
+            args=args,
+            run=run,
+            seed_everything_default=42,
+            save_config_kwargs={"overwrite": True},
+        )
+    except UserInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

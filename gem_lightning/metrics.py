@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
@@ -10,6 +9,7 @@ LOSS = "loss"
 ACC = "acc"
 ACC_TOP5 = "acc_top5"
 F1 = "f1"
+SAMPLES = "samples"
 
 MONITOR = f"val/{ACC}"
 """What checkpointing and early stopping watch by default (maximised)."""
@@ -25,9 +25,3 @@ def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
         },
         prefix=prefix,
     )
-
-
-def sample_count(metric: MetricCollection) -> torch.Tensor:
-    """How many samples the collection's top-1 accuracy has seen (synced across processes)."""
-    accuracy = metric[ACC]
-    return accuracy.tp.sum() + accuracy.fn.sum()

@@ -14,7 +14,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from gem_lightning.metrics import LOSS, MONITOR, classification_metrics
+from gem_lightning.metrics import LOSS, MONITOR, SAMPLES, classification_metrics
 from gem_lightning.models.factory import build_network
 from gem_lightning.models.vgg import HeadKind, PoolKind, VGGConfig
 
@@ -143,6 +143,7 @@ class GemClassifier(LightningModule):
         confusion.update(probs, targets)
         self.log(f"{stage}/{LOSS}", loss, on_epoch=True, prog_bar=stage == "val", sync_dist=True, batch_size=len(targets))
         self.log_dict(metrics, on_epoch=True, prog_bar=stage == "val", batch_size=len(targets))
+        self.log(f"{stage}/{SAMPLES}", float(len(targets)), on_epoch=True, reduce_fx="sum", sync_dist=True, batch_size=1)
         return {"probs": probs, "targets": targets, "indices": indices}
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:

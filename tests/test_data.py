@@ -14,6 +14,7 @@ from gem_lightning.data.cache import DecodeSettings, DiskCache
 from gem_lightning.data.datamodule import BadFilesError, GemDataModule
 from gem_lightning.data.scan import DatasetLayoutError, ImageRecord, scan_split
 from gem_lightning.data.split import stratified_split
+from gem_lightning.errors import UserInputError
 from gem_lightning.data.transforms import Augmentation, eval_transform, train_transform
 
 
@@ -239,5 +240,5 @@ def test_test_split_and_predict_path(tiny_dataset, isolated_cache):
 
 def test_predict_path_that_matches_nothing_is_a_clear_error(tmp_path):
     datamodule = GemDataModule(predict_path=str(tmp_path / "nothing*.jpg"))
-    with pytest.raises(FileNotFoundError, match="matches no files"):
+    with pytest.raises(UserInputError, match="matches no files"):
         datamodule.setup("predict")

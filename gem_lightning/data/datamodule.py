@@ -8,6 +8,7 @@ train and validation reproducibly, and builds datasets over the decoded images.
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
@@ -30,10 +31,11 @@ from gem_lightning.data.scan import (
 )
 from gem_lightning.data.split import stratified_split
 from gem_lightning.data.synthetic import SYNTHETIC_CLASSES, generate_gem_dataset
+from gem_lightning.errors import UserInputError
 from gem_lightning.data.transforms import Augmentation, cache_size_for, eval_transform, train_transform
 
 
-class BadFilesError(ValueError):
+class BadFilesError(UserInputError):
     """``bad_files: strict`` and the dataset has files that cannot be used."""
 
 
@@ -93,7 +95,8 @@ class GemDataModule(LightningDataModule):
         super().__init__()
         if image_size < 32:
             raise ValueError(f"data.image_size must be at least 32 px, got {image_size}.")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["augment"])
+        self.hparams["augment"] = asdict(augment)  # plain types keep checkpoints loadable with weights_only
         self.data_dir = Path(data_dir).expanduser() if data_dir else None
         self.generate = generate
         self.image_size = image_size
@@ -221,7 +224,7 @@ class GemDataModule(LightningDataModule):
 
     def _require_predict_path(self) -> str:
         if not self.predict_path:
-            raise ValueError("`predict` needs --data.predict_path: an image, a folder of images or a glob.")
+            raise UserInputError("`predict` needs --data.predict_path: an image, a folder of images or a glob.")
         return self.predict_path
 
     # Dataloaders -----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from torch.utils.data._utils.collate import default_collate
 
 from gem_lightning.data.cache import DecodeSettings, ImageStore
 from gem_lightning.data.images import BadImageError
+from gem_lightning.errors import UserInputError
 from gem_lightning.data.scan import is_hidden, iter_files, probe_file
 
 
@@ -47,7 +48,7 @@ def find_predict_files(predict_path: str) -> list[Path]:
         files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
         files = [p for p in files if not is_hidden(p)]
     if not files:
-        raise FileNotFoundError(
+        raise UserInputError(
             f"data.predict_path {predict_path!r} matches no files; give an image file, a folder of "
             "images (searched recursively) or a glob such as 'photos/**/*.jpg'."
         )

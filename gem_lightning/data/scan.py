@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gem_lightning.data.images import BadImageError, probe_image
+from gem_lightning.errors import UserInputError
 
 EXPECTED_LAYOUT = (
     "Expected a folder-per-class layout:\n"
@@ -20,7 +21,7 @@ EXPECTED_LAYOUT = (
 )
 
 
-class DatasetLayoutError(ValueError):
+class DatasetLayoutError(UserInputError):
     """The dataset folder does not have the layout the data module needs."""
 
 

@@ -1,0 +1,75 @@
+"""Classify photos from Python with a trained checkpoint, no Trainer needed.
+
+    from gem_lightning.api import load_model
+    model = load_model("runs/gem/version_0/checkpoints/last.ckpt")
+    model.classify("ruby.jpg")          # [("Ruby", 0.91), ("Spinel", 0.05), ...]
+
+Photos are prepared exactly as ``predict`` prepares them (decoded and squeezed to the cache size,
+then the evaluation resize), so the answers equal the command line's predictions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from gem_lightning.data.cache import DecodeSettings
+from gem_lightning.data.transforms import cache_size_for, eval_transform
+from gem_lightning.module import GemClassifier
+
+Ranked = list[tuple[str, float]]
+"""``(class name, probability)`` pairs, most probable first."""
+
+
+class GemModel:
+    """A trained classifier in eval mode with everything needed to prepare a photo for it.
+
+    Args:
+        classifier: the trained module.
+        device: where it runs.
+    """
+
+    def __init__(self, classifier: GemClassifier, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.classifier = classifier.to(self.device).eval()
+        self.class_names: list[str] = list(classifier.class_names)
+        self.image_size: int = classifier.hparams.image_size
+        self.settings = DecodeSettings(cache_size_for(self.image_size))
+        self.transform = eval_transform(self.image_size)
+
+    def preprocess(self, image_path: str | Path) -> torch.Tensor:
+        """One photo as the ``(3, S, S)`` uint8 tensor that ``predict`` would feed the model.
+
+        Raises:
+            BadImageError: the file cannot be read as an image (the reason is in the message).
+        """
+        image = torch.from_numpy(self.settings.decode(Path(image_path))).permute(2, 0, 1)
+        return self.transform(image)
+
+    def classify(self, image_path: str | Path, top_k: int = 5) -> Ranked:
+        """The ``top_k`` most probable classes of one photo."""
+        return self.classify_many([image_path], top_k=top_k)[0]
+
+    @torch.inference_mode()
+    def classify_many(self, paths: Sequence[str | Path], batch_size: int = 32, top_k: int = 5) -> list[Ranked]:
+        """The ``top_k`` most probable classes of each photo, in the order given, ``batch_size`` at a time."""
+        ranked: list[Ranked] = []
+        k = min(top_k, len(self.class_names))
+        for start in range(0, len(paths), batch_size):
+            images = torch.stack([self.preprocess(path) for path in paths[start : start + batch_size]])
+            probs, labels = self.classifier.predict_proba(images.to(self.device)).topk(k, dim=-1)
+            for row_labels, row_probs in zip(labels.tolist(), probs.tolist()):
+                ranked.append([(self.class_names[label], prob) for label, prob in zip(row_labels, row_probs)])
+        return ranked
+
+
+def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu") -> GemModel:
+    """Load a checkpoint written by training (the checkpoint alone rebuilds the network)."""
+    return GemModel(GemClassifier.load_from_checkpoint(Path(ckpt_path), map_location="cpu"), device)
+
+
+def classify(image_path: str | Path, ckpt_path: str | Path, top_k: int = 5) -> Ranked:
+    """One-off: load ``ckpt_path`` and classify one photo (use :func:`load_model` for many)."""
+    return load_model(ckpt_path).classify(image_path, top_k=top_k)

@@ -1,0 +1,163 @@
+"""Export a trained checkpoint for use without Lightning (or Python): TorchScript and ONNX.
+
+The exported model takes ``(batch, 3, S, S)`` RGB images with values 0-255 and returns class
+probabilities: normalisation (and test-time augmentation, if the model was trained to use it)
+is inside, so a consumer only has to resize the photo to ``S x S``. ``classes.json`` next to it
+gives the class names in output order and ``S``.
+
+Usage::
+
+    python -m gem_lightning.export runs/gem/version_0/checkpoints/last.ckpt --out exported --formats torchscript onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from gem_lightning.data.transforms import cache_size_for
+from gem_lightning.module import GemClassifier
+
+FORMATS = ("torchscript", "onnx")
+ONNX_OPSET = 17
+"""Widely supported by ONNX runtimes; the model uses only basic operators."""
+
+
+class ProbabilityModel(nn.Module):
+    """``(B, 3, S, S)`` RGB images, 0-255, uint8 or float -> ``(B, C)`` class probabilities.
+
+    The same computation as :meth:`GemClassifier.predict_proba` (normalisation, softmax, the
+    ``hflip`` test-time augmentation), on a plain module: TorchScript cannot trace a
+    LightningModule that is not attached to a Trainer.
+
+    Args:
+        classifier: the trained module; its network is shared, not copied.
+    """
+
+    def __init__(self, classifier: GemClassifier) -> None:
+        super().__init__()
+        self.network = classifier.network
+        self.register_buffer("mean", classifier.mean.clone())
+        self.register_buffer("std", classifier.std.clone())
+        self.hflip = classifier.hparams.tta == "hflip"
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        probs = self._probabilities(images)
+        if self.hflip:
+            probs = (probs + self._probabilities(images.flip(-1))) / 2
+        return probs
+
+    def _probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network((images.float() - self.mean) / self.std).float().softmax(dim=-1)
+
+
+def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, formats: Sequence[str] = FORMATS) -> dict[str, Path]:
+    """Export the checkpoint in ``formats`` plus ``classes.json`` into ``out_dir``.
+
+    Returns the written files by kind (``torchscript``, ``onnx``, ``classes``). ONNX needs the
+    ``onnx`` package (``pip install 'gem-lightning[onnx]'``); that is checked before anything is
+    written, so a missing package fails fast.
+    """
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise ValueError(f"Unknown export format(s) {unknown}; choose from {list(FORMATS)}.")
+    if "onnx" in formats:
+        _require_onnx()
+    classifier = GemClassifier.load_from_checkpoint(ckpt_path, map_location="cpu").eval()
+    model = ProbabilityModel(classifier).eval()
+    size = classifier.hparams.image_size
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    if "torchscript" in formats:
+        written["torchscript"] = export_torchscript(model, size, out_dir / "model.torchscript.pt")
+    if "onnx" in formats:
+        written["onnx"] = export_onnx(model, size, out_dir / "model.onnx")
+    written["classes"] = write_classes_json(classifier, out_dir / "classes.json")
+    return written
+
+
+def export_torchscript(model: ProbabilityModel, image_size: int, path: Path) -> Path:
+    """Trace ``model`` on a uint8 batch and save it; the traced graph accepts float input too."""
+    example = torch.randint(0, 256, (2, 3, image_size, image_size), dtype=torch.uint8)
+    with torch.no_grad():
+        traced = torch.jit.trace(model, example)
+    traced.save(str(path))
+    return path
+
+
+def export_onnx(model: ProbabilityModel, image_size: int, path: Path) -> Path:
+    """Export ``model`` to ONNX with a float32 input ``images`` and a dynamic batch axis, then check it.
+
+    ONNX fixes the input type, and float32 is what ONNX runtimes and image libraries hand over
+    most readily. The TorchScript-based exporter (``dynamo=False``) is used because the newer
+    exporter needs the optional ``onnxscript`` package.
+    """
+    import onnx
+
+    example = torch.rand(2, 3, image_size, image_size) * 255
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            input_names=["images"],
+            output_names=["probabilities"],
+            dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}},
+            opset_version=ONNX_OPSET,
+            dynamo=False,
+        )
+    onnx.checker.check_model(str(path))
+    return path
+
+
+def write_classes_json(classifier: GemClassifier, path: Path) -> Path:
+    """Class names in output order, the input size, and what the input must look like."""
+    size = classifier.hparams.image_size
+    description = {
+        "class_names": list(classifier.class_names),
+        "image_size": size,
+        "input": f"(batch, 3, {size}, {size}) RGB, values 0-255 (TorchScript: uint8 or float32; ONNX: float32)",
+        "preprocessing": (
+            f"the whole photo squeezed to {size}x{size}, aspect ratio not kept; gem-lightning resizes it to "
+            f"{cache_size_for(size)}x{cache_size_for(size)} (PIL bilinear), then to {size}x{size} (antialiased bilinear)"
+        ),
+        "output": "(batch, num_classes) class probabilities, in class_names order",
+    }
+    path.write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def _require_onnx() -> None:
+    """Raise a clear ImportError when the optional ``onnx`` package is missing."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError as error:
+        raise ImportError("ONNX export needs the onnx package: pip install 'gem-lightning[onnx]'") from error
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m gem_lightning.export CKPT --out DIR --formats torchscript onnx``."""
+    parser = argparse.ArgumentParser(prog="python -m gem_lightning.export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", type=Path, help="a .ckpt file written by training")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: export/ next to the checkpoint)")
+    parser.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS), help="what to export (default: all)")
+    args = parser.parse_args(argv)
+    if not args.checkpoint.is_file():
+        parser.error(f"checkpoint {str(args.checkpoint)!r} does not exist")
+    try:
+        written = export_checkpoint(args.checkpoint, args.out or args.checkpoint.parent / "export", args.formats)
+    except ImportError as error:
+        parser.error(str(error))
+    for kind, path in written.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

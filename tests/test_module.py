@@ -1,0 +1,97 @@
+"""The LightningModule: metrics, hyperparameters in the checkpoint, prediction rows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
+
+from conftest import datamodule_kwargs
+from gem_lightning.data.datamodule import GemDataModule
+from gem_lightning.module import GemClassifier
+
+TINY = dict(channels=[8, 16], pools=["max", "max"], hidden_units=16)
+
+
+def tiny_model(class_names, **overrides) -> GemClassifier:
+    return GemClassifier(class_names, 32, **{**TINY, **overrides})
+
+
+def trainer(tmp_path, **overrides) -> Trainer:
+    kwargs = dict(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    return Trainer(**{**kwargs, **overrides})
+
+
+def test_forward_takes_uint8_and_normalises_inside():
+    model = tiny_model(["a", "b", "c"]).eval()
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    assert torch.allclose(model(images), model(images.float()))
+    assert model(images).shape == (4, 3)
+
+
+def test_refuses_fewer_than_two_classes():
+    with pytest.raises(ValueError, match="at least two classes"):
+        tiny_model(["only"])
+
+
+def test_hflip_tta_averages_an_image_and_its_mirror():
+    model = tiny_model(["a", "b"], tta="hflip").eval()
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    expected = (model(images).softmax(-1) + model(images.flip(-1)).softmax(-1)) / 2
+    assert torch.allclose(model.predict_proba(images), expected, atol=1e-6)
+
+
+def test_validation_metrics_equal_a_direct_computation(tiny_dataset, isolated_cache, tmp_path):
+    datamodule = GemDataModule(str(tiny_dataset), **datamodule_kwargs(isolated_cache))
+    model = tiny_model(datamodule.class_names)
+    [metrics] = trainer(tmp_path).validate(model, datamodule=datamodule, verbose=False)
+    probs, targets = [], []
+    model.eval()
+    with torch.no_grad():
+        for images, labels, _ in datamodule.val_dataloader():
+            probs.append(model.predict_proba(images))
+            targets.append(labels)
+    probs, targets = torch.cat(probs), torch.cat(targets)
+    assert metrics["val/samples"] == len(targets) == 9
+    assert metrics["val/acc"] == pytest.approx(multiclass_accuracy(probs, targets, 3, average="micro").item(), abs=1e-6)
+    assert metrics["val/f1"] == pytest.approx(multiclass_f1_score(probs, targets, 3, average="macro").item(), abs=1e-6)
+    assert metrics["val/acc_top5"] == 1.0  # top-5 of 3 classes always hits
+
+
+def test_checkpoint_alone_rebuilds_the_model(tiny_dataset, isolated_cache, tmp_path):
+    datamodule = GemDataModule(str(tiny_dataset), **datamodule_kwargs(isolated_cache))
+    model = tiny_model(datamodule.class_names, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    fit = trainer(tmp_path, max_steps=2)
+    fit.fit(model, datamodule=datamodule)
+    path = tmp_path / "model.ckpt"
+    fit.save_checkpoint(path)
+    hparams = torch.load(path, weights_only=True)["hyper_parameters"]
+    assert hparams["class_names"] == ["Blue Stone", "Green Stone", "Red Stone"]
+    assert hparams["image_size"] == 32 and hparams["mean"] == (0.5, 0.5, 0.5) and hparams["channels"] == [8, 16]
+    restored = GemClassifier.load_from_checkpoint(path).eval()
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    assert torch.allclose(restored(images), model.eval()(images))
+
+
+def test_predict_step_returns_paths_and_ranked_class_names(tiny_dataset, isolated_cache, tmp_path):
+    datamodule = GemDataModule(predict_path=str(tiny_dataset / "test"), **datamodule_kwargs(isolated_cache))
+    model = tiny_model(["Blue Stone", "Green Stone", "Red Stone"], top_k=2)
+    batches = trainer(tmp_path).predict(model, datamodule=datamodule)
+    rows = [row for batch in batches for row in batch["predictions"]]
+    assert len(rows) == 9
+    for row in rows:
+        assert row["path"].endswith(".jpg") and len(row["classes"]) == 2
+        assert set(row["classes"]) <= set(model.class_names)
+        assert row["probs"][0] >= row["probs"][1] and 0 <= row["probs"][1] <= 1
+
+
+def test_optimizer_and_scheduler_are_injectable():
+    model = tiny_model(
+        ["a", "b"],
+        optimizer=lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9),
+        lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.StepLR(optimizer, step_size=2),
+    )
+    config = model.configure_optimizers()
+    assert isinstance(config["optimizer"], torch.optim.SGD)
+    assert config["lr_scheduler"]["interval"] == "epoch"
