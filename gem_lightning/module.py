@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics.classification import MulticlassConfusionMatrix
+from torchvision.transforms import v2
 
 from gem_lightning.metrics import LOSS, MONITOR, SAMPLES, classification_metrics
 from gem_lightning.models.factory import build_network
@@ -20,6 +21,18 @@ from gem_lightning.models.vgg import HeadKind, PoolKind, VGGConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def batch_mixing(num_classes: int, mixup_alpha: float, cutmix_alpha: float) -> v2.Transform | None:
+    """MixUp and/or CutMix over a batch (one of them per batch when both are on), or None."""
+    mixes = []
+    if mixup_alpha > 0:
+        mixes.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
+    if cutmix_alpha > 0:
+        mixes.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
+    if not mixes:
+        return None
+    return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
 
 
 class GemClassifier(LightningModule):
@@ -47,7 +60,10 @@ class GemClassifier(LightningModule):
             probabilities of each image and its mirror image.
         top_k: how many ranked classes ``predict`` reports per image.
         optimizer: the optimizer (``class_path`` and ``init_args`` in YAML); Adam, lr 1e-3.
-        lr_scheduler: an optional LR scheduler, stepped per epoch unless it is ``OneCycleLR``.
+        lr_scheduler: an optional LR scheduler, stepped per epoch, except ``OneCycleLR`` and
+            ``gem_lightning.schedules.WarmupCosineLR`` (sized to the run), stepped per batch.
+        mixup_alpha: MixUp on training batches (Beta(alpha, alpha) mixing weights); 0 is off.
+        cutmix_alpha: CutMix on training batches; with both on, each batch uses one at random.
     """
 
     def __init__(
@@ -70,6 +86,8 @@ class GemClassifier(LightningModule):
         channels_last: bool = True,
         tta: Literal["none", "hflip"] = "none",
         top_k: int = 5,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
@@ -86,6 +104,7 @@ class GemClassifier(LightningModule):
             self.network.to(memory_format=torch.channels_last)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255, persistent=False)
+        self.batch_mix = batch_mixing(self.num_classes, mixup_alpha, cutmix_alpha)
         self.example_input_array = torch.zeros(2, 3, image_size, image_size, dtype=torch.uint8)
 
         self.train_metrics = classification_metrics(self.num_classes, "train/")
@@ -120,8 +139,11 @@ class GemClassifier(LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, targets, _ = batch
+        soft_targets = targets
+        if self.batch_mix is not None:
+            images, soft_targets = self.batch_mix(images.float(), targets)
         logits = self(images)
-        loss = F.cross_entropy(logits.float(), targets, label_smoothing=self.hparams.label_smoothing)
+        loss = F.cross_entropy(logits.float(), soft_targets, label_smoothing=self.hparams.label_smoothing)
         self.train_metrics.update(logits.detach(), targets)
         self.log(f"train/{LOSS}", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(targets))
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=len(targets))
@@ -163,5 +185,8 @@ class GemClassifier(LightningModule):
         if self.lr_scheduler is None:
             return optimizer
         scheduler = self.lr_scheduler(optimizer)
-        interval = "step" if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR) else "epoch"
+        if getattr(scheduler, "steps_per_run", False):
+            scheduler.set_total_steps(self.trainer.estimated_stepping_batches)
+        stepwise = getattr(scheduler, "steps_per_run", False) or isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR)
+        interval = "step" if stepwise else "epoch"
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval, "monitor": MONITOR}}

@@ -95,3 +95,30 @@ def test_optimizer_and_scheduler_are_injectable():
     config = model.configure_optimizers()
     assert isinstance(config["optimizer"], torch.optim.SGD)
     assert config["lr_scheduler"]["interval"] == "epoch"
+
+
+def test_mixup_and_cutmix_train_on_soft_targets(tiny_dataset, isolated_cache, tmp_path):
+    datamodule = GemDataModule(str(tiny_dataset), **datamodule_kwargs(isolated_cache))
+    model = tiny_model(datamodule.class_names, mixup_alpha=0.4, cutmix_alpha=1.0)
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    mixed, soft = model.batch_mix(images.float(), torch.tensor([0, 1, 2, 0]))
+    assert soft.shape == (4, 3) and torch.allclose(soft.sum(-1), torch.ones(4))
+    trainer(tmp_path, max_steps=2).fit(model, datamodule=datamodule)
+    assert tiny_model(["a", "b"]).batch_mix is None
+
+
+def test_warmup_cosine_follows_the_run_length(tiny_dataset, isolated_cache, tmp_path):
+    from gem_lightning.schedules import WarmupCosineLR
+
+    datamodule = GemDataModule(str(tiny_dataset), **datamodule_kwargs(isolated_cache))
+    model = tiny_model(
+        datamodule.class_names,
+        optimizer=lambda p: torch.optim.AdamW(p, lr=0.01),
+        lr_scheduler=lambda o: WarmupCosineLR(o, warmup_fraction=0.25, start_factor=0.1, final_factor=0.0),
+    )
+    run = trainer(tmp_path, max_epochs=2)  # 21 train images / batch 8 = 3 steps an epoch, 6 in all
+    run.fit(model, datamodule=datamodule)
+    scheduler = run.lr_scheduler_configs[0]
+    assert scheduler.interval == "step" and scheduler.scheduler.total_steps == 6
+    assert [round(scheduler.scheduler.factor(s), 3) for s in (0, 1, 6)] == [0.1, 0.7, 0.0]
+    assert run.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)
