@@ -21,6 +21,7 @@ All loaders deliver 220 px batches of 32 with the same training augmentation
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import tempfile
 import time
@@ -135,6 +136,7 @@ def report(rows: list[tuple[str, int, float]], setup_s: float, wait: tuple[float
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # the data module's dataset summary
     torch.manual_seed(0)
     print(f"data {args.data_dir}, {IMAGE_SIZE} px, batch {BATCH_SIZE}, num_workers {args.num_workers}, "
           f"torch threads {torch.get_num_threads()}, batches per pass {args.batches or 'all'}")

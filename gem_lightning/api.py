@@ -36,7 +36,12 @@ class GemModel:
         self.classifier = classifier.to(self.device).eval()
         self.class_names: list[str] = list(classifier.class_names)
         self.image_size: int = classifier.hparams.image_size
-        self.settings = DecodeSettings(cache_size_for(self.image_size))
+        preprocessing = classifier.hparams.get("preprocessing") or {}
+        self.settings = DecodeSettings(
+            cache_size_for(self.image_size),
+            autocrop=preprocessing.get("autocrop", False),
+            background=tuple(preprocessing.get("background", (255, 255, 255))),
+        )
         self.transform = eval_transform(self.image_size)
 
     def preprocess(self, image_path: str | Path) -> torch.Tensor:
@@ -54,7 +59,19 @@ class GemModel:
 
     @torch.inference_mode()
     def classify_many(self, paths: Sequence[str | Path], batch_size: int = 32, top_k: int = 5) -> list[Ranked]:
-        """The ``top_k`` most probable classes of each photo, in the order given, ``batch_size`` at a time."""
+        """The ``top_k`` most probable classes of each photo, in the order given.
+
+    Args:
+        paths: image files.
+        batch_size: photos per forward pass.
+        top_k: classes per photo (at most the number of classes).
+
+    Returns:
+        One ``[(class name, probability), ...]`` list per photo, most probable first.
+
+    Raises:
+        BadImageError: a file cannot be read as an image.
+    """
         ranked: list[Ranked] = []
         k = min(top_k, len(self.class_names))
         for start in range(0, len(paths), batch_size):
@@ -66,7 +83,12 @@ class GemModel:
 
 
 def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu") -> GemModel:
-    """Load a checkpoint written by training (the checkpoint alone rebuilds the network)."""
+    """Load a checkpoint written by training; the checkpoint alone rebuilds the network.
+
+    Args:
+        ckpt_path: the ``.ckpt`` file (``str`` or ``Path``).
+        device: where the model runs (``cpu``, ``cuda``, ``cuda:1``, ...).
+    """
     return GemModel(GemClassifier.load_from_checkpoint(Path(ckpt_path), map_location="cpu"), device)
 
 

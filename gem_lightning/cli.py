@@ -7,6 +7,7 @@ network must be rebuilt exactly as it was trained, whatever folder the images no
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from lightning.pytorch.loggers import CSVLogger
 from jsonargparse import lazy_instance
 
 from gem_lightning.callbacks.prediction_writer import PredictionWriter
+from gem_lightning.callbacks.reports import EvaluationReport, LearningCurves
 from gem_lightning.callbacks.timing import EpochTimer
 from gem_lightning.data.datamodule import GemDataModule
 from gem_lightning.errors import UserInputError
@@ -24,7 +26,7 @@ from gem_lightning.metrics import MONITOR
 from gem_lightning.module import GemClassifier
 
 
-LINKED_FROM_DATA = {"class_names", "image_size"}
+LINKED_FROM_DATA = {"class_names", "image_size", "preprocessing"}
 CHOSEN_AT_INFERENCE = {"tta", "top_k", "channels_last"}
 """Model options a user may change when evaluating or predicting with a trained checkpoint."""
 
@@ -55,11 +57,14 @@ class GemCLI(LightningCLI):
         parser.set_defaults({"summary.max_depth": 3})
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.add_lightning_class_args(EpochTimer, "epoch_timer")
+        parser.add_lightning_class_args(EvaluationReport, "report")
+        parser.add_lightning_class_args(LearningCurves, "curves")
         parser.set_defaults({"trainer.logger": lazy_instance(CSVLogger, save_dir="runs", name="gem")})
         parser.link_arguments(
             "data.class_names", "model.class_names", compute_fn=self._class_names, apply_on="instantiate"
         )
         parser.link_arguments("data.image_size", "model.image_size", apply_on="instantiate")
+        parser.link_arguments("data.preprocessing", "model.preprocessing", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
         """From a checkpoint, rebuild the network as it was trained and feed the data what it expects."""
@@ -72,6 +77,8 @@ class GemCLI(LightningCLI):
                 config.model[key] = value
         if "image_size" in hparams:
             config.data.image_size = hparams["image_size"]
+        for key, value in (hparams.get("preprocessing") or {}).items():
+            config.data[key] = value
         self.checkpoint_class_names = hparams.get("class_names")
 
     def _class_names(self, data_class_names: list[str] | None) -> list[str] | None:
@@ -94,12 +101,30 @@ class GemCLI(LightningCLI):
             )
 
 
-def cli_main(args: list[str] | None = None, *, run: bool = True) -> GemCLI:
+TOOLS = {
+    "prepare": "gem_lightning.data.prepare",
+    "preview": "gem_lightning.preview",
+    "lr_find": "gem_lightning.lr_find",
+    "export": "gem_lightning.export",
+}
+"""Commands beside LightningCLI's: ``python main.py <tool> --help`` documents each."""
+
+DESCRIPTION = """gem-lightning: train, evaluate and serve image classifiers on folder-per-class photo sets.
+
+Besides fit/validate/test/predict: `prepare` (split one folder-per-class collection into train/ and
+test/), `preview` (augmentation preview and a sample batch), `lr_find` (learning-rate range test),
+`export` (TorchScript / ONNX). Run `python main.py <command> --help` for each."""
+
+
+def cli_main(args: list[str] | None = None, *, run: bool = True) -> GemCLI | object:
     """Entry point of ``python main.py`` and the ``gem-lightning`` command.
 
     Mistakes in the user's input end the run with the error message and exit status 2.
     """
+    argv = sys.argv[1:] if args is None else list(args)
     try:
+        if run and argv and argv[0] in TOOLS:
+            return importlib.import_module(TOOLS[argv[0]]).main(argv[1:])
         return GemCLI(
             GemClassifier,
             GemDataModule,
@@ -107,6 +132,7 @@ def cli_main(args: list[str] | None = None, *, run: bool = True) -> GemCLI:
             run=run,
             seed_everything_default=42,
             save_config_kwargs={"overwrite": True},
+            parser_kwargs={"description": DESCRIPTION},
         )
     except UserInputError as error:
         print(f"error: {error}", file=sys.stderr)

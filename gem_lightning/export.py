@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from gem_lightning.data.transforms import cache_size_for
+from gem_lightning.models.classifier import ImageClassifier
 from gem_lightning.module import GemClassifier
 
 FORMATS = ("torchscript", "onnx")
@@ -31,37 +32,32 @@ ONNX_OPSET = 17
 class ProbabilityModel(nn.Module):
     """``(B, 3, S, S)`` RGB images, 0-255, uint8 or float -> ``(B, C)`` class probabilities.
 
-    The same computation as :meth:`GemClassifier.predict_proba` (normalisation, softmax, the
-    ``hflip`` test-time augmentation), on a plain module: TorchScript cannot trace a
-    LightningModule that is not attached to a Trainer.
-
-    Args:
-        classifier: the trained module; its network is shared, not copied.
+    :meth:`ImageClassifier.probabilities` as a module's ``forward``, so it can be traced.
     """
 
-    def __init__(self, classifier: GemClassifier) -> None:
+    def __init__(self, classifier: ImageClassifier) -> None:
         super().__init__()
-        self.network = classifier.network
-        self.register_buffer("mean", classifier.mean.clone())
-        self.register_buffer("std", classifier.std.clone())
-        self.hflip = classifier.hparams.tta == "hflip"
+        self.classifier = classifier
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        probs = self._probabilities(images)
-        if self.hflip:
-            probs = (probs + self._probabilities(images.flip(-1))) / 2
-        return probs
-
-    def _probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        return self.network((images.float() - self.mean) / self.std).float().softmax(dim=-1)
+        return self.classifier.probabilities(images)
 
 
 def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, formats: Sequence[str] = FORMATS) -> dict[str, Path]:
     """Export the checkpoint in ``formats`` plus ``classes.json`` into ``out_dir``.
 
-    Returns the written files by kind (``torchscript``, ``onnx``, ``classes``). ONNX needs the
-    ``onnx`` package (``pip install 'gem-lightning[onnx]'``); that is checked before anything is
-    written, so a missing package fails fast.
+    Args:
+        ckpt_path: a checkpoint written by training.
+        out_dir: where ``model.torchscript.pt``, ``model.onnx`` and ``classes.json`` go (created).
+        formats: any of :data:`FORMATS`.
+
+    Returns:
+        The written files by kind: ``torchscript``, ``onnx``, ``classes``.
+
+    Raises:
+        ValueError: an unknown format.
+        ImportError: ONNX asked for and the ``onnx`` package missing (``pip install
+            'gem-lightning[onnx]'``); checked before anything is written.
     """
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
@@ -69,7 +65,7 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, formats: Seque
     if "onnx" in formats:
         _require_onnx()
     classifier = GemClassifier.load_from_checkpoint(ckpt_path, map_location="cpu").eval()
-    model = ProbabilityModel(classifier).eval()
+    model = ProbabilityModel(classifier.model).eval()
     size = classifier.hparams.image_size
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torchmetrics.classification import MulticlassConfusionMatrix
 from torchvision.transforms import v2
 
 from gem_lightning.metrics import LOSS, MONITOR, SAMPLES, classification_metrics
+from gem_lightning.models.classifier import ImageClassifier
 from gem_lightning.models.factory import build_network
 from gem_lightning.models.vgg import HeadKind, PoolKind, VGGConfig
 
@@ -41,6 +41,8 @@ class GemClassifier(LightningModule):
     Args:
         class_names: class names in label order; linked from the data module by the CLI.
         image_size: side of the square input; linked from the data module by the CLI.
+        preprocessing: how photos were decoded for training (auto-crop, background colour);
+            linked from the data module, kept so that serving decodes photos the same way.
         arch: ``vgg`` (the seed's CNN, shaped by the arguments below) or a torchvision model name.
         weights: pretrained weights for a torchvision ``arch``: a local state-dict file or a
             torchvision weights name (downloaded by torchvision). Default: from scratch.
@@ -70,6 +72,7 @@ class GemClassifier(LightningModule):
         self,
         class_names: list[str],
         image_size: int = 220,
+        preprocessing: dict | None = None,
         *,
         arch: str = "vgg",
         weights: str | None = None,
@@ -99,41 +102,26 @@ class GemClassifier(LightningModule):
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         vgg = VGGConfig(tuple(channels), tuple(pools), convs_per_block, batch_norm, head, hidden_units, dropout)
-        self.network = build_network(arch, num_classes=self.num_classes, image_size=image_size, vgg=vgg, weights=weights)
-        if channels_last:
-            self.network.to(memory_format=torch.channels_last)
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255, persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255, persistent=False)
+        network = build_network(arch, num_classes=self.num_classes, image_size=image_size, vgg=vgg, weights=weights)
+        self.model = ImageClassifier(network, mean, std, channels_last=channels_last, tta=tta)
         self.batch_mix = batch_mixing(self.num_classes, mixup_alpha, cutmix_alpha)
         self.example_input_array = torch.zeros(2, 3, image_size, image_size, dtype=torch.uint8)
 
         self.train_metrics = classification_metrics(self.num_classes, "train/")
         self.val_metrics = classification_metrics(self.num_classes, "val/")
         self.test_metrics = classification_metrics(self.num_classes, "test/")
-        self.val_confusion = MulticlassConfusionMatrix(self.num_classes)
-        self.test_confusion = MulticlassConfusionMatrix(self.num_classes)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (or 0-255 float) images -> normalised float images, in the network's memory format."""
-        images = (images.float() - self.mean) / self.std
-        if self.hparams.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, S, S)`` images -> ``(B, num_classes)`` logits."""
-        return self.network(self.normalize(images))
+        """``(B, 3, S, S)`` images, 0-255 -> ``(B, num_classes)`` logits."""
+        return self.model(images)
 
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities, with test-time augmentation if ``tta`` asks for it."""
-        probs = self(images).float().softmax(dim=-1)
-        if self.hparams.tta == "hflip":
-            probs = (probs + self(images.flip(-1)).float().softmax(dim=-1)) / 2
-        return probs
+        return self.model.probabilities(images)
 
     # Steps -----------------------------------------------------------------------------------
 
@@ -160,9 +148,7 @@ class GemClassifier(LightningModule):
         probs = self.predict_proba(images)
         loss = F.nll_loss(probs.clamp_min(1e-12).log(), targets)
         metrics = self.val_metrics if stage == "val" else self.test_metrics
-        confusion = self.val_confusion if stage == "val" else self.test_confusion
         metrics.update(probs, targets)
-        confusion.update(probs, targets)
         self.log(f"{stage}/{LOSS}", loss, on_epoch=True, prog_bar=stage == "val", sync_dist=True, batch_size=len(targets))
         self.log_dict(metrics, on_epoch=True, prog_bar=stage == "val", batch_size=len(targets))
         self.log(f"{stage}/{SAMPLES}", float(len(targets)), on_epoch=True, reduce_fx="sum", sync_dist=True, batch_size=1)

@@ -23,11 +23,20 @@ from gem_lightning.reports.render import image_grid_png
 def augmentation_preview(
     datamodule: GemDataModule, out_dir: Path, n_augmented: int = 6, n_batch: int = 16, *, seed: int = 0
 ) -> list[Path]:
-    """Write ``augmentation_preview.png`` and ``train_batch.png`` into ``out_dir``; returns their paths.
+    """Write ``augmentation_preview.png`` and ``train_batch.png`` into ``out_dir``.
 
-    ``datamodule`` must have run ``prepare_data()`` and ``setup("fit")``. The photo and the batch
-    are drawn at random with ``seed``, on a forked RNG, so the preview is reproducible and leaves
-    the global random state (and thus a training run's) untouched.
+    The photo and the batch are drawn at random with ``seed``, on a forked RNG, so the preview is
+    reproducible and leaves the global random state (and thus a training run's) untouched.
+
+    Args:
+        datamodule: a data module that has run ``prepare_data()`` and ``setup("fit")``.
+        out_dir: folder for the two PNGs (created).
+        n_augmented: how many augmented versions of the one photo to draw.
+        n_batch: size of the sample batch (at most the training set's size).
+        seed: picks the photo, the batch and the augmentations.
+
+    Returns:
+        The paths of ``augmentation_preview.png`` and ``train_batch.png``.
     """
     dataset = datamodule.datasets["train"]
     names = list(datamodule.class_names)
@@ -63,3 +72,21 @@ def _augmentations(dataset: CachedImageDataset, position: int, count: int) -> li
 def _to_hwc(image: torch.Tensor) -> np.ndarray:
     """A ``(3, H, W)`` uint8 tensor as an ``H x W x 3`` numpy array for drawing."""
     return image.permute(1, 2, 0).numpy()
+
+
+def main(argv: list[str]) -> list[Path]:
+    """``python main.py preview --config <x>.yaml [--out DIR]``: write the previews, train nothing."""
+    import argparse
+
+    from gem_lightning.cli import cli_main
+
+    parser = argparse.ArgumentParser(prog="main.py preview", add_help=False)
+    parser.add_argument("--out", type=Path, default=None, help="folder for the images (default: the run folder)")
+    options, fit_args = parser.parse_known_args(argv)
+    cli = cli_main(fit_args, run=False)
+    cli.datamodule.prepare_data()
+    cli.datamodule.setup("fit")
+    written = augmentation_preview(cli.datamodule, options.out or Path(cli.trainer.log_dir or "."))
+    for path in written:
+        print(f"Wrote {path}")
+    return written

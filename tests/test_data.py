@@ -221,7 +221,7 @@ def test_training_augmentation_is_random_and_evaluation_is_not():
 
 def test_augmentation_options_change_the_pipeline():
     names = lambda t: [type(step).__name__ for step in t.transforms]  # noqa: E731
-    assert names(train_transform(64, Augmentation())) == ["RandomAffine", "Resize", "RandomHorizontalFlip"]
+    assert names(train_transform(64, Augmentation())) == ["FilledAffine", "Resize", "RandomHorizontalFlip"]
     custom = Augmentation(crop_scale=(0.5, 1.0), rotation=0, shear=0, vflip=True, brightness=0.2)
     assert names(train_transform(64, custom)) == ["RandomResizedCrop", "RandomHorizontalFlip", "RandomVerticalFlip", "ColorJitter"]
     assert names(train_transform(64, Augmentation(rotation=0, zoom=0, shift=0, shear=0, hflip=False))) == ["Resize"]
@@ -242,3 +242,12 @@ def test_predict_path_that_matches_nothing_is_a_clear_error(tmp_path):
     datamodule = GemDataModule(predict_path=str(tmp_path / "nothing*.jpg"))
     with pytest.raises(UserInputError, match="matches no files"):
         datamodule.setup("predict")
+
+
+def test_affine_fill_leaves_no_seam_on_the_border():
+    white = torch.full((3, 80, 80), 255, dtype=torch.uint8)
+    warp = train_transform(64, Augmentation(rotation=30, zoom=0.2, shift=0.1, shear=10, fill=(255, 255, 255)))
+    assert all(warp(white).min() >= 254 for _ in range(10))
+    black_fill = train_transform(64, Augmentation(rotation=45, zoom=0, shift=0, shear=0, hflip=False, fill=(0, 0, 0)))
+    rotated = torch.stack([black_fill(white) for _ in range(20)])
+    assert rotated[..., 0, 0].float().mean() < 60  # corners uncovered by a large rotation take the fill

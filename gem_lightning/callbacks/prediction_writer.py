@@ -13,6 +13,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
+from gem_lightning.callbacks.reports import write_prediction_grid
+
 
 class PredictionWriter(BasePredictionWriter):
     """Streams each batch's predictions to a per-process part file, then merges them in input order.
@@ -72,6 +74,9 @@ class PredictionWriter(BasePredictionWriter):
             rows = sorted(_read_jsonl(self._part(r) for r in ranks), key=lambda row: row["index"])
             rejects = sorted(_read_jsonl(self._rejects_part(r) for r in ranks), key=lambda row: row["index"])
             self._write_predictions(rows)
+            if self.format == "csv" and rows:
+                grid = write_prediction_grid(self.path, self.path.with_name(f"{self.path.stem}.grid.png"), pl_module.class_names)
+                rank_zero_info(f"Drew a grid of predictions in {grid}")
             self._write_rejects(rejects)
             for rank in ranks:
                 self._part(rank).unlink(missing_ok=True)

@@ -24,7 +24,6 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torchmetrics.classification import MulticlassConfusionMatrix
 from typing_extensions import override
 
 from gem_lightning.data.images import load_rgb
@@ -78,20 +77,11 @@ class EvaluationReport(Callback):
 
     @override
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._start(pl_module.val_confusion)
+        self._results = []
 
     @override
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._start(pl_module.test_confusion)
-
-    def _start(self, confusion: MulticlassConfusionMatrix) -> None:
-        """Forget the previous evaluation, so the report describes exactly this one.
-
-        The module never resets its confusion metrics (they are not logged, so Lightning does
-        not either); without this, fit's per-epoch validations would pile up in them.
-        """
         self._results = []
-        confusion.reset()
 
     @override
     def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -114,25 +104,25 @@ class EvaluationReport(Callback):
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._active(trainer):
-            self._finish(trainer, pl_module.val_confusion, "val")
+            self._finish(trainer, "val")
 
     @override
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._active(trainer):
-            self._finish(trainer, pl_module.test_confusion, "test")
+            self._finish(trainer, "test")
 
-    def _finish(self, trainer: Trainer, confusion: MulticlassConfusionMatrix, stage: str) -> None:
+    def _finish(self, trainer: Trainer, stage: str) -> None:
         """Synchronise on every process (collectives), then write on global rank 0 only.
 
         Runs in ``on_<stage>_end``, after Lightning has put the epoch's metrics into
         ``trainer.callback_metrics``.
         """
-        matrix = confusion.compute().cpu().numpy()
         results = gather_results(self._results)
         out_dir = Path(trainer.log_dir) / f"report-{stage}"  # log_dir broadcasts: call it everywhere
         if not trainer.is_global_zero:
             return
         class_names = list(trainer.lightning_module.class_names)
+        matrix = confusion_matrix(results, len(class_names))
         write_evaluation_report(
             out_dir,
             stage=stage,
@@ -146,6 +136,14 @@ class EvaluationReport(Callback):
         rank_zero_info(f"Wrote the {stage} report to {out_dir / 'report.md'}")
 
 
+def confusion_matrix(results: list[SampleResult], num_classes: int) -> np.ndarray:
+    """Counts of (true, predicted) pairs; rows are true classes."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    for result in results:
+        matrix[result.target, result.prediction] += 1
+    return matrix
+
+
 def gather_results(results: list[SampleResult]) -> list[SampleResult]:
     """Every process's per-image results, on every process, sorted by dataset index.
 
@@ -156,7 +154,7 @@ def gather_results(results: list[SampleResult]) -> list[SampleResult]:
         return sorted(results)
     shares: list[list[SampleResult] | None] = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(shares, results)
-    return sorted(SampleResult(*row) for share in shares for row in share)
+    return sorted(row for share in shares for row in share)
 
 
 def headline_metrics(callback_metrics: dict[str, torch.Tensor], stage: str) -> dict[str, float | int]:
@@ -203,9 +201,23 @@ def write_evaluation_report(
     max_gallery: int = 36,
     top_pairs: int = 15,
 ) -> dict[str, Path]:
-    """Write every report file into ``out_dir`` and ``report.md`` linking them; returns the files by title.
+    """Write every report file into ``out_dir``, and ``report.md`` linking them.
 
     Pure function of its arguments (no Lightning), so it can be called from a notebook too.
+
+    Args:
+        out_dir: the report folder (created).
+        stage: ``val`` or ``test``; goes into titles and ``metrics.json``.
+        confusion: ``C x C`` counts, rows = true class, columns = predicted class.
+        class_names: one name per row of ``confusion``.
+        metrics: headline metrics for ``metrics.json`` and the report's table.
+        misclassified: ``(file, true name, predicted name, probability)`` of every wrong
+            prediction, in gallery order; None leaves the gallery and its CSV out.
+        max_gallery: at most this many misclassified photos are drawn.
+        top_pairs: how many most-confused pairs are listed.
+
+    Returns:
+        The written files by their title in ``report.md``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -215,6 +227,7 @@ def write_evaluation_report(
         files["Misclassified images"] = render.misclassified_gallery_png(
             misclassified, out_dir / "misclassified.png", max_images=max_gallery, image_loader=load_rgb
         )
+        files["Every misclassified image (CSV)"] = _write_misclassified_csv(misclassified, out_dir / "misclassified.csv")
     files["Per-class metrics (CSV)"] = render.write_per_class_csv(confusion, class_names, out_dir / "per_class.csv")
     files["Most confused pairs (CSV)"] = _write_pairs_csv(pairs, out_dir / "confused_pairs.csv")
     files["Headline metrics (JSON)"] = _write_json({"stage": stage, **metrics}, out_dir / "metrics.json")
@@ -235,6 +248,15 @@ def _write_pairs_csv(pairs: Sequence[tuple[str, str, int, float]], path: Path) -
         writer = csv.writer(handle)
         writer.writerow(["true", "predicted", "count", "share_of_true"])
         writer.writerows([true, predicted, count, repr(share)] for true, predicted, count, share in pairs)
+    return path
+
+
+def _write_misclassified_csv(items: Sequence[tuple[Path, str, str, float]], path: Path) -> Path:
+    """All misclassified files (the gallery draws only the first few): path, true, predicted, probability."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "true", "predicted", "probability"])
+        writer.writerows([str(file), true, predicted, f"{probability:.6f}"] for file, true, predicted, probability in items)
     return path
 
 
@@ -276,6 +298,15 @@ def write_prediction_grid(predictions_csv: Path, out_png: Path, class_names: Seq
     taken as its true class and the title is green or red; otherwise it is black. With more rows
     than ``max_images``, evenly spaced rows are drawn, so a folder sorted by class shows many
     classes rather than the first one only.
+
+    Args:
+        predictions_csv: the writer's CSV (columns ``path``, ``prediction``, ``probability``, ...).
+        out_png: the grid to write.
+        class_names: the model's classes, to recognise class-named folders.
+        max_images: at most this many photos are drawn.
+
+    Returns:
+        ``out_png``.
     """
     with Path(predictions_csv).open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))

@@ -172,10 +172,11 @@ def build_store(
         good = [r for r in records if r.path not in bad]
         if not in_memory:
             return ImageStore(None, disk, good), rejected
-        images = torch.empty((len(good), settings.size, settings.size, 3), dtype=torch.uint8)
+        images = _shared_images(len(good), settings)
+        view = images.numpy()
         for index, record in enumerate(good):
-            images[index] = torch.from_numpy(disk.load(record))
-        return ImageStore(images.share_memory_(), None, good), rejected
+            view[index] = disk.load(record)
+        return ImageStore(images, None, good), rejected
 
     decoded: list[np.ndarray | None] = [None] * len(records)
     reasons: list[str | None] = [None] * len(records)
@@ -183,7 +184,13 @@ def build_store(
         decoded[index], reasons[index] = image, reason
     good = [r for r, image in zip(records, decoded) if image is not None]
     rejected = [Rejected(r.path, reason) for r, reason in zip(records, reasons) if reason is not None]
-    images = torch.empty((len(good), settings.size, settings.size, 3), dtype=torch.uint8)
+    images = _shared_images(len(good), settings)
+    view = images.numpy()
     for index, image in enumerate(image for image in decoded if image is not None):
-        images[index] = torch.from_numpy(image)
-    return ImageStore(images.share_memory_(), None, good), rejected
+        view[index] = image
+    return ImageStore(images, None, good), rejected
+
+
+def _shared_images(count: int, settings: DecodeSettings) -> torch.Tensor:
+    """An empty ``(count, S, S, 3)`` uint8 tensor in shared memory, which workers read without copies."""
+    return torch.empty((count, settings.size, settings.size, 3), dtype=torch.uint8).share_memory_()

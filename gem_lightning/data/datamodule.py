@@ -18,6 +18,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from gem_lightning.data.batch_augment import BatchAugment
 from gem_lightning.data.cache import DecodeSettings, default_cache_dir, DiskCache, ImageStore, build_store, estimated_bytes
 from gem_lightning.data.datasets import CachedImageDataset, PredictDataset, collate_predictions, find_predict_files
 from gem_lightning.data.scan import (
@@ -59,6 +60,9 @@ class GemDataModule(LightningDataModule):
         pin_memory: pin host memory for faster copies to a GPU; default: when CUDA is available.
         persistent_workers: keep workers alive between epochs.
         augment: the training augmentation.
+        augment_on: where it runs: ``loader``: per image in the DataLoader workers; ``device``:
+            the loader yields the cached images as they are and the whole batch is augmented on
+            the accelerator after the transfer (``BatchAugment``; cheap for CPU workers).
         bad_files: ``skip`` unusable files and report them, or ``strict``: stop before training.
         cache: ``memory``: decoded images in RAM (falls back to ``disk`` above
             ``cache_memory_gb``); ``disk``: read decoded images from ``cache_dir`` each time.
@@ -84,6 +88,7 @@ class GemDataModule(LightningDataModule):
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
         augment: Augmentation = Augmentation(),
+        augment_on: Literal["loader", "device"] = "loader",
         bad_files: Literal["skip", "strict"] = "skip",
         cache: Literal["memory", "disk"] = "memory",
         cache_dir: str | None = "auto",
@@ -107,6 +112,10 @@ class GemDataModule(LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.persistent_workers = persistent_workers and self.num_workers > 0
         self.augment = augment
+        if augment_on not in ("loader", "device"):
+            raise ValueError(f"data.augment_on must be 'loader' or 'device', got {augment_on!r}.")
+        self.augment_on = augment_on
+        self.batch_augment = BatchAugment(augment, image_size) if augment_on == "device" else None
         self.bad_files = bad_files
         self.cache = cache
         if cache_dir == "auto":
@@ -131,6 +140,11 @@ class GemDataModule(LightningDataModule):
     @property
     def num_classes(self) -> int | None:
         return None if self.class_names is None else len(self.class_names)
+
+    @property
+    def preprocessing(self) -> dict:
+        """How photos are decoded before resizing; a model must be served with the same."""
+        return {"autocrop": self.settings.autocrop, "background": list(self.settings.background)}
 
     def _require_data_dir(self, stage: str) -> Path:
         if self.data_dir is None:
@@ -165,7 +179,9 @@ class GemDataModule(LightningDataModule):
         train_idx, val_idx = stratified_split(store.records, self.val_fraction, self.seed)
         self.records["train"] = [store.records[i] for i in train_idx]
         self.records["val"] = [store.records[i] for i in val_idx]
-        self.datasets["train"] = CachedImageDataset(store, labels, train_idx, train_transform(self.image_size, self.augment))
+        # On the device, training batches leave the loader un-augmented, at the cache size.
+        transform = torch.nn.Identity() if self.batch_augment is not None else train_transform(self.image_size, self.augment)
+        self.datasets["train"] = CachedImageDataset(store, labels, train_idx, transform)
         self.datasets["val"] = CachedImageDataset(store, labels, val_idx, eval_transform(self.image_size))
         rank_zero_info(f"Split {len(store.records)} training images into {len(train_idx)} train and {len(val_idx)} validation (seed {self.seed}).")
 
@@ -226,6 +242,13 @@ class GemDataModule(LightningDataModule):
         if not self.predict_path:
             raise UserInputError("`predict` needs --data.predict_path: an image, a folder of images or a glob.")
         return self.predict_path
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """With ``augment_on: device``: augment training batches on the accelerator."""
+        if self.batch_augment is not None and self.trainer is not None and self.trainer.training:
+            images, *rest = batch
+            return (self.batch_augment(images), *rest)
+        return batch
 
     # Dataloaders -----------------------------------------------------------------------------
 

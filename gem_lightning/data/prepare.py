@@ -103,7 +103,7 @@ def prepare_dataset(
         ValueError: a bad ``test_fraction`` or ``mode``, or hard links across file systems.
         FileExistsError: ``output`` exists and is not an empty folder.
     """
-    source, output = Path(source).expanduser(), Path(output).expanduser()
+    source, output = Path(os.path.abspath(Path(source).expanduser())), Path(os.path.abspath(Path(output).expanduser()))
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"--test-fraction must be between 0 and 1 (exclusive), got {test_fraction}.")
     if mode not in MODES:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
 from torchvision.transforms import v2
 
 CACHE_MARGIN = 1.15
@@ -54,6 +55,26 @@ class Augmentation:
     fill: tuple[int, int, int] = (255, 255, 255)
 
 
+class FilledAffine(torch.nn.Module):
+    """``v2.RandomAffine`` whose uncovered areas take ``fill`` with clean, antialiased edges.
+
+    torchvision's own bilinear fill darkens a seam along the warped border (a white image with
+    white fill comes out with 191s on its edges), a cue that only training images would carry.
+    Warping the image with an opaque alpha channel and compositing onto ``fill`` avoids it.
+    """
+
+    def __init__(self, fill: tuple[int, int, int], **affine: object) -> None:
+        super().__init__()
+        self.affine = v2.RandomAffine(interpolation=v2.InterpolationMode.BILINEAR, **affine)
+        self.register_buffer("fill", torch.tensor(fill, dtype=torch.float32).view(3, 1, 1), persistent=False)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        alpha = torch.full_like(image[:1], 255)
+        warped = self.affine(torch.cat([image, alpha])).float()  # outside the image: all zeros
+        rgb, coverage = warped[:3], warped[3:] / 255
+        return (rgb + (1 - coverage) * self.fill).round_().clamp_(0, 255).to(image.dtype)
+
+
 def train_transform(image_size: int, augment: Augmentation) -> v2.Compose:
     """The training pipeline: geometric warp, resize to ``image_size``, flips, colour jitter."""
     steps: list = []
@@ -63,13 +84,12 @@ def train_transform(image_size: int, augment: Augmentation) -> v2.Compose:
         zoom = augment.zoom if augment.crop_scale is None else 0.0
         shift = augment.shift if augment.crop_scale is None else 0.0
         steps.append(
-            v2.RandomAffine(
+            FilledAffine(
+                augment.fill,
                 degrees=augment.rotation,
                 translate=(shift, shift) if shift else None,
                 scale=(1 - zoom, 1 + zoom) if zoom else None,
                 shear=augment.shear or None,
-                interpolation=v2.InterpolationMode.BILINEAR,
-                fill=list(augment.fill),
             )
         )
     if augment.crop_scale is None:

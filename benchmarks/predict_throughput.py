@@ -1,0 +1,195 @@
+"""Prediction throughput over a folder of photos, and the latency of the Python API.
+
+Run from the repository root (prints figures; not a test):
+
+    python benchmarks/predict_throughput.py [--data-dir ../shared/datasets/gemstones] [--ckpt CKPT]
+        [--rounds 3] [--warm-calls 20]
+
+Over every photo of ``<data-dir>/test`` (440 files), with the model of ``configs/gemstones.yaml``
+(from ``--ckpt``, else an untrained one saved to a temporary checkpoint; speed does not depend on
+the weights), bf16-mixed autocast as the config sets it:
+
+(cli)     ``cli_main(["predict", "--config", configs/gemstones.yaml, "--ckpt_path", ...])``, in this
+          process, end to end: config parsing, model rebuilt from the checkpoint, decoding in the
+          DataLoader worker(s), batches of 32, predictions CSV written;
+(trainer) ``Trainer.predict`` of ``GemClassifier.load_from_checkpoint`` over ``GemDataModule``'s
+          predict loader, timed from the call to its return;
+(plain)   a loop written here: decode + squeeze to the cache size (``DecodeSettings.decode``, as
+          ``predict`` does), evaluation resize, batches of 32, ``model.predict_proba`` top-5 in
+          inference mode, one process, no DataLoader.
+
+The three alternate for ``--rounds`` rounds (median printed, ratios to plain). Then, in a fresh
+Python process each time: ``gem_lightning.api.load_model(ckpt)`` and its first ``classify`` (cold),
+and the median of ``--warm-calls`` further calls (warm), on one photo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from gem_lightning.cli import cli_main  # noqa: E402
+from gem_lightning.data.cache import DecodeSettings  # noqa: E402
+from gem_lightning.data.datamodule import GemDataModule  # noqa: E402
+from gem_lightning.data.datasets import find_predict_files  # noqa: E402
+from gem_lightning.data.transforms import cache_size_for, eval_transform  # noqa: E402
+from gem_lightning.module import GemClassifier  # noqa: E402
+
+BATCH_SIZE = 32
+
+API_PROBE = r"""
+import json, statistics, sys, time
+start = time.perf_counter()
+try:
+    from gem_lightning.api import load_model
+except ImportError as error:
+    print(json.dumps({"missing": str(error)})); sys.exit(0)
+imported = time.perf_counter()
+model = load_model(sys.argv[1])
+loaded = time.perf_counter()
+first = model.classify(sys.argv[2])
+classified = time.perf_counter()
+warm = []
+for _ in range(int(sys.argv[3])):
+    t = time.perf_counter(); model.classify(sys.argv[2]); warm.append(time.perf_counter() - t)
+print(json.dumps({"import_s": imported - start, "load_s": loaded - imported, "first_classify_s": classified - loaded,
+                  "warm_median_s": statistics.median(warm), "warm_min_s": min(warm), "top1": first[0][0]}))
+"""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "datasets" / "gemstones")
+    parser.add_argument("--ckpt", type=Path, default=None, help="a trained checkpoint (default: an untrained model's)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warm-calls", type=int, default=20)
+    parser.add_argument("--api-runs", type=int, default=3, help="fresh processes for the API latency")
+    return parser.parse_args(argv)
+
+
+@contextlib.contextmanager
+def hidden_output():
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull), contextlib.redirect_stderr(devnull):
+        yield
+
+
+def untrained_checkpoint(data_dir: Path, path: Path) -> Path:
+    """A checkpoint ``GemClassifier.load_from_checkpoint`` and ``predict --ckpt_path`` accept."""
+    model = GemClassifier(GemDataModule(str(data_dir)).class_names, 220)
+    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(path)
+    return path
+
+
+def run_cli(args, ckpt: Path, folder: Path, out: Path) -> float:
+    start = time.perf_counter()
+    with hidden_output():
+        cli_main(
+            [
+                "predict", "--config", str(REPO / "configs" / "gemstones.yaml"),
+                "--ckpt_path", str(ckpt),
+                "--data.data_dir", str(args.data_dir),
+                "--data.predict_path", str(folder),
+                "--trainer.logger", "false",
+                "--trainer.default_root_dir", str(out),
+                "--predictions.output", str(out / "predictions.csv"),
+            ]
+        )
+    return time.perf_counter() - start
+
+
+def run_trainer(args, ckpt: Path, folder: Path) -> float:
+    start = time.perf_counter()
+    with hidden_output():
+        model = GemClassifier.load_from_checkpoint(ckpt, map_location="cpu")
+        datamodule = GemDataModule(str(args.data_dir), image_size=model.hparams.image_size, batch_size=BATCH_SIZE, predict_path=str(folder))
+        trainer = Trainer(accelerator="cpu", devices=1, precision="bf16-mixed", logger=False, enable_progress_bar=False, enable_model_summary=False)
+        outputs = trainer.predict(model, datamodule=datamodule)
+    assert sum(len(o["predictions"]) for o in outputs) > 0
+    return time.perf_counter() - start
+
+
+def run_plain(ckpt: Path, files: list[Path]) -> float:
+    start = time.perf_counter()
+    model = GemClassifier.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    size = model.hparams.image_size
+    settings, resize = DecodeSettings(cache_size_for(size)), eval_transform(size)
+    rows = 0
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for first in range(0, len(files), BATCH_SIZE):
+            images = torch.stack([resize(torch.from_numpy(settings.decode(p)).permute(2, 0, 1)) for p in files[first : first + BATCH_SIZE]])
+            probs, labels = model.predict_proba(images).topk(5, dim=-1)
+            rows += len(labels.tolist())
+    assert rows == len(files)
+    return time.perf_counter() - start
+
+
+def api_latency(args, ckpt: Path, image: Path) -> list[dict]:
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore")
+    runs = []
+    for _ in range(args.api_runs):
+        done = subprocess.run([sys.executable, "-c", API_PROBE, str(ckpt), str(image), str(args.warm_calls)],
+                              capture_output=True, text=True, env=env, cwd=REPO)
+        if done.returncode != 0:
+            print(done.stderr[-2000:])
+            raise SystemExit("the API probe failed")
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        if "missing" in runs[-1]:
+            break
+    return runs
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    warnings.filterwarnings("ignore")
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    folder = args.data_dir / "test"
+    files = find_predict_files(str(folder))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(files)} files in {folder}; batch {BATCH_SIZE}, bf16-mixed")
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = args.ckpt or untrained_checkpoint(args.data_dir, Path(tmp) / "untrained.ckpt")
+        print(f"checkpoint: {ckpt if args.ckpt else 'untrained GemClassifier (configs/gemstones.yaml model), saved via Trainer.save_checkpoint'}")
+        runners = {
+            "cli": lambda r: run_cli(args, ckpt, folder, Path(tmp) / f"cli{r}"),
+            "trainer": lambda r: run_trainer(args, ckpt, folder),
+            "plain": lambda r: run_plain(ckpt, files),
+        }
+        seconds: dict[str, list[float]] = {name: [] for name in runners}
+        for r in range(args.rounds):
+            for name in list(runners) if r % 2 == 0 else list(runners)[::-1]:
+                seconds[name].append(runners[name](r))
+                print(f"round {r + 1} {name:>7}: {seconds[name][-1]:6.2f} s = {len(files) / seconds[name][-1]:6.1f} images/s", flush=True)
+        rates = {name: len(files) / statistics.median(s) for name, s in seconds.items()}
+        print("\nmedian images/s (end to end, setup included): " + ", ".join(f"{n} {v:.1f}" for n, v in rates.items()))
+        print(f"cli/plain: {rates['cli'] / rates['plain']:.3f}, trainer/plain: {rates['trainer'] / rates['plain']:.3f}")
+
+        print(f"\ngem_lightning.api, fresh process each run, one photo ({files[0].name}):")
+        for run in api_latency(args, ckpt, files[0]):
+            if "missing" in run:
+                print(f"  skipped: gem_lightning.api is not importable ({run['missing']})")
+                break
+            cold = run["load_s"] + run["first_classify_s"]
+            print(f"  import {run['import_s']:.2f} s, load_model {run['load_s']:.2f} s, first classify {run['first_classify_s'] * 1e3:.0f} ms "
+                  f"(cold: {cold:.2f} s after import), warm classify median {run['warm_median_s'] * 1e3:.1f} ms (min {run['warm_min_s'] * 1e3:.1f})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""A network together with its input normalisation: raw 0-255 images in, logits or probabilities out."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+
+class ImageClassifier(nn.Module):
+    """Wraps a network so it takes ``(B, 3, S, S)`` RGB images, 0-255, uint8 or float.
+
+    Normalising on the device lets batches cross to an accelerator as uint8 (a quarter of the
+    bytes), and makes the exported model self-contained.
+
+    Args:
+        network: maps normalised float images to logits.
+        mean: per-channel mean of images scaled to [0, 1].
+        std: per-channel standard deviation of images scaled to [0, 1].
+        channels_last: feed the network channels-last tensors (and store its weights so).
+        tta: ``hflip`` averages the probabilities of each image and its mirror image.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+        *,
+        channels_last: bool = True,
+        tta: Literal["none", "hflip"] = "none",
+    ) -> None:
+        super().__init__()
+        self.network = network.to(memory_format=torch.channels_last) if channels_last else network
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255, persistent=False)
+        self.channels_last = channels_last
+        self.hflip = tta == "hflip"
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        images = (images.float() - self.mean) / self.std
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits, ``(B, num_classes)``."""
+        return self.network(self.normalize(images))
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities in float32, with the test-time augmentation if any."""
+        probs = self(images).float().softmax(dim=-1)
+        if self.hflip:
+            probs = (probs + self(images.flip(-1)).float().softmax(dim=-1)) / 2
+        return probs
