@@ -105,6 +105,7 @@ TOOLS = {
     "prepare": "gem_lightning.data.prepare",
     "preview": "gem_lightning.preview",
     "lr_find": "gem_lightning.lr_find",
+    "seeds": "gem_lightning.seeds",
     "export": "gem_lightning.export",
 }
 """Commands beside LightningCLI's: ``python main.py <tool> --help`` documents each."""
@@ -113,7 +114,7 @@ DESCRIPTION = """gem-lightning: train, evaluate and serve image classifiers on f
 
 Besides fit/validate/test/predict: `prepare` (split one folder-per-class collection into train/ and
 test/), `preview` (augmentation preview and a sample batch), `lr_find` (learning-rate range test),
-`export` (TorchScript / ONNX). Run `python main.py <command> --help` for each."""
+`export` (TorchScript / ONNX), `seeds` (fit and test over several seeds: mean +- std). Run `python main.py <command> --help` for each."""
 
 
 def cli_main(args: list[str] | None = None, *, run: bool = True) -> GemCLI | object:
