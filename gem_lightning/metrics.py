@@ -24,4 +24,5 @@ def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
             F1: MulticlassF1Score(num_classes, average="macro"),
         },
         prefix=prefix,
+        compute_groups=False,  # grouping shares micro-averaged states with the macro F1 and corrupts it
     )

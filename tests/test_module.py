@@ -122,3 +122,21 @@ def test_warmup_cosine_follows_the_run_length(tiny_dataset, isolated_cache, tmp_
     assert scheduler.interval == "step" and scheduler.scheduler.total_steps == 6
     assert [round(scheduler.scheduler.factor(s), 3) for s in (0, 1, 6)] == [0.1, 0.7, 0.0]
     assert run.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_metric_collection_macro_f1_is_not_mixed_with_micro_accuracy():
+    """torchmetrics' compute groups merged metrics whose states matched after the first batch, so a
+    first batch that top-1 and top-5 got equally wrong made macro F1 report the top-5 states."""
+    from gem_lightning.metrics import classification_metrics
+
+    torch.manual_seed(0)
+    targets = torch.arange(12).repeat_interleave(10)  # sorted by class, like an unshuffled test set
+    logits = torch.randn(120, 12) + 4 * torch.nn.functional.one_hot(targets % 4, 12)
+    logits[:32] = torch.linspace(0, 1, 12) - 10 * torch.nn.functional.one_hot(targets[:32], 12)  # first batch: all wrong, even in top-5
+    probs = logits.softmax(dim=-1)
+    metrics = classification_metrics(12, "val/")
+    for start in range(0, 120, 32):
+        metrics.update(probs[start : start + 32], targets[start : start + 32])
+    computed = metrics.compute()
+    assert computed["val/f1"] == pytest.approx(multiclass_f1_score(probs, targets, 12, average="macro").item(), abs=1e-6)
+    assert computed["val/acc"] == pytest.approx(multiclass_accuracy(probs, targets, 12, average="micro").item(), abs=1e-6)
