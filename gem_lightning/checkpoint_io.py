@@ -21,7 +21,14 @@ What a resume from ``--ckpt_path last`` reproduces (Lightning 2.6, verified by `
   ended"). Later epochs follow the same procedure but the weights have diverged. Such a checkpoint
   keeps the work done until a preemption; it does not promise bitwise equality.
 
-Pieces (``make_resumable(trainer)`` installs the last three on a trainer; the CLI does it):
+Under DDP the same holds: the ``DistributedSampler`` order depends only on its seed and the epoch,
+and every rank resumes with the saved generator states (see :class:`RNGState`).
+``--ckpt_path last`` looks in the ``ModelCheckpoint`` folder of the *new* run, which by default is
+a new ``version_<n>`` folder; resume-friendly runs fix it (``--checkpoint.dirpath``), as
+``scripts/slurm_fit.sh`` and ``scripts/torchrun_fit.sh`` do.
+
+Pieces (``make_resumable(trainer)`` installs the last three on a trainer; ``GemCLI`` calls it, and
+uses :class:`ResumableModelCheckpoint` for its ``checkpoint`` options):
 
 * :class:`ResumableModelCheckpoint`: ``ModelCheckpoint`` whose ``save_last=True`` really writes the
   latest state at every epoch checkpoint. Lightning 2.6.0 changed ``save_last`` to write ``last.ckpt``
@@ -42,8 +49,10 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import secrets
 import signal
+import subprocess
 import threading
 from functools import partial
 from pathlib import Path
@@ -54,6 +63,7 @@ import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -76,8 +86,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     and other fsspec URLs) keep Lightning's behaviour.
 
     The temporary file is named ``.<name>.<random>.tmp`` so that neither ``ckpt_path="last"`` nor
-    ``ModelCheckpoint``'s file listing ever picks it up; a process killed mid-write leaves it behind
-    (harmless, and removed by nothing: delete ``.*.tmp`` files in checkpoint folders at leisure).
+    ``ModelCheckpoint``'s file listing ever picks it up. A process killed mid-write leaves it
+    behind; it is harmless, and nothing removes it (delete ``.*.tmp`` in checkpoint folders freely).
     """
 
     @override
@@ -148,6 +158,8 @@ class ResumableModelCheckpoint(ModelCheckpoint):
     if a checkpoint was actually saved in this step"). Step-based saves
     (``every_n_train_steps``) are unchanged. Same arguments as ``ModelCheckpoint``; its checkpoint
     state uses ``ModelCheckpoint``'s key, so checkpoints written with either class resume with the other.
+    It relies on ``ModelCheckpoint`` internals of Lightning 2.6 (``pyproject.toml`` pins ``<2.7``);
+    ``tests/test_resume.py`` checks the behaviour.
     """
 
     @property
@@ -191,50 +203,79 @@ class RNGState(Callback):
     Lightning consumes no random numbers (the sanity check runs under ``isolate_rng``), so the
     replayed epoch draws exactly what the uninterrupted run drew.
 
-    Under DDP only rank 0's states are written; every rank resumes with them. Ranks are seeded
-    alike by ``seed_everything`` and draw in lockstep (the ``DistributedSampler`` pads ranks to
-    equal lengths; its order depends only on ``seed`` and the epoch), so these are each rank's own
-    states too. Loader workers are seeded by Lightning from a number drawn in the main process
-    (and the rank) when each epoch's loader iterator is created, which these states cover; the
-    random streams of *persistent* workers live in the workers and are not captured.
+    Under DDP the ranks' generators differ (they are seeded alike, but rank 0 alone prepares the
+    data, and each rank augments other images), so every rank's states are gathered into the
+    checkpoint (``all_gather_object`` while the checkpoint is dumped, which Lightning does on every
+    rank at once) and each rank restores its own. Resumed with another number of processes, rank
+    ``r`` takes the states of rank ``r % saved``: the run continues, it is not a replay. Loader
+    workers are seeded by Lightning from a number drawn in the main process (and the rank) when each
+    epoch's loader iterator is created, which these states cover; the random streams of
+    *persistent* workers live in the workers and are not captured.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._trainer: Trainer | None = None
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._trainer = trainer
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        keys, pos, has_gauss, cached_gaussian = np.random.get_state()[1:]
-        state: dict[str, Any] = {
-            "torch": torch.get_rng_state(),
-            "numpy": {
-                "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-                "pos": int(pos),
-                "has_gauss": int(has_gauss),
-                "cached_gaussian": float(cached_gaussian),
-            },
-            "python": random.getstate(),
-        }
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["cuda"] = torch.cuda.get_rng_state()
-        return state
+        state = _local_rng_state()
+        if not _distributed(self._trainer):
+            return {"ranks": [state]}
+        ranks: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(ranks, state)
+        return {"ranks": ranks}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if not state_dict:
+        ranks = state_dict.get("ranks")
+        if not ranks:
             return
-        torch.set_rng_state(state_dict["torch"])
-        numpy_state = state_dict["numpy"]
-        np.random.set_state(
-            (
-                "MT19937",
-                numpy_state["keys"].numpy().astype(np.uint32),
-                numpy_state["pos"],
-                numpy_state["has_gauss"],
-                numpy_state["cached_gaussian"],
-            )
-        )
-        version, internal, gauss = state_dict["python"]
-        random.setstate((version, tuple(internal), gauss))
-        if "cuda" in state_dict and torch.cuda.is_available():
-            torch.cuda.set_rng_state(state_dict["cuda"])
+        rank = torch.distributed.get_rank() if _distributed(self._trainer) else 0
+        _set_local_rng_state(ranks[rank % len(ranks)])
+
+
+def _distributed(trainer: Trainer | None) -> bool:
+    return (
+        trainer is not None
+        and trainer.world_size > 1
+        and torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+    )
+
+
+def _local_rng_state() -> dict[str, Any]:
+    keys, pos, has_gauss, cached_gaussian = np.random.get_state()[1:]
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_local_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        ("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"], numpy_state["has_gauss"],
+         numpy_state["cached_gaussian"])
+    )
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 # SIGTERM ----------------------------------------------------------------------------------------
@@ -263,9 +304,13 @@ class SaveOnSigterm(Callback):
     A request that arrives during validation takes effect at the next training batch end, or the
     run ends normally if that was the last validation.
 
-    On SLURM, Lightning's ``SLURMEnvironment(auto_requeue=True)`` (the default when SLURM is
-    detected) also handles ``--signal=SIGUSR1@90``: it saves ``hpc_ckpt_<n>.ckpt`` in
-    ``default_root_dir`` and requeues the job; the SIGTERM that ends the job reaches this callback.
+    On SLURM, ``SLURMEnvironment(auto_requeue=True)`` (Lightning's default when SLURM is detected)
+    also handles the requeue signal (``#SBATCH --signal=SIGUSR1@90``): Lightning's handler saves
+    ``hpc_ckpt_<n>.ckpt`` in ``default_root_dir`` and runs ``scontrol requeue``, but it too runs
+    collectives (the barriers of ``trainer.save_checkpoint``) inside the signal handler. Under DDP
+    this callback handles that signal the same way as SIGTERM (record, agree at a batch end, save
+    ``last.ckpt`` on all ranks), and then global rank 0 requeues the job as Lightning would. In a
+    single process Lightning's handlers are safe and stay in place.
 
     Args:
         filename: name (without ``.ckpt``) of the checkpoint in the ``ModelCheckpoint`` folder;
@@ -280,6 +325,7 @@ class SaveOnSigterm(Callback):
         self.filename = filename
         self.saved_path: str | None = None
         self._requested = False
+        self._requeue = False
         self._forwarded = False
 
     def requested(self, trainer: Trainer) -> bool:
@@ -288,16 +334,22 @@ class SaveOnSigterm(Callback):
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._requested = False
-        if trainer.world_size > 1 and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, partial(self._record_sigterm, trainer))
-            # Lightning's signal connector restores the handlers it found when the trainer tears down.
+        self._requested = self._requeue = False
+        if trainer.world_size == 1 or threading.current_thread() is not threading.main_thread():
+            return
+        # Lightning's signal connector restores the handlers it found when the trainer tears down.
+        signal.signal(signal.SIGTERM, partial(self._record, trainer, False))
+        environment = getattr(trainer.strategy, "cluster_environment", None)
+        if isinstance(environment, SLURMEnvironment) and environment.auto_requeue and hasattr(signal, "SIGUSR1"):
+            signal.signal(environment.requeue_signal or signal.SIGUSR1, partial(self._record, trainer, True))
 
-    def _record_sigterm(self, trainer: Trainer, signum: int, frame: Any) -> None:
-        rank_zero_info("SIGTERM received: stopping after this training batch.")
+    def _record(self, trainer: Trainer, requeue: bool, signum: int, frame: Any) -> None:
+        """Signal handler under DDP: only note the request (no collectives in a signal handler)."""
+        rank_zero_info(f"Signal {signum} received: stopping after this training batch.")
         self._requested = True
+        self._requeue = self._requeue or requeue
         launcher = trainer.strategy.launcher
-        if launcher is not None and not self._forwarded:
+        if not requeue and launcher is not None and not self._forwarded:
             self._forwarded = True
             launcher.kill(signum)  # the processes Lightning's launcher started (none under srun/torchrun)
 
@@ -308,9 +360,14 @@ class SaveOnSigterm(Callback):
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         if not stop or self.saved_path is not None:
             return
+        requeue = self._requeue
+        if trainer.world_size > 1:
+            requeue = trainer.strategy.reduce_boolean_decision(requeue, all=False)
         # Every rank stops after this batch (Lightning checks the flag at the end of the batch).
         trainer._signal_connector.received_sigterm = True
         self._save(trainer)
+        if requeue and trainer.is_global_zero:
+            _requeue_slurm_job()
 
     @override
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
@@ -342,7 +399,25 @@ class SaveOnSigterm(Callback):
             callback.last_model_path = path
         trainer.save_checkpoint(path, weights_only=False)
         self.saved_path = path
-        rank_zero_info(f"SIGTERM received: saved a checkpoint at global step {trainer.global_step} to {path}; stopping.")
+        rank_zero_info(f"Stopping on a signal: saved a checkpoint at global step {trainer.global_step} to {path}.")
+
+
+def _requeue_slurm_job() -> None:
+    """``scontrol requeue`` this job, as Lightning's SLURM signal handler does."""
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ.get("SLURM_JOB_ID", "")
+    if not re.fullmatch(r"[0-9_]+", job):
+        rank_zero_warn(f"Not requeueing: unexpected SLURM job id {job!r}.")
+        return
+    try:
+        status = subprocess.call(["scontrol", "requeue", job])
+    except FileNotFoundError:
+        rank_zero_warn("Not requeueing: `scontrol` is not on PATH.")
+        return
+    if status == 0:
+        rank_zero_info(f"Requeued SLURM job {job}.")
+    else:
+        rank_zero_warn(f"`scontrol requeue {job}` failed with status {status}.")
 
 
 # Installation -----------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from jsonargparse import lazy_instance
@@ -20,6 +21,7 @@ from jsonargparse import lazy_instance
 from gem_lightning.callbacks.prediction_writer import PredictionWriter
 from gem_lightning.callbacks.reports import EvaluationReport, LearningCurves
 from gem_lightning.callbacks.timing import EpochTimer
+from gem_lightning.checkpoint_io import ResumableModelCheckpoint, make_resumable
 from gem_lightning.data.datamodule import GemDataModule
 from gem_lightning.errors import UserInputError
 from gem_lightning.metrics import MONITOR
@@ -43,7 +45,7 @@ class GemCLI(LightningCLI):
     """LightningCLI with gem-lightning's links, checkpointing and prediction writer."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ResumableModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": MONITOR,
@@ -68,9 +70,10 @@ class GemCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         """From a checkpoint, rebuild the network as it was trained and feed the data what it expects."""
-        config = self.config[self.config.subcommand]
-        if self.config.subcommand == "fit":
+        subcommand = self.config.get("subcommand")
+        if subcommand in (None, "fit"):  # None: cli_main(args, run=False) parses no subcommand
             return
+        config = self.config[subcommand]
         hparams = read_checkpoint_hparams(config.get("ckpt_path"))
         for key, value in hparams.items():
             if key in config.model and key not in LINKED_FROM_DATA | CHOSEN_AT_INFERENCE:
@@ -89,6 +92,11 @@ class GemCLI(LightningCLI):
         """Lightning would copy every checkpoint hyperparameter into the model's config, including
         the linked ones, which jsonargparse rejects; ``before_instantiate_classes`` and
         ``instantiate_classes`` do it through the data module instead."""
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        """The trainer, with atomic checkpoint writes, random-generator states in checkpoints and a
+        checkpoint on SIGTERM (``gem_lightning.checkpoint_io``)."""
+        return make_resumable(super().instantiate_trainer(**kwargs))
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()

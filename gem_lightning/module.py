@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torchmetrics import MeanMetric
 from torchvision.transforms import v2
 
 from gem_lightning.metrics import LOSS, MONITOR, SAMPLES, classification_metrics
@@ -110,6 +111,10 @@ class GemClassifier(LightningModule):
         self.train_metrics = classification_metrics(self.num_classes, "train/")
         self.val_metrics = classification_metrics(self.num_classes, "val/")
         self.test_metrics = classification_metrics(self.num_classes, "test/")
+        # Evaluation losses as metrics: exact under DDP with unequal images per process
+        # (Lightning 2.6's sync_dist mean floors an integer sample count, Lightning-AI/pytorch-lightning#21859).
+        self.val_loss = MeanMetric()
+        self.test_loss = MeanMetric()
 
     @property
     def num_classes(self) -> int:
@@ -146,10 +151,12 @@ class GemClassifier(LightningModule):
     def _evaluation_step(self, batch, stage: str) -> dict[str, torch.Tensor]:
         images, targets, indices = batch
         probs = self.predict_proba(images)
-        loss = F.nll_loss(probs.clamp_min(1e-12).log(), targets)
+        losses = F.nll_loss(probs.clamp_min(1e-12).log(), targets, reduction="none")
         metrics = self.val_metrics if stage == "val" else self.test_metrics
+        loss = self.val_loss if stage == "val" else self.test_loss
         metrics.update(probs, targets)
-        self.log(f"{stage}/{LOSS}", loss, on_epoch=True, prog_bar=stage == "val", sync_dist=True, batch_size=len(targets))
+        loss.update(losses)
+        self.log(f"{stage}/{LOSS}", loss, on_epoch=True, prog_bar=stage == "val", batch_size=len(targets))
         self.log_dict(metrics, on_epoch=True, prog_bar=stage == "val", batch_size=len(targets))
         self.log(f"{stage}/{SAMPLES}", float(len(targets)), on_epoch=True, reduce_fx="sum", sync_dist=True, batch_size=1)
         return {"probs": probs, "targets": targets, "indices": indices}

@@ -6,11 +6,12 @@
 # configs/ddp_gpu.yaml), PYTHON (default python: activate your environment before sbatch, or set it).
 # Extra arguments are passed to `main.py fit`.
 #
-# Restarts: 90 s before the time limit SLURM sends SIGUSR1; Lightning (auto_requeue) saves
-# hpc_ckpt_<n>.ckpt in the run folder and requeues the job. A SIGTERM (preemption, scancel, the
-# requeue itself) makes gem-lightning save checkpoints/last.ckpt at the current step and stop. The
-# requeued job has the same SLURM_JOB_ID, hence the same run folder, and resumes from the newer of
-# the two. Logs stay in the logger's folders (a new version per restart).
+# Restarts: 90 s before the time limit SLURM sends SIGUSR1 (auto_requeue, on by default): the
+# tasks agree at the end of the current training batch, save checkpoints/last.ckpt at that step,
+# and task 0 runs `scontrol requeue` (with a single task, Lightning's own handler saves
+# hpc_ckpt_<n>.ckpt and requeues). A SIGTERM (preemption, scancel) also saves last.ckpt and stops.
+# The requeued job has the same SLURM_JOB_ID, hence the same run folder, and resumes from the
+# newest of those checkpoints. Logs go to the logger's folders (a new version per restart).
 #
 #SBATCH --job-name=gem-fit
 #SBATCH --nodes=2

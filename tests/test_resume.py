@@ -1,9 +1,8 @@
 """Surviving kills: atomic checkpoint writes, exact resume from ``last.ckpt``, SIGTERM checkpoints.
 
-The end-to-end tests run ``fit`` in a subprocess through a small launcher (``SHIM``) that installs
-``gem_lightning.checkpoint_io`` the way the CLI does (a no-op once ``cli.py`` installs it itself)
-and, when asked, pauses before one training batch and writes a marker file: the test then kills
-the run at exactly that batch, never at a time that depends on the machine's speed.
+The end-to-end tests run ``fit`` in a subprocess through a small launcher (``SHIM``): main.py that,
+when asked, pauses before one training batch and writes a marker file; the test then kills the run
+at exactly that batch, never at a time that depends on the machine's speed.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -36,18 +36,14 @@ from gem_lightning.checkpoint_io import (
 from test_distributed import TINY_MODEL, run_command, subprocess_env
 
 SHIM = '''
-"""main.py with gem_lightning.checkpoint_io installed, and GEM_TEST_PAUSE=<epoch>:<batch>:<marker>."""
+"""main.py that pauses where GEM_TEST_PAUSE=<epoch>:<batch>:<marker> says."""
 import json, os, sys, time
 from pathlib import Path
 
 from lightning.pytorch import Callback
-from lightning.pytorch.callbacks import ModelCheckpoint
 
 import gem_lightning.cli as cli
 from gem_lightning import checkpoint_io
-
-if getattr(cli, "ModelCheckpoint", None) is ModelCheckpoint:
-    cli.ModelCheckpoint = checkpoint_io.ResumableModelCheckpoint
 
 
 class PauseForSignal(Callback):
@@ -69,7 +65,7 @@ _instantiate_trainer = cli.GemCLI.instantiate_trainer
 
 
 def instantiate_trainer(self, **kwargs):
-    trainer = checkpoint_io.make_resumable(_instantiate_trainer(self, **kwargs))
+    trainer = _instantiate_trainer(self, **kwargs)
     if os.environ.get("GEM_TEST_PAUSE"):
         trainer.callbacks.insert(0, PauseForSignal(os.environ["GEM_TEST_PAUSE"]))
     return trainer
@@ -136,6 +132,18 @@ def wait(proc: subprocess.Popen, log: Path, timeout: float = 120) -> int:
         pytest.fail(f"the run did not stop within {timeout} s; log tail:\n{log.read_text()[-4000:]}")
 
 
+def assert_same_training_state(resumed: dict, reference: dict) -> None:
+    """Same step, weights and Adam moments, to float tolerance (in practice bit for bit)."""
+    assert (resumed["epoch"], resumed["global_step"]) == (reference["epoch"], reference["global_step"])
+    for name, expected in reference["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][name], expected, rtol=0, atol=1e-6,
+                                   msg=lambda m, name=name: f"{name} differs from the uninterrupted run: {m}")
+    for expected, actual in zip(reference["optimizer_states"][0]["state"].values(),
+                                resumed["optimizer_states"][0]["state"].values()):
+        torch.testing.assert_close(actual["exp_avg"], expected["exp_avg"], rtol=0, atol=1e-6)
+        torch.testing.assert_close(actual["exp_avg_sq"], expected["exp_avg_sq"], rtol=0, atol=1e-6)
+
+
 def load(path: Path) -> dict:
     # weights_only: what `validate`/`test`/`predict` (and Lightning's resume by default) use
     return torch.load(path, map_location="cpu", weights_only=True)
@@ -160,14 +168,7 @@ def test_run_killed_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run(res
     assert (at_kill["epoch"], at_kill["global_step"]) == (0, BATCHES_PER_EPOCH), "the end-of-epoch-0 checkpoint"
 
     fit(resume_setup, "killed", "--ckpt_path", "last")
-    resumed = load(last)
-    assert (resumed["epoch"], resumed["global_step"]) == (reference["epoch"], reference["global_step"])
-    for name, expected in reference["state_dict"].items():
-        torch.testing.assert_close(resumed["state_dict"][name], expected, rtol=0, atol=1e-6,
-                                   msg=lambda m, name=name: f"{name} differs after the resume: {m}")
-    for expected, actual in zip(reference["optimizer_states"][0]["state"].values(),
-                                resumed["optimizer_states"][0]["state"].values()):
-        torch.testing.assert_close(actual["exp_avg"], expected["exp_avg"], rtol=0, atol=1e-6)
+    assert_same_training_state(load(last), reference)
     leftovers = [p.name for p in last.parent.iterdir() if p.suffix != ".ckpt"]
     assert not leftovers, f"temporary files left in the checkpoint folder: {leftovers}"
 
@@ -179,7 +180,7 @@ def test_sigterm_saves_a_resumable_checkpoint_at_the_current_step_and_exits(resu
     status = wait(proc, log, timeout=60)
     output = log.read_text()
     assert status == 0, f"Lightning stops on SIGTERM with SystemExit (status 0), got {status}:\n{output[-3000:]}"
-    assert "SIGTERM received: saved a checkpoint" in output, output[-3000:]
+    assert "Stopping on a signal: saved a checkpoint" in output, output[-3000:]
 
     last = resume_setup["tmp"] / "terminated" / "checkpoints" / "last.ckpt"
     saved = load(last)
@@ -196,19 +197,91 @@ def test_sigterm_saves_a_resumable_checkpoint_at_the_current_step_and_exits(resu
 
 
 @pytest.mark.slow
-def test_sigterm_under_ddp_saves_once_and_stops_every_rank(resume_setup):
-    """Rank 0 waits before a batch while rank 1 waits in the gradient all-reduce: Lightning's own
-    handler would broadcast from inside the signal handler and crash gloo here."""
+def test_ddp_sigterm_stops_every_rank_and_epoch_checkpoints_replay_exactly(resume_setup):
+    """Two processes. SIGTERM while rank 0 waits before a batch and rank 1 waits in the gradient
+    all-reduce (Lightning's own handler would broadcast from inside the signal handler and crash
+    gloo here); then a resume from the end-of-epoch-0 checkpoint replays epoch 1 exactly, which
+    needs each rank's own random generators (they differ between ranks)."""
     setup = dict(resume_setup, env=dict(resume_setup["env"], OMP_NUM_THREADS="1"))
-    proc, paused, log = start_paused_fit(setup, "ddp", 1, 1, "--trainer.devices", "2", "--trainer.strategy", "ddp")
+    ddp = ["--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_epochs", "2"]
+    steps = 3  # 24 training images over 2 ranks: 3 batches of 4 per epoch
+    fit(setup, "ddp-straight", *ddp)
+    reference = load(setup["tmp"] / "ddp-straight" / "checkpoints" / "last.ckpt")
+    assert reference["global_step"] == 2 * steps
+
+    proc, paused, log = start_paused_fit(setup, "ddp", 1, 1, *ddp)
     os.killpg(proc.pid, signal.SIGTERM)  # srun and torchrun signal every rank, as here
     status = wait(proc, log, timeout=60)
     output = log.read_text()
     assert status == 0, f"exit status {status}:\n{output[-3000:]}"
-    assert output.count("SIGTERM received: saved a checkpoint") == 1, output[-3000:]
-    saved = load(setup["tmp"] / "ddp" / "checkpoints" / "last.ckpt")
-    # 24 training images over 2 ranks: 3 batches of 4 per epoch
-    assert paused["global_step"] == 3 + 1 and (saved["epoch"], saved["global_step"]) == (1, 3 + 2)
+    assert output.count("Stopping on a signal: saved a checkpoint") == 1, output[-3000:]
+    checkpoints = setup["tmp"] / "ddp" / "checkpoints"
+    saved = load(checkpoints / "last.ckpt")
+    assert paused["global_step"] == steps + 1 and (saved["epoch"], saved["global_step"]) == (1, steps + 2)
+    assert len(saved["callbacks"]["RNGState"]["ranks"]) == 2, "one set of generator states per rank"
+
+    epoch_end = checkpoints / "best-000.ckpt"  # the first validation is always the best so far
+    assert load(epoch_end)["global_step"] == steps
+    fit(setup, "ddp", *ddp, "--ckpt_path", str(epoch_end))
+    # best-000.ckpt was written before last.ckpt, so its ModelCheckpoint state names no last file and
+    # the resumed run writes last-v1.ckpt: take the newest, as ckpt_path="last" does.
+    newest = max(checkpoints.glob("last*.ckpt"), key=lambda path: path.stat().st_mtime_ns)
+    assert_same_training_state(load(newest), reference)
+
+
+FAKE_SCONTROL = """#!/bin/sh
+echo "$@" >> "$SCONTROL_CALLS"
+"""
+
+
+@pytest.mark.slow
+def test_slurm_requeue_signal_under_ddp_saves_on_every_rank_then_requeues(resume_setup):
+    """Two tasks started as ``srun`` would (SLURM_PROCID 0 and 1): SIGUSR1, the ``--signal=SIGUSR1@90``
+    of scripts/slurm_fit.sh, saves last.ckpt at the current step and then rank 0 requeues the job."""
+    tmp = resume_setup["tmp"]
+    bin_dir = tmp / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(FAKE_SCONTROL)
+    (bin_dir / "scontrol").chmod(0o755)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    marker = tmp / "slurm.paused"
+    common = dict(
+        resume_setup["env"], OMP_NUM_THREADS="1", PATH=f"{bin_dir}:{os.environ['PATH']}", SCONTROL_CALLS=str(tmp / "calls"),
+        SLURM_NTASKS="2", SLURM_NTASKS_PER_NODE="2", SLURM_NNODES="1", SLURM_NODEID="0", SLURM_JOB_ID="4242",
+        SLURM_JOB_NAME="gem-fit", SLURM_NODELIST="localhost", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+        GEM_TEST_PAUSE=f"1:1:{marker}",
+    )
+    args = [*resume_setup["args"]("slurm"), "--trainer.devices", "2", "--trainer.num_nodes", "1",
+            "--trainer.strategy", "ddp", "--trainer.max_epochs", "2"]
+    tasks, logs = [], []
+    for rank in (0, 1):
+        logs.append(tmp / f"slurm-task{rank}.log")
+        with logs[-1].open("w") as out:
+            tasks.append(subprocess.Popen([sys.executable, str(resume_setup["shim"]), *args], cwd=REPO, stdout=out,
+                                          stderr=subprocess.STDOUT, start_new_session=True,
+                                          env=dict(common, SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank))))
+    try:
+        deadline = time.monotonic() + 240
+        while not marker.exists():
+            if any(task.poll() is not None for task in tasks) or time.monotonic() > deadline:
+                pytest.fail("the tasks never reached the pause:\n" + "\n".join(log.read_text()[-2500:] for log in logs))
+            time.sleep(0.05)
+        for task in tasks:  # SLURM signals every task of the step
+            os.kill(task.pid, signal.SIGUSR1)
+        statuses = [wait(task, log, timeout=60) for task, log in zip(tasks, logs)]
+    finally:
+        for task in tasks:
+            if task.poll() is None:
+                os.killpg(task.pid, signal.SIGKILL)
+    output = logs[0].read_text()
+    assert statuses == [0, 0], f"{statuses}:\n{output[-3000:]}\n{logs[1].read_text()[-2000:]}"
+    assert (tmp / "calls").read_text().split() == ["requeue", "4242"], "rank 0 requeues the job once"
+    saved = load(tmp / "slurm" / "checkpoints" / "last.ckpt")
+    paused = json.loads(marker.read_text())
+    assert (saved["epoch"], saved["global_step"]) == (1, paused["global_step"] + 1)
+    assert "Requeued SLURM job 4242" in output, output[-3000:]
 
 
 # Atomic checkpoint writes ----------------------------------------------------------------------------
@@ -322,7 +395,7 @@ def test_last_checkpoint_is_the_latest_epoch_even_when_the_monitor_does_not_impr
 
 
 def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
-    callback = RNGState()
+    callback = RNGState()  # outside a Trainer: one process, one set of states
     torch.manual_seed(1), np.random.seed(2), random.seed(3)
     torch.save({"rng": callback.state_dict()}, tmp_path / "rng.ckpt")
     expected = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
