@@ -37,6 +37,7 @@ from gem_lightning.data.scan import (
     format_summary,
     is_hidden,
     list_classes,
+    relative_path,
     scan_split,
 )
 from gem_lightning.data.split import stratified_split
@@ -249,15 +250,8 @@ def _summary(
     if full.rejected:
         lines.append(f"\nsource: {len(full.rejected)} file(s) not copied:")
         for item in full.rejected:
-            lines.append(f"  {_relative(item.path, source)}: {item.reason}")
+            lines.append(f"  {relative_path(item.path, source)}: {item.reason}")
     return "\n".join(lines)
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return str(path)
 
 
 # --------------------------------------------------------------------------- command line

@@ -181,18 +181,19 @@ def format_summary(scans: dict[str, SplitScan], *, min_per_class: int = 2, max_l
             )
             for group in (conflicts + [g for g in duplicates if g not in conflicts])[:max_listed]:
                 kind = "LABEL CONFLICT" if group in conflicts else "duplicate"
-                lines.append(f"  {kind}: " + " == ".join(_short(r.path, scans[split].root) for r in group))
+                lines.append(f"  {kind}: " + " == ".join(relative_path(r.path, scans[split].root) for r in group))
         rejected = scans[split].rejected
         if rejected:
             lines.append(f"\n{split}: {len(rejected)} file(s) not used:")
             for item in rejected[:max_listed]:
-                lines.append(f"  {_short(item.path, scans[split].root)}: {item.reason}")
+                lines.append(f"  {relative_path(item.path, scans[split].root)}: {item.reason}")
             if len(rejected) > max_listed:
                 lines.append(f"  ... and {len(rejected) - max_listed} more")
     return "\n".join(lines)
 
 
-def _short(path: Path, root: Path) -> str:
+def relative_path(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` for reports, or the whole path when it lies elsewhere."""
     try:
         return path.relative_to(root).as_posix()
     except ValueError:
