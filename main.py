@@ -1,12 +1,11 @@
 """gem-lightning's command line: ``python main.py {fit,validate,test,predict} --config configs/<x>.yaml``.
 
-Also ``prepare``, ``preview``, ``lr_find`` and ``export``; ``python main.py --help`` lists all.
+Also ``prepare``, ``preview``, ``lr_find``, ``seeds`` and ``export``; ``python main.py --help`` lists all.
 """
 
 import sys
 
-from gem_lightning.cli import cli_main
+from gem_lightning.cli import main
 
 if __name__ == "__main__":
-    result = cli_main()
-    sys.exit(result if isinstance(result, int) else 0)
+    sys.exit(main())

@@ -146,3 +146,9 @@ def cli_main(args: list[str] | None = None, *, run: bool = True) -> GemCLI | obj
     except UserInputError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def main() -> int:
+    """``python main.py`` and the ``gem-lightning`` console script: the exit status of the command."""
+    result = cli_main()
+    return result if isinstance(result, int) else 0

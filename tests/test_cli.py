@@ -112,9 +112,11 @@ def test_every_config_parses(config, tmp_path, cpu_env):
     assert printed["data"]["data_dir"] == str(data_dir) and "trainer" in printed and "model" in printed
 
 
-def test_console_script_matches_main():
-    from gem_lightning.cli import cli_main
+def test_console_script_is_main_py(tmp_path, cpu_env):
     import tomllib
 
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["gem-lightning"] == f"{cli_main.__module__}:{cli_main.__name__}"
+    assert scripts["gem-lightning"] == "gem_lightning.cli:main"
+    assert "from gem_lightning.cli import main" in (REPO / "main.py").read_text()
+    result = run_cli("prepare", "--source", str(tmp_path / "missing"), "--output", str(tmp_path / "out"), env=cpu_env, cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "missing" in result.stderr  # tools' exit status reaches the shell
