@@ -5,11 +5,12 @@ Run from the repository root (prints figures; not a test):
     python benchmarks/predict_throughput.py [--data-dir ../shared/datasets/gemstones] [--ckpt CKPT]
         [--rounds 3] [--warm-calls 20]
 
-Over every photo of ``<data-dir>/test`` (440 files), with the model of ``configs/gemstones.yaml``
-(from ``--ckpt``, else an untrained one saved to a temporary checkpoint; speed does not depend on
-the weights), bf16-mixed autocast as the config sets it:
+Over every photo of ``<data-dir>/test`` (440 files), with the checkpoint ``--ckpt``, else an
+untrained ``GemClassifier`` at 220 px (the seed's network) saved to a temporary checkpoint (speed
+does not depend on the weights), bf16-mixed autocast as the configs set it:
 
-(cli)     ``cli_main(["predict", "--config", configs/gemstones.yaml, "--ckpt_path", ...])``, in this
+(cli)     ``cli_main(["predict", "--config", CONFIG, "--ckpt_path", ...])`` (``--config``, default
+          ``configs/gemstones_seed.yaml``, whose decoding matches the untrained checkpoint), in this
           process, end to end: config parsing, model rebuilt from the checkpoint, decoding in the
           DataLoader worker(s), batches of 32, predictions CSV written;
 (trainer) ``Trainer.predict`` of ``GemClassifier.load_from_checkpoint`` over ``GemDataModule``'s
@@ -17,6 +18,9 @@ the weights), bf16-mixed autocast as the config sets it:
 (plain)   a loop written here: decode + squeeze to the cache size (``DecodeSettings.decode``, as
           ``predict`` does), evaluation resize, batches of 32, ``model.predict_proba`` top-5 in
           inference mode, one process, no DataLoader.
+
+Printed: seconds and images/s end to end (setup included) and, for trainer and plain, images/s
+from the end of the first batch to the end of the last.
 
 The three alternate for ``--rounds`` rounds (median printed, ratios to plain). Then, in a fresh
 Python process each time: ``gem_lightning.api.load_model(ckpt)`` and its first ``classify`` (cold),
@@ -39,7 +43,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -77,6 +81,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "datasets" / "gemstones")
     parser.add_argument("--ckpt", type=Path, default=None, help="a trained checkpoint (default: an untrained model's)")
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "gemstones_seed.yaml", help="config of the CLI path")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warm-calls", type=int, default=20)
     parser.add_argument("--api-runs", type=int, default=3, help="fresh processes for the API latency")
@@ -103,7 +108,7 @@ def run_cli(args, ckpt: Path, folder: Path, out: Path) -> float:
     with hidden_output():
         cli_main(
             [
-                "predict", "--config", str(REPO / "configs" / "gemstones.yaml"),
+                "predict", "--config", str(args.config),
                 "--ckpt_path", str(ckpt),
                 "--data.data_dir", str(args.data_dir),
                 "--data.predict_path", str(folder),
@@ -112,22 +117,37 @@ def run_cli(args, ckpt: Path, folder: Path, out: Path) -> float:
                 "--predictions.output", str(out / "predictions.csv"),
             ]
         )
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    assert (out / "predictions.csv").is_file(), "the CLI wrote no predictions"
+    return seconds, float("nan")
 
 
-def run_trainer(args, ckpt: Path, folder: Path) -> float:
-    start = time.perf_counter()
+class BatchClock(Callback):
+    def __init__(self) -> None:
+        self.ends: list[tuple[float, int]] = []
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.ends.append((time.perf_counter(), len(batch["path"])))
+
+
+def steady_rate(ends: list[tuple[float, int]]) -> float:
+    """Images per second from the end of the first batch to the end of the last."""
+    return sum(n for _, n in ends[1:]) / (ends[-1][0] - ends[0][0]) if len(ends) > 1 else float("nan")
+
+
+def run_trainer(args, ckpt: Path, folder: Path) -> tuple[float, float]:
+    start, clock = time.perf_counter(), BatchClock()
     with hidden_output():
         model = GemClassifier.load_from_checkpoint(ckpt, map_location="cpu")
         datamodule = GemDataModule(str(args.data_dir), image_size=model.hparams.image_size, batch_size=BATCH_SIZE, predict_path=str(folder))
-        trainer = Trainer(accelerator="cpu", devices=1, precision="bf16-mixed", logger=False, enable_progress_bar=False, enable_model_summary=False)
+        trainer = Trainer(accelerator="cpu", devices=1, precision="bf16-mixed", logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[clock])
         outputs = trainer.predict(model, datamodule=datamodule)
     assert sum(len(o["predictions"]) for o in outputs) > 0
-    return time.perf_counter() - start
+    return time.perf_counter() - start, steady_rate(clock.ends)
 
 
-def run_plain(ckpt: Path, files: list[Path]) -> float:
-    start = time.perf_counter()
+def run_plain(ckpt: Path, files: list[Path]) -> tuple[float, float]:
+    start, ends = time.perf_counter(), []
     model = GemClassifier.load_from_checkpoint(ckpt, map_location="cpu").eval()
     size = model.hparams.image_size
     settings, resize = DecodeSettings(cache_size_for(size)), eval_transform(size)
@@ -135,10 +155,11 @@ def run_plain(ckpt: Path, files: list[Path]) -> float:
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         for first in range(0, len(files), BATCH_SIZE):
             images = torch.stack([resize(torch.from_numpy(settings.decode(p)).permute(2, 0, 1)) for p in files[first : first + BATCH_SIZE]])
-            probs, labels = model.predict_proba(images).topk(5, dim=-1)
+            probs, labels = model.predict_proba(images).topk(min(5, model.num_classes), dim=-1)
             rows += len(labels.tolist())
+            ends.append((time.perf_counter(), len(images)))
     assert rows == len(files)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, steady_rate(ends)
 
 
 def api_latency(args, ckpt: Path, image: Path) -> list[dict]:
@@ -166,20 +187,28 @@ def main(argv=None) -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(files)} files in {folder}; batch {BATCH_SIZE}, bf16-mixed")
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.ckpt or untrained_checkpoint(args.data_dir, Path(tmp) / "untrained.ckpt")
-        print(f"checkpoint: {ckpt if args.ckpt else 'untrained GemClassifier (configs/gemstones.yaml model), saved via Trainer.save_checkpoint'}")
+        print(f"checkpoint: {ckpt if args.ckpt else 'untrained GemClassifier(class_names, 220), saved via Trainer.save_checkpoint'}; CLI config {args.config}")
         runners = {
             "cli": lambda r: run_cli(args, ckpt, folder, Path(tmp) / f"cli{r}"),
             "trainer": lambda r: run_trainer(args, ckpt, folder),
             "plain": lambda r: run_plain(ckpt, files),
         }
         seconds: dict[str, list[float]] = {name: [] for name in runners}
+        steady: dict[str, list[float]] = {name: [] for name in runners}
         for r in range(args.rounds):
             for name in list(runners) if r % 2 == 0 else list(runners)[::-1]:
-                seconds[name].append(runners[name](r))
-                print(f"round {r + 1} {name:>7}: {seconds[name][-1]:6.2f} s = {len(files) / seconds[name][-1]:6.1f} images/s", flush=True)
+                total, rate = runners[name](r)
+                seconds[name].append(total)
+                steady[name].append(rate)
+                after_first = "" if rate != rate else f"; after the first batch {rate:6.1f} images/s"
+                print(f"round {r + 1} {name:>7}: {total:6.2f} s = {len(files) / total:6.1f} images/s end to end{after_first}", flush=True)
         rates = {name: len(files) / statistics.median(s) for name, s in seconds.items()}
-        print("\nmedian images/s (end to end, setup included): " + ", ".join(f"{n} {v:.1f}" for n, v in rates.items()))
-        print(f"cli/plain: {rates['cli'] / rates['plain']:.3f}, trainer/plain: {rates['trainer'] / rates['plain']:.3f}")
+        print("\nmedian images/s, end to end (setup included): " + ", ".join(f"{n} {v:.1f}" for n, v in rates.items()))
+        print(f"  cli/plain {rates['cli'] / rates['plain']:.3f}, trainer/plain {rates['trainer'] / rates['plain']:.3f}")
+        if len(files) > BATCH_SIZE:
+            inner = {name: statistics.median(v) for name, v in steady.items() if name != "cli"}
+            print("median images/s after the first batch: " + ", ".join(f"{n} {v:.1f}" for n, v in inner.items())
+                  + f"; trainer/plain {inner['trainer'] / inner['plain']:.3f}")
 
         print(f"\ngem_lightning.api, fresh process each run, one photo ({files[0].name}):")
         for run in api_latency(args, ckpt, files[0]):

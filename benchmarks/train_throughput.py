@@ -1,26 +1,37 @@
-"""Training throughput: a plain PyTorch loop vs our LightningModule through the Trainer vs the CLI defaults.
+"""Training throughput: a plain PyTorch loop vs our LightningModule through the Trainer vs the CLI.
 
 Run from the repository root (prints figures; not a test):
 
-    python benchmarks/train_throughput.py [--data-dir ../shared/datasets/gemstones] [--steps 30]
-        [--rounds 3] [--warmup 3] [--augment-on loader|device] [--compile] [--variants a,b,b_default,c]
+    python benchmarks/train_throughput.py [--data-dir ../shared/datasets/gemstones] [--steps 20]
+        [--rounds 4] [--warmup 3] [--augment-on loader|device] [--compile]
+        [--variants a,b,b_default,c_seed,c] [--threads 2,1] [--profile STEPS]
 
-All variants train the seed's network (``GemClassifier`` defaults = ``configs/gemstones.yaml``) on
-the real photos at 220 px, batch 32, bf16-mixed autocast, channels_last, Adam 1e-3, fed by the
-same ``GemDataModule`` loader over the warm decoded-image cache (same workers, same augmentation):
+(a), (b), (b_default) and (c_seed) train the seed's network (``GemClassifier`` defaults, which
+``configs/gemstones_seed.yaml`` spells out) on the real photos at 220 px, batch 32, bf16-mixed
+autocast, channels_last, Adam 1e-3, fed by a ``GemDataModule`` loader over the warm decoded-image
+cache (same workers, same augmentation):
 
 (a)         plain loop: ``GemClassifier.forward`` (normalise + network) + cross-entropy + Adam,
             written here, no Lightning in the loop;
 (b)         ``lightning.Trainer(...).fit(GemClassifier, GemDataModule)``, lean: no logger,
-            checkpointing, progress bar or model summary, no validation;
+            checkpointing, progress bar or model summary;
 (b_default) the same with the Trainer's defaults (logger, checkpointing, progress bar, summary);
-(c)         what a new user runs: ``configs/gemstones.yaml`` through ``cli_main(..., run=False)``
-            then ``cli.trainer.fit(cli.model, cli.datamodule)`` (no validation, max_steps).
+(c_seed)    ``configs/gemstones_seed.yaml`` through the CLI class: ``cli_main([...], run=False)``
+            then ``cli.trainer.fit(cli.model, cli.datamodule)`` (the CLI's callbacks and logger);
+(c)         the same with ``configs/gemstones.yaml``, the recipe a new user gets: its own network,
+            image size and batch size, so it is compared in FLOP/s, not images/s.
 
-Each timed run skips ``--warmup`` steps, then times ``--steps`` steps from one batch end to another
-(data waits included). Variants alternate within each round so machine drift hits all of them; the
-ratios use the median per variant. Also printed: FLOPs per image (forward, training step), the
-machine's measured 4096^3 matmul rate in bf16 and fp32, and the share of it a training step reaches.
+No validation runs (``limit_val_batches=0``); ``max_steps`` ends each run. Each timed run skips
+``--warmup`` steps, then times ``--steps`` steps from one batch end to another (data waits
+included), reported as images/s over the timed steps and as images/s of the median step (robust to
+bursts of other jobs), with the share of time spent between steps (waiting for data, transfer,
+device augmentation, loop hooks) and the cores other processes used meanwhile (from /proc: the
+machine is shared). Variants alternate within each round, in reversed order every other round, so
+drift hits all of them; summaries use medians over rounds, over all runs and over "quiet" runs.
+Also printed: FLOPs per image (forward and training step, counted by ``FlopCounterMode``), the
+machine's 4096^3 matmul rate in bf16 and fp32, and the share of it the training steps reach.
+``--threads 2,1`` runs every variant at each torch thread count (labels ``a@2t``, ``a@1t``, ...).
+``--profile STEPS`` instead runs ``torch.profiler`` over STEPS steps of (a): time per phase and op.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -50,41 +62,103 @@ from gem_lightning.data.transforms import Augmentation  # noqa: E402
 from gem_lightning.module import GemClassifier  # noqa: E402
 
 IMAGE_SIZE, BATCH_SIZE = 220, 32
-VARIANTS = ("a", "b", "b_default", "c")
+VARIANTS = ("a", "b", "b_default", "c_seed", "c")
+CONFIGS = {"c_seed": REPO / "configs" / "gemstones_seed.yaml", "c": REPO / "configs" / "gemstones.yaml"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "datasets" / "gemstones")
-    parser.add_argument("--steps", type=int, default=30, help="timed training steps per run")
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps per run")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each timed run")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--augment-on", choices=("loader", "device"), default="loader")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network (a) / module (b, c)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
-    parser.add_argument("--matmul-reps", type=int, default=5)
+    parser.add_argument("--matmul-reps", type=int, default=10)
+    parser.add_argument("--threads", default="", help="torch threads to compare, e.g. 2,1 (default: as set)")
+    parser.add_argument("--quiet", type=float, default=0.3, help="'quiet' runs: other processes below this many cores")
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="instead of the comparison: torch.profiler over STEPS steps of (a), by phase and by op")
     return parser.parse_args(argv)
 
 
-class StepClock(Callback):
-    """Times of each training batch end; throughput from the end of warm-up to the last step."""
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
-    def __init__(self) -> None:
-        self.ends: list[float] = []
-        self.first_step_s = 0.0
-        self._fit_start = 0.0
+
+def cpu_snapshot() -> tuple[float, float, float]:
+    """(wall s, CPU s busy on the whole machine incl. steal, CPU s of this process and its children)."""
+    try:
+        user, nice, system, _, _, irq, softirq, steal = map(int, open("/proc/stat").readline().split()[1:9])
+        mine, me = 0, os.getpid()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                rest = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if stat.parent.name == str(me) or int(rest[1]) == me:
+                mine += int(rest[11]) + int(rest[12])
+        return time.perf_counter(), (user + nice + system + irq + softirq + steal) / CLOCK_TICKS, mine / CLOCK_TICKS
+    except (OSError, ValueError):  # not Linux: no load figure
+        return time.perf_counter(), float("nan"), float("nan")
+
+
+def others_cores(before: tuple[float, float, float], after: tuple[float, float, float]) -> float:
+    """Cores kept busy by other processes (and the hypervisor) between two snapshots."""
+    return ((after[1] - before[1]) - (after[2] - before[2])) / (after[0] - before[0])
+
+
+@dataclass
+class Run:
+    """One timed run: when each step got its batch (fetched, transferred, augmented) and ended, and
+    CPU snapshots at the start and end of the timed window."""
+
+    warmup: int
+    total: int
+    starts: list[float] = field(default_factory=list)
+    ends: list[float] = field(default_factory=list)
+    begin: float = 0.0
+    images: list[int] = field(default_factory=list)
+    snapshots: list[tuple[float, float, float]] = field(default_factory=list)
+
+    def step_end(self, images: int) -> None:
+        self.ends.append(time.perf_counter())
+        self.images.append(images)
+        if len(self.ends) in (self.warmup, self.total):
+            self.snapshots.append(cpu_snapshot())
+
+    def stats(self, warmup: int) -> dict[str, float]:
+        """``mean``: images/s over the timed steps; ``median``: images/s of the median step (robust to
+        bursts of other load); ``wait``: share of the time between a step's end and the next step's
+        start (waiting for data, transfer, device augmentation, loop overhead); ``first``: seconds
+        from the start to the end of the first step (compilation included); ``others``: cores used by
+        other processes meanwhile (the machine is shared)."""
+        ends, starts, images = self.ends[warmup - 1 :], self.starts[warmup:], self.images[warmup:]
+        steps = [b - a for a, b in zip(ends, ends[1:])]
+        waits = [s - e for e, s in zip(ends, starts)]
+        return {
+            "mean": sum(images) / (ends[-1] - ends[0]),
+            "median": statistics.median(images) / statistics.median(steps),
+            "wait": sum(waits) / (ends[-1] - ends[0]),
+            "first": self.ends[0] - self.begin,
+            "others": others_cores(*self.snapshots[:2]) if len(self.snapshots) >= 2 else float("nan"),
+        }
+
+
+class StepClock(Callback):
+    """Records a :class:`Run` from Lightning's hooks (``on_train_batch_start`` follows the transfer)."""
+
+    def __init__(self, args) -> None:
+        self.run = Run(args.warmup, args.warmup + args.steps)
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self._fit_start = time.perf_counter()
+        self.run.begin = time.perf_counter()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.run.starts.append(time.perf_counter())
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.ends.append(time.perf_counter())
-        if len(self.ends) == 1:
-            self.first_step_s = self.ends[0] - self._fit_start
-
-    def images_per_s(self, warmup: int) -> float:
-        timed = self.ends[warmup - 1 :]
-        return (len(timed) - 1) * BATCH_SIZE / (timed[-1] - timed[0])
+        self.run.step_end(len(batch[0]))
 
 
 def make_datamodule(args) -> GemDataModule:
@@ -94,27 +168,27 @@ def make_datamodule(args) -> GemDataModule:
     return datamodule
 
 
-def run_plain(args, datamodule: GemDataModule) -> tuple[float, float]:
-    """(a): images/s and first-step seconds of a hand-written loop over the same loader."""
+def run_plain(args, datamodule: GemDataModule) -> Run:
+    """(a): a hand-written loop over the same loader."""
     model = GemClassifier(datamodule.class_names, IMAGE_SIZE)
     forward = torch.compile(model) if args.compile else model  # plain nn.Module call: normalise + network
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
-    ends, start = [], time.perf_counter()
-    for step, (images, targets, _) in enumerate(datamodule.train_dataloader()):
+    run = Run(args.warmup, args.warmup + args.steps, begin=time.perf_counter())
+    for images, targets, _ in datamodule.train_dataloader():
         if datamodule.batch_augment is not None:
             images = datamodule.batch_augment(images)
+        run.starts.append(time.perf_counter())
         with torch.autocast("cpu", dtype=torch.bfloat16):
             logits = forward(images)
             loss = F.cross_entropy(logits.float(), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        ends.append(time.perf_counter())
-        if len(ends) == args.warmup + args.steps:
+        run.step_end(len(images))
+        if len(run.ends) == run.total:
             break
-    timed = ends[args.warmup - 1 :]
-    return (len(timed) - 1) * BATCH_SIZE / (timed[-1] - timed[0]), ends[0] - start
+    return run
 
 
 @contextlib.contextmanager
@@ -122,6 +196,43 @@ def hidden_output():
     """Progress bars and summaries are still produced (their cost counts) but not shown."""
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull), contextlib.redirect_stderr(devnull):
         yield
+
+
+def profile_plain(args, datamodule: GemDataModule) -> None:
+    """Where a plain training step's time goes: phases (record_function) and the heaviest ops."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    model = GemClassifier(datamodule.class_names, IMAGE_SIZE)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    batches = iter(datamodule.train_dataloader())
+
+    def step() -> None:
+        with record_function("## data wait"):
+            images, targets, _ = next(batches)
+        if datamodule.batch_augment is not None:
+            with record_function("## device augmentation"):
+                images = datamodule.batch_augment(images)
+        with record_function("## forward + loss"), torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(images).float(), targets)
+        with record_function("## backward"):
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        with record_function("## optimizer"):
+            optimizer.step()
+
+    for _ in range(args.warmup):
+        step()
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(args.profile):
+            step()
+    wall = (time.perf_counter() - start) / args.profile
+    events = prof.key_averages()
+    print(f"\n(a) profiled over {args.profile} steps: {wall * 1e3:.0f} ms per step (profiler on)")
+    for event in sorted((e for e in events if e.key.startswith("## ")), key=lambda e: -e.cpu_time_total):
+        per_step = event.cpu_time_total / 1e3 / args.profile
+        print(f"  {event.key[3:]:<22} {per_step:8.1f} ms  {per_step / (wall * 1e3):6.1%}")
+    print(events.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=40))
 
 
 def lightning_trainer(args, root: str, lean: bool, clock: StepClock) -> Trainer:
@@ -134,14 +245,14 @@ def lightning_trainer(args, root: str, lean: bool, clock: StepClock) -> Trainer:
     return Trainer(**common)
 
 
-def run_lightning(args, datamodule: GemDataModule, lean: bool) -> tuple[float, float]:
+def run_lightning(args, datamodule: GemDataModule, lean: bool) -> Run:
     """(b) lean and (b_default): our module and data module through a Trainer."""
     model = GemClassifier(datamodule.class_names, IMAGE_SIZE)
-    clock = StepClock()
+    clock = StepClock(args)
     with tempfile.TemporaryDirectory() as root, hidden_output():
         trainer = lightning_trainer(args, root, lean, clock)  # the progress bar is rendered, not shown
         trainer.fit(torch.compile(model) if args.compile else model, datamodule=datamodule)
-    return clock.images_per_s(args.warmup), clock.first_step_s
+    return clock.run
 
 
 def build_cli(argv: list[str]):
@@ -163,13 +274,13 @@ def build_cli(argv: list[str]):
             GemCLI.before_instantiate_classes = original
 
 
-def run_cli(args) -> tuple[float, float]:
-    """(c): the defaults a new user gets from configs/gemstones.yaml through the CLI class."""
-    clock = StepClock()
+def run_cli(args, variant: str, recipes: dict) -> Run:
+    """(c_seed), (c): a config through the CLI class, as a user's ``fit`` builds it."""
+    clock = StepClock(args)
     with tempfile.TemporaryDirectory() as root, hidden_output():
         cli = build_cli(
             [
-                "--config", str(REPO / "configs" / "gemstones.yaml"),
+                "--config", str(CONFIGS[variant]),
                 "--data.data_dir", str(args.data_dir),
                 "--data.augment_on", args.augment_on,
                 "--trainer.max_steps", str(args.warmup + args.steps),
@@ -181,21 +292,24 @@ def run_cli(args) -> tuple[float, float]:
             ]
         )
         cli.trainer.callbacks.append(clock)
+        if variant not in recipes:  # what this config trains, once
+            size, batch = cli.datamodule.image_size, cli.datamodule.batch_size
+            recipes[variant] = (size, batch, *flops_per_image(cli.model, size, batch))
+            cli.model.zero_grad(set_to_none=True)
         model = torch.compile(cli.model) if args.compile else cli.model
         cli.trainer.fit(model, cli.datamodule)
-    return clock.images_per_s(args.warmup), clock.first_step_s
+    return clock.run
 
 
-def flops_per_image(datamodule: GemDataModule) -> tuple[float, float]:
-    """Forward and training-step (forward + backward) FLOPs per 220 px image, as counted by PyTorch."""
-    model = GemClassifier(datamodule.class_names, IMAGE_SIZE)
-    images = torch.randint(0, 256, (BATCH_SIZE, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
+def flops_per_image(model: torch.nn.Module, image_size: int, batch_size: int) -> tuple[float, float]:
+    """Forward and training-step (forward + backward) FLOPs per image, as counted by PyTorch."""
+    images = torch.randint(0, 256, (batch_size, 3, image_size, image_size), dtype=torch.uint8)
     with FlopCounterMode(display=False) as forward:
         with torch.no_grad():
             model(images)
     with FlopCounterMode(display=False) as step:
-        F.cross_entropy(model(images), torch.zeros(BATCH_SIZE, dtype=torch.long)).backward()
-    return forward.get_total_flops() / BATCH_SIZE, step.get_total_flops() / BATCH_SIZE
+        F.cross_entropy(model(images), torch.zeros(batch_size, dtype=torch.long)).backward()
+    return forward.get_total_flops() / batch_size, step.get_total_flops() / batch_size
 
 
 def matmul_rate(dtype: torch.dtype, reps: int, n: int = 4096) -> float:
@@ -224,40 +338,75 @@ def main(argv=None) -> None:
           f"channels_last, augment_on={args.augment_on}, compile={args.compile}; {args.steps} steps after {args.warmup} warm-up, {args.rounds} rounds")
     datamodule = make_datamodule(args)
     print(f"{len(datamodule.datasets['train'])} training images, {datamodule.num_workers} loader worker(s)")
+    if args.profile:
+        profile_plain(args, datamodule)
+        return
 
-    results: dict[str, list[float]] = {v: [] for v in variants}
-    first_steps: dict[str, list[float]] = {v: [] for v in variants}
-    runners = {
+    seed_model = GemClassifier(datamodule.class_names, IMAGE_SIZE)
+    recipes = {v: (IMAGE_SIZE, BATCH_SIZE, *flops_per_image(seed_model, IMAGE_SIZE, BATCH_SIZE)) for v in ("a", "b", "b_default")}
+    del seed_model
+    base_runners = {
         "a": lambda: run_plain(args, datamodule),
         "b": lambda: run_lightning(args, datamodule, lean=True),
         "b_default": lambda: run_lightning(args, datamodule, lean=False),
-        "c": lambda: run_cli(args),
+        "c_seed": lambda: run_cli(args, "c_seed", recipes),
+        "c": lambda: run_cli(args, "c", recipes),
     }
+    threads = [int(t) for t in args.threads.split(",")] if args.threads else [torch.get_num_threads()]
+    labels = {(f"{v}@{t}t" if len(threads) > 1 else v): (v, t) for v in variants for t in threads}
+    results: dict[str, list[dict[str, float]]] = {label: [] for label in labels}
     for round_ in range(args.rounds):
-        order = variants if round_ % 2 == 0 else variants[::-1]  # alternate the order too
-        for variant in order:
-            rate, first = runners[variant]()
-            results[variant].append(rate)
-            first_steps[variant].append(first)
-            print(f"round {round_ + 1} {variant:>9}: {rate:7.1f} images/s  (first step {first:.1f} s)", flush=True)
+        order = list(labels) if round_ % 2 == 0 else list(labels)[::-1]  # alternate the order too
+        for label in order:
+            variant, n = labels[label]
+            torch.set_num_threads(n)
+            r = base_runners[variant]().stats(args.warmup)
+            results[label].append(r)
+            print(f"round {round_ + 1} {label:>9}: {r['mean']:6.1f} images/s (median step: {r['median']:6.1f}), "
+                  f"waiting {r['wait']:5.1%}, first step {r['first']:.1f} s, other processes {r['others']:.2f} cores", flush=True)
+    torch.set_num_threads(threads[0])
 
-    medians = {v: statistics.median(r) for v, r in results.items()}
-    print("\nmedian images/s: " + ", ".join(f"{v} {m:.1f}" for v, m in medians.items()))
-    if "a" in results:
-        for v in variants:
-            if v != "a":
-                per_round = [r / a for r, a in zip(results[v], results["a"])]
-                print(f"{v}/a: {medians[v] / medians['a']:.3f} (median of medians; per round {', '.join(f'{x:.3f}' for x in per_round)})")
+    print("\nrecipes (image px, batch, GFLOP per image forward / training step):")
+    for v in variants:
+        size, batch, forward, step = recipes[v]
+        print(f"  {v:>9}: {size} px, batch {batch}, {forward / 1e9:.3f} / {step / 1e9:.3f} ({step / forward:.2f}x forward)")
+
+    def median(label: str, key: str, quiet_only: bool = False) -> float:
+        values = [r[key] for r in results[label] if not quiet_only or r["others"] < args.quiet]
+        return statistics.median(values) if values else float("nan")
+
+    def step_flops(label: str) -> float:
+        return recipes[labels[label][0]][3]
+
+    ref = next((label for label, (v, _) in labels.items() if v == "a"), None)  # (a) at the first thread count
+    same_recipe = [label for label in labels if ref and label != ref and recipes[labels[label][0]] == recipes["a"]]
+    for quiet_only in (False, True):
+        runs = f"runs with other processes < {args.quiet} cores" if quiet_only else "all runs"
+        counts = ", ".join(f"{label} {sum(1 for r in results[label] if not quiet_only or r['others'] < args.quiet)}" for label in labels)
+        print(f"\n{runs} ({counts}):")
+        for key, title in (("mean", "images/s over the timed steps"), ("median", "images/s of the median step")):
+            line = ", ".join(f"{label} {median(label, key, quiet_only):.1f}" for label in labels)
+            ratios = ", ".join(f"{label}/{ref} {median(label, key, quiet_only) / median(ref, key, quiet_only):.3f}" for label in same_recipe)
+            print(f"  median {title}: {line}" + (f"; {ratios}" if ratios else ""))
+        gflops = {label: median(label, "median", quiet_only) * step_flops(label) / 1e9 for label in labels}
+        ratios = ", ".join(f"{label}/{ref} {gflops[label] / gflops[ref]:.3f}" for label in labels if ref and label != ref)
+        print("  training GFLOP/s (median step): " + ", ".join(f"{label} {g:.0f}" for label, g in gflops.items()) + (f"; {ratios}" if ratios else ""))
+    print("median waiting share: " + ", ".join(f"{label} {median(label, 'wait'):.1%}" for label in labels))
+    print("median other processes (cores): " + ", ".join(f"{label} {median(label, 'others'):.2f}" for label in labels))
     if args.compile:
-        print("first step incl. compile (s): " + ", ".join(f"{v} {statistics.median(f):.1f}" for v, f in first_steps.items()))
+        print("first step incl. compilation (s): " + ", ".join(f"{label} {median(label, 'first'):.1f}" for label in labels))
 
-    forward, step = flops_per_image(datamodule)
-    print(f"\nFLOPs per image: forward {forward / 1e9:.2f} GFLOP, training step {step / 1e9:.2f} GFLOP ({step / forward:.2f}x forward)")
-    bf16, fp32 = matmul_rate(torch.bfloat16, args.matmul_reps), matmul_rate(torch.float32, args.matmul_reps)
-    print(f"4096^3 matmul: bf16 {bf16 / 1e12:.2f} TFLOP/s, fp32 {fp32 / 1e12:.2f} TFLOP/s (best of {args.matmul_reps})")
-    for v, m in medians.items():
-        achieved = m * step
-        print(f"{v:>9}: {achieved / 1e9:.0f} GFLOP/s = {achieved / bf16:.1%} of the bf16 matmul rate, {achieved / fp32:.1%} of fp32")
+    quiet_any = all(any(r["others"] < args.quiet for r in results[label]) for label in labels)
+    for n in threads:
+        torch.set_num_threads(n)
+        before = cpu_snapshot()
+        bf16, fp32 = matmul_rate(torch.bfloat16, args.matmul_reps), matmul_rate(torch.float32, args.matmul_reps)
+        print(f"\n4096^3 matmul, {n} thread(s): bf16 {bf16 / 1e12:.2f} TFLOP/s, fp32 {fp32 / 1e12:.2f} TFLOP/s (best of "
+              f"{args.matmul_reps}; other processes {others_cores(before, cpu_snapshot()):.2f} cores meanwhile)")
+        print(f"share of that ceiling (median-step images/s of {'quiet' if quiet_any else 'all'} runs x training-step FLOPs):")
+        for label in (lb for lb, (_, t) in labels.items() if t == n):
+            achieved = median(label, "median", quiet_any) * step_flops(label)
+            print(f"  {label:>9}: {achieved / 1e9:.0f} GFLOP/s = {achieved / bf16:.1%} of the bf16 matmul rate, {achieved / fp32:.1%} of fp32")
 
 
 if __name__ == "__main__":

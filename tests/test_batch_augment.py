@@ -184,7 +184,8 @@ def test_datamodule_augments_training_batches_on_the_device(tiny_dataset, isolat
 
     model = Recorder(datamodule.class_names, 32, channels=[8, 16], pools=["max", "max"], hidden_units=16)
     model.seen = []
-    trainer = Trainer(accelerator="cpu", max_steps=2, val_check_interval=2, logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    # The model summary (on by default) sends the example input through the same hook.
+    trainer = Trainer(accelerator="cpu", max_steps=2, val_check_interval=2, logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
     trainer.fit(model, datamodule=datamodule)
     assert trainer.global_step == 2
     train = [s for s in model.seen if s[0] == "train"]

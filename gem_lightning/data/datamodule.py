@@ -244,8 +244,12 @@ class GemDataModule(LightningDataModule):
         return self.predict_path
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """With ``augment_on: device``: augment training batches on the accelerator."""
-        if self.batch_augment is not None and self.trainer is not None and self.trainer.training:
+        """With ``augment_on: device``: augment training batches on the accelerator.
+
+        Only ``(images, targets, indices)`` batches: the model summary sends the model's example
+        input (a bare tensor, already at ``image_size``) through this hook too.
+        """
+        if self.batch_augment is not None and self.trainer is not None and self.trainer.training and isinstance(batch, (tuple, list)):
             images, *rest = batch
             return (self.batch_augment(images), *rest)
         return batch
