@@ -29,7 +29,7 @@ from gem_lightning.module import GemClassifier
 
 
 LINKED_FROM_DATA = {"class_names", "image_size", "preprocessing"}
-CHOSEN_AT_INFERENCE = {"tta", "top_k", "channels_last"}
+CHOSEN_AT_INFERENCE = {"tta", "top_k", "channels_last", "compile"}
 """Model options a user may change when evaluating or predicting with a trained checkpoint."""
 
 

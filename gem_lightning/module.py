@@ -59,6 +59,7 @@ class GemClassifier(LightningModule):
         label_smoothing: cross-entropy label smoothing.
         channels_last: run convolutions in channels-last memory format (faster on CPUs with
             AMX/AVX-512 and on tensor-core GPUs, especially under bf16).
+        compile: run the network under ``torch.compile`` (the first steps pay the compile time).
         tta: test-time augmentation for validate, test and predict: ``hflip`` averages the
             probabilities of each image and its mirror image.
         top_k: how many ranked classes ``predict`` reports per image.
@@ -88,6 +89,7 @@ class GemClassifier(LightningModule):
         std: tuple[float, float, float] = IMAGENET_STD,
         label_smoothing: float = 0.0,
         channels_last: bool = True,
+        compile: bool = False,
         tta: Literal["none", "hflip"] = "none",
         top_k: int = 5,
         mixup_alpha: float = 0.0,
@@ -105,6 +107,8 @@ class GemClassifier(LightningModule):
         vgg = VGGConfig(tuple(channels), tuple(pools), convs_per_block, batch_norm, head, hidden_units, dropout)
         network = build_network(arch, num_classes=self.num_classes, image_size=image_size, vgg=vgg, weights=weights)
         self.model = ImageClassifier(network, mean, std, channels_last=channels_last, tta=tta)
+        if compile:
+            self.model.compile()  # in place: parameter names, hence checkpoints, stay the same
         self.batch_mix = batch_mixing(self.num_classes, mixup_alpha, cutmix_alpha)
         self.example_input_array = torch.zeros(2, 3, image_size, image_size, dtype=torch.uint8)
 

@@ -140,3 +140,8 @@ def test_metric_collection_macro_f1_is_not_mixed_with_micro_accuracy():
     computed = metrics.compute()
     assert computed["val/f1"] == pytest.approx(multiclass_f1_score(probs, targets, 12, average="macro").item(), abs=1e-6)
     assert computed["val/acc"] == pytest.approx(multiclass_accuracy(probs, targets, 12, average="micro").item(), abs=1e-6)
+
+
+def test_compiled_model_keeps_checkpoint_names():
+    plain, compiled = tiny_model(["a", "b"]), tiny_model(["a", "b"], compile=True)
+    assert plain.state_dict().keys() == compiled.state_dict().keys()
