@@ -27,9 +27,13 @@ def run_seed(fit_args: list[str], seed: int) -> dict[str, float]:
     start = time.perf_counter()
     cli = cli_main(["fit", *fit_args, "--seed_everything", str(seed)])
     fit_seconds = time.perf_counter() - start
-    chosen = "best" if cli.trainer.checkpoint_callback.best_model_path else "last"
-    [metrics] = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=chosen)
-    return {"seed": seed, "fit_s": fit_seconds, "log_dir": cli.trainer.log_dir, **{k: float(metrics[k]) for k in REPORTED}}
+    checkpoints = cli.trainer.checkpoint_callback
+    chosen = checkpoints.best_model_path or checkpoints.last_model_path
+    # A fresh `test` run, as a user would start it: the fitted trainer's weight-averaging callbacks
+    # (EMA) would otherwise swap the checkpoint's weights for their own.
+    tester = cli_main(["test", *fit_args, "--seed_everything", str(seed), "--ckpt_path", chosen])
+    metrics = tester.trainer.callback_metrics
+    return {"seed": seed, "fit_s": fit_seconds, "checkpoint": chosen, **{k: float(metrics[k]) for k in REPORTED}}
 
 
 def summarize(rows: list[dict]) -> str:
@@ -46,10 +50,10 @@ def summarize(rows: list[dict]) -> str:
 def main(argv: list[str]) -> list[dict]:
     parser = argparse.ArgumentParser(prog="main.py seeds", description=__doc__.splitlines()[0], add_help=False)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--out", type=Path, default=None, help="CSV of the per-seed results (default: seeds.csv in the last run's folder's parent)")
+    parser.add_argument("--out", type=Path, default=None, help="CSV of the per-seed results (default: seeds.csv beside the runs' version folders)")
     options, fit_args = parser.parse_known_args(argv)
     rows = [run_seed(fit_args, seed) for seed in options.seeds]
-    out = options.out or Path(rows[-1]["log_dir"]).parent / "seeds.csv"
+    out = options.out or Path(rows[-1]["checkpoint"]).parents[2] / "seeds.csv"
     with out.open("w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=list(rows[0]))
         writer.writeheader()

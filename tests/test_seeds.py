@@ -1,0 +1,34 @@
+"""The `seeds` command: fit and test per seed, then mean +- std."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from conftest import make_dataset
+from gem_lightning.seeds import main, summarize
+
+
+def test_summary_reports_mean_and_std_in_percent():
+    rows = [{"test/acc": 0.5, "test/acc_top5": 0.9, "test/f1": 0.4, "fit_s": 10.0}, {"test/acc": 0.7, "test/acc_top5": 1.0, "test/f1": 0.6, "fit_s": 12.0}]
+    text = summarize(rows)
+    assert "test/acc          60.00 +- 14.14%" in text and "fit_s             11.00 +- 1.41 s" in text
+
+
+@pytest.mark.slow
+def test_seeds_fits_and_tests_each_seed_with_ema(tmp_path, isolated_cache, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = make_dataset(tmp_path / "gems", 6, 2)
+    out = tmp_path / "seeds.csv"
+    rows = main([
+        "--seeds", "0", "1", "--out", str(out), "--data.data_dir", str(data), "--data.image_size", "32",
+        "--data.batch_size", "8", "--data.num_workers", "0", "--model.channels", "[8, 16]", "--model.pools", "[max, max]",
+        "--model.hidden_units", "16", "--trainer.max_epochs", "2", "--trainer.accelerator", "cpu",
+        "--trainer.enable_progress_bar", "false", "--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging",
+    ])  # fmt: skip
+    assert [row["seed"] for row in rows] == [0, 1]
+    written = list(csv.DictReader(out.open()))
+    assert [float(r["test/acc"]) for r in written] == [row["test/acc"] for row in rows]
+    for row in rows:
+        assert 0.0 <= row["test/acc"] <= row["test/acc_top5"] <= 1.0 and row["checkpoint"].endswith(".ckpt")
