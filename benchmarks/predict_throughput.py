@@ -24,7 +24,8 @@ from the end of the first batch to the end of the last.
 
 The three alternate for ``--rounds`` rounds (median printed, ratios to plain). Then, in a fresh
 Python process each time: ``gem_lightning.api.load_model(ckpt)`` and its first ``classify`` (cold),
-and the median of ``--warm-calls`` further calls (warm), on one photo.
+and the median of ``--warm-calls`` further calls (warm), on one photo; ``--api-threads 2,1``
+alternates the probe's torch thread count.
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ BATCH_SIZE = 32
 
 API_PROBE = r"""
 import json, statistics, sys, time
+import torch
+if int(sys.argv[4]):
+    torch.set_num_threads(int(sys.argv[4]))
 start = time.perf_counter()
 try:
     from gem_lightning.api import load_model
@@ -72,7 +76,7 @@ classified = time.perf_counter()
 warm = []
 for _ in range(int(sys.argv[3])):
     t = time.perf_counter(); model.classify(sys.argv[2]); warm.append(time.perf_counter() - t)
-print(json.dumps({"import_s": imported - start, "load_s": loaded - imported, "first_classify_s": classified - loaded,
+print(json.dumps({"threads": torch.get_num_threads(), "import_s": imported - start, "load_s": loaded - imported, "first_classify_s": classified - loaded,
                   "warm_median_s": statistics.median(warm), "warm_min_s": min(warm), "top1": first[0][0]}))
 """
 
@@ -84,7 +88,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "gemstones_seed.yaml", help="config of the CLI path")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warm-calls", type=int, default=20)
-    parser.add_argument("--api-runs", type=int, default=3, help="fresh processes for the API latency")
+    parser.add_argument("--api-runs", type=int, default=3, help="fresh processes for the API latency, per thread count")
+    parser.add_argument("--api-threads", default="0", help="torch threads in the API probe, e.g. 2,1 (0: torch's default)")
     return parser.parse_args(argv)
 
 
@@ -163,10 +168,11 @@ def run_plain(ckpt: Path, files: list[Path]) -> tuple[float, float]:
 
 
 def api_latency(args, ckpt: Path, image: Path) -> list[dict]:
+    """Fresh processes, thread counts alternating run by run."""
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore")
     runs = []
-    for _ in range(args.api_runs):
-        done = subprocess.run([sys.executable, "-c", API_PROBE, str(ckpt), str(image), str(args.warm_calls)],
+    for _, threads in ((r, t) for r in range(args.api_runs) for t in args.api_threads.split(",")):
+        done = subprocess.run([sys.executable, "-c", API_PROBE, str(ckpt), str(image), str(args.warm_calls), threads],
                               capture_output=True, text=True, env=env, cwd=REPO)
         if done.returncode != 0:
             print(done.stderr[-2000:])
@@ -216,7 +222,7 @@ def main(argv=None) -> None:
                 print(f"  skipped: gem_lightning.api is not importable ({run['missing']})")
                 break
             cold = run["load_s"] + run["first_classify_s"]
-            print(f"  import {run['import_s']:.2f} s, load_model {run['load_s']:.2f} s, first classify {run['first_classify_s'] * 1e3:.0f} ms "
+            print(f"  {run['threads']} thread(s): import {run['import_s']:.2f} s, load_model {run['load_s']:.2f} s, first classify {run['first_classify_s'] * 1e3:.0f} ms "
                   f"(cold: {cold:.2f} s after import), warm classify median {run['warm_median_s'] * 1e3:.1f} ms (min {run['warm_min_s'] * 1e3:.1f})")
 
 

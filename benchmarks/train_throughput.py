@@ -3,7 +3,7 @@
 Run from the repository root (prints figures; not a test):
 
     python benchmarks/train_throughput.py [--data-dir ../shared/datasets/gemstones] [--steps 20]
-        [--rounds 4] [--warmup 3] [--augment-on loader|device] [--compile]
+        [--rounds 4] [--warmup 3] [--augment-on loader|device] [--compile off|on|both]
         [--variants a,b,b_default,c_seed,c] [--threads 2,1] [--profile STEPS]
 
 (a), (b), (b_default) and (c_seed) train the seed's network (``GemClassifier`` defaults, which
@@ -73,7 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each timed run")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--augment-on", choices=("loader", "device"), default="loader")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the network (a) / module (b, c)")
+    parser.add_argument("--compile", choices=("off", "on", "both"), default="off",
+                        help="nn.Module.compile() the model's forward (every variant); both: each variant with and without")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
     parser.add_argument("--matmul-reps", type=int, default=10)
     parser.add_argument("--threads", default="", help="torch threads to compare, e.g. 2,1 (default: as set)")
@@ -171,7 +172,8 @@ def make_datamodule(args) -> GemDataModule:
 def run_plain(args, datamodule: GemDataModule) -> Run:
     """(a): a hand-written loop over the same loader."""
     model = GemClassifier(datamodule.class_names, IMAGE_SIZE)
-    forward = torch.compile(model) if args.compile else model  # plain nn.Module call: normalise + network
+    if args.compiled:
+        model.compile()  # forward only, as in (b) and (c)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
     run = Run(args.warmup, args.warmup + args.steps, begin=time.perf_counter())
@@ -180,7 +182,7 @@ def run_plain(args, datamodule: GemDataModule) -> Run:
             images = datamodule.batch_augment(images)
         run.starts.append(time.perf_counter())
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = forward(images)
+            logits = model(images)
             loss = F.cross_entropy(logits.float(), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -251,7 +253,9 @@ def run_lightning(args, datamodule: GemDataModule, lean: bool) -> Run:
     clock = StepClock(args)
     with tempfile.TemporaryDirectory() as root, hidden_output():
         trainer = lightning_trainer(args, root, lean, clock)  # the progress bar is rendered, not shown
-        trainer.fit(torch.compile(model) if args.compile else model, datamodule=datamodule)
+        if args.compiled:
+            model.compile()  # forward only: fit(torch.compile(model)) also compiles training_step (metrics, logging)
+        trainer.fit(model, datamodule=datamodule)
     return clock.run
 
 
@@ -296,8 +300,9 @@ def run_cli(args, variant: str, recipes: dict) -> Run:
             size, batch = cli.datamodule.image_size, cli.datamodule.batch_size
             recipes[variant] = (size, batch, *flops_per_image(cli.model, size, batch))
             cli.model.zero_grad(set_to_none=True)
-        model = torch.compile(cli.model) if args.compile else cli.model
-        cli.trainer.fit(model, cli.datamodule)
+        if args.compiled:
+            cli.model.compile()
+        cli.trainer.fit(cli.model, cli.datamodule)
     return clock.run
 
 
@@ -353,12 +358,16 @@ def main(argv=None) -> None:
         "c": lambda: run_cli(args, "c", recipes),
     }
     threads = [int(t) for t in args.threads.split(",")] if args.threads else [torch.get_num_threads()]
-    labels = {(f"{v}@{t}t" if len(threads) > 1 else v): (v, t) for v in variants for t in threads}
+    compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
+    labels = {
+        f"{v}{f'@{t}t' if len(threads) > 1 else ''}{'+compile' if c and len(compiles) > 1 else ''}": (v, t, c)
+        for v in variants for t in threads for c in compiles
+    }
     results: dict[str, list[dict[str, float]]] = {label: [] for label in labels}
     for round_ in range(args.rounds):
         order = list(labels) if round_ % 2 == 0 else list(labels)[::-1]  # alternate the order too
         for label in order:
-            variant, n = labels[label]
+            variant, n, args.compiled = labels[label]
             torch.set_num_threads(n)
             r = base_runners[variant]().stats(args.warmup)
             results[label].append(r)
@@ -378,7 +387,7 @@ def main(argv=None) -> None:
     def step_flops(label: str) -> float:
         return recipes[labels[label][0]][3]
 
-    ref = next((label for label, (v, _) in labels.items() if v == "a"), None)  # (a) at the first thread count
+    ref = next((label for label, (v, *_) in labels.items() if v == "a"), None)  # (a), first thread count, first compile mode
     same_recipe = [label for label in labels if ref and label != ref and recipes[labels[label][0]] == recipes["a"]]
     for quiet_only in (False, True):
         runs = f"runs with other processes < {args.quiet} cores" if quiet_only else "all runs"
@@ -393,7 +402,7 @@ def main(argv=None) -> None:
         print("  training GFLOP/s (median step): " + ", ".join(f"{label} {g:.0f}" for label, g in gflops.items()) + (f"; {ratios}" if ratios else ""))
     print("median waiting share: " + ", ".join(f"{label} {median(label, 'wait'):.1%}" for label in labels))
     print("median other processes (cores): " + ", ".join(f"{label} {median(label, 'others'):.2f}" for label in labels))
-    if args.compile:
+    if args.compile != "off":
         print("first step incl. compilation (s): " + ", ".join(f"{label} {median(label, 'first'):.1f}" for label in labels))
 
     quiet_any = all(any(r["others"] < args.quiet for r in results[label]) for label in labels)
@@ -404,7 +413,7 @@ def main(argv=None) -> None:
         print(f"\n4096^3 matmul, {n} thread(s): bf16 {bf16 / 1e12:.2f} TFLOP/s, fp32 {fp32 / 1e12:.2f} TFLOP/s (best of "
               f"{args.matmul_reps}; other processes {others_cores(before, cpu_snapshot()):.2f} cores meanwhile)")
         print(f"share of that ceiling (median-step images/s of {'quiet' if quiet_any else 'all'} runs x training-step FLOPs):")
-        for label in (lb for lb, (_, t) in labels.items() if t == n):
+        for label in (lb for lb, (_, t, _) in labels.items() if t == n):
             achieved = median(label, "median", quiet_any) * step_flops(label)
             print(f"  {label:>9}: {achieved / 1e9:.0f} GFLOP/s = {achieved / bf16:.1%} of the bf16 matmul rate, {achieved / fp32:.1%} of fp32")
 
