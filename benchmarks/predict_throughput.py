@@ -34,6 +34,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import statistics
 import subprocess
@@ -160,7 +161,7 @@ def run_plain(ckpt: Path, files: list[Path]) -> tuple[float, float]:
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         for first in range(0, len(files), BATCH_SIZE):
             images = torch.stack([resize(torch.from_numpy(settings.decode(p)).permute(2, 0, 1)) for p in files[first : first + BATCH_SIZE]])
-            probs, labels = model.predict_proba(images).topk(min(5, model.num_classes), dim=-1)
+            _, labels = model.predict_proba(images).topk(min(5, model.num_classes), dim=-1)
             rows += len(labels.tolist())
             ends.append((time.perf_counter(), len(images)))
     assert rows == len(files)
@@ -206,7 +207,7 @@ def main(argv=None) -> None:
                 total, rate = runners[name](r)
                 seconds[name].append(total)
                 steady[name].append(rate)
-                after_first = "" if rate != rate else f"; after the first batch {rate:6.1f} images/s"
+                after_first = "" if math.isnan(rate) else f"; after the first batch {rate:6.1f} images/s"
                 print(f"round {r + 1} {name:>7}: {total:6.2f} s = {len(files) / total:6.1f} images/s end to end{after_first}", flush=True)
         rates = {name: len(files) / statistics.median(s) for name, s in seconds.items()}
         print("\nmedian images/s, end to end (setup included): " + ", ".join(f"{n} {v:.1f}" for n, v in rates.items()))
