@@ -144,10 +144,6 @@ class ImageStore:
             return self.images[index]
         return torch.from_numpy(self.disk.load(self.records[index]))
 
-    @property
-    def nbytes(self) -> int:
-        return 0 if self.images is None else self.images.numel()
-
 
 def estimated_bytes(count: int, settings: DecodeSettings) -> int:
     return count * settings.size * settings.size * 3
@@ -167,9 +163,9 @@ def build_store(
     """
     if disk is not None:
         disk.fill(records, num_workers)
-        rejected = [Rejected(r.path, disk.reason(r)) for r in records if disk.reason(r) is not None]
-        bad = {item.path for item in rejected}
-        good = [r for r in records if r.path not in bad]
+        reasons = [disk.reason(r) for r in records]
+        rejected = [Rejected(r.path, reason) for r, reason in zip(records, reasons) if reason is not None]
+        good = [r for r, reason in zip(records, reasons) if reason is None]
         if not in_memory:
             return ImageStore(None, disk, good), rejected
         images = _shared_images(len(good), settings)

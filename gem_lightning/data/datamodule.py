@@ -127,6 +127,7 @@ class GemDataModule(LightningDataModule):
         self.class_names = self._read_class_names()
         self.datasets: dict[str, Dataset] = {}
         self.records: dict[str, list[ImageRecord]] = {}
+        self.scans: dict[str, SplitScan] = {}
         self.rejected: dict[str, list[Rejected]] = {}
 
     def _read_class_names(self) -> list[str] | None:
@@ -136,10 +137,6 @@ class GemDataModule(LightningDataModule):
         if self.data_dir is None:
             return None
         return check_dataset_dir(self.data_dir)
-
-    @property
-    def num_classes(self) -> int | None:
-        return None if self.class_names is None else len(self.class_names)
 
     @property
     def preprocessing(self) -> dict:
@@ -161,8 +158,7 @@ class GemDataModule(LightningDataModule):
             return
         for split in ("train", "test"):
             if (self.data_dir / split).is_dir():
-                scan = scan_split(self.data_dir / split, self.class_names)
-                self._disk_cache().fill(scan.records, self.num_workers)
+                self._disk_cache().fill(self._scan(split).records, self.num_workers)
 
     def setup(self, stage: str) -> None:
         if stage in ("fit", "validate") and "train" not in self.datasets:
@@ -174,7 +170,7 @@ class GemDataModule(LightningDataModule):
             self.datasets["predict"] = PredictDataset(files, self.settings, eval_transform(self.image_size))
 
     def _setup_train_and_val(self) -> None:
-        scan, store = self._load_split("train")
+        store = self._load_split("train")
         labels = [r.label for r in store.records]
         train_idx, val_idx = stratified_split(store.records, self.val_fraction, self.seed)
         self.records["train"] = [store.records[i] for i in train_idx]
@@ -186,16 +182,24 @@ class GemDataModule(LightningDataModule):
         rank_zero_info(f"Split {len(store.records)} training images into {len(train_idx)} train and {len(val_idx)} validation (seed {self.seed}).")
 
     def _setup_test(self) -> None:
-        scan, store = self._load_split("test")
+        store = self._load_split("test")
         self.records["test"] = store.records
         labels = [r.label for r in store.records]
         self.datasets["test"] = CachedImageDataset(store, labels, list(range(len(labels))), eval_transform(self.image_size))
 
-    def _load_split(self, split: str) -> tuple[SplitScan, ImageStore]:
-        split_dir = self._require_data_dir(split) / split
-        if not split_dir.is_dir():
-            raise DatasetLayoutError(f"{str(split_dir)!r} does not exist: `{split}` needs a {split}/<Class>/ folder in data_dir.")
-        scan = scan_split(split_dir, self.class_names)
+    def _scan(self, split: str) -> SplitScan:
+        """Probe and hash the split's files once per process (``prepare_data`` and ``setup`` share it)."""
+        if split not in self.scans:
+            split_dir = self._require_data_dir(split) / split
+            if not split_dir.is_dir():
+                raise DatasetLayoutError(f"{str(split_dir)!r} does not exist: `{split}` needs a {split}/<Class>/ folder in data_dir.")
+            self.scans[split] = scan_split(split_dir, self.class_names)
+        return self.scans[split]
+
+    def _load_split(self, split: str) -> ImageStore:
+        fresh = self._scan(split)
+        scan = SplitScan(fresh.root, fresh.classes, list(fresh.records), list(fresh.rejected))
+        split_dir = scan.root
         store, decode_failures = build_store(
             scan.records,
             self.settings,
@@ -209,7 +213,7 @@ class GemDataModule(LightningDataModule):
         self.rejected[split] = scan.rejected
         if not store.records:
             raise DatasetLayoutError(f"{str(split_dir)!r} has no usable images. See the summary above.")
-        return scan, store
+        return store
 
     def _report(self, split: str, scan: SplitScan) -> None:
         summary = format_summary({split: scan})

@@ -13,7 +13,7 @@ from torch.utils.data._utils.collate import default_collate
 from gem_lightning.data.cache import DecodeSettings, ImageStore
 from gem_lightning.data.images import BadImageError
 from gem_lightning.errors import UserInputError
-from gem_lightning.data.scan import is_hidden, iter_files, probe_file
+from gem_lightning.data.scan import is_hidden, iter_files
 
 
 class CachedImageDataset(Dataset):
@@ -68,14 +68,11 @@ class PredictDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         path = self.files[index]
-        reason = probe_file(path)
-        if reason is None:
-            try:
-                image = torch.from_numpy(self.settings.decode(path)).permute(2, 0, 1)
-                return {"image": self.transform(image), "index": index, "path": str(path)}
-            except BadImageError as error:
-                reason = error.reason
-        return {"index": index, "path": str(path), "reason": reason}
+        try:
+            image = torch.from_numpy(self.settings.decode(path)).permute(2, 0, 1)
+        except BadImageError as error:  # empty, not an image, corrupt, unreadable, too large
+            return {"index": index, "path": str(path), "reason": error.reason}
+        return {"image": self.transform(image), "index": index, "path": str(path)}
 
 
 def collate_predictions(items: list[dict]) -> dict:
