@@ -5,13 +5,15 @@ Run from the repository root (prints figures; not a test):
     python benchmarks/data_pipeline.py [--data-dir ../shared/datasets/gemstones] [--num-workers 1]
                                        [--batches N | --quick] [--steps 20]
 
-All loaders deliver 220 px batches of 32 with the same training augmentation
-(``train_transform(220, Augmentation())``) and the same number of worker processes:
+All loaders deliver 220 px batches of 32 with the same training augmentation (the seed's,
+``Augmentation()``) and the same number of worker processes:
 
-(a) baseline: ``ImageFolder(train)``, PIL decode + resize to 253 px of every image, every epoch;
+(a) baseline: ``ImageFolder(train)``, PIL decode + resize to 253 px of every image, every epoch,
+    then the augmentation with torchvision's own ops (``torchvision_transform``);
 (b) our first epoch: ``GemDataModule`` with a fresh cache dir: prepare_data + setup("fit") (decode
     train/ and test/ into the cache) plus one pass of ``train_dataloader``, end to end;
-(c) our later epochs: the second and third passes of the same loader (cache warm);
+(c) our later epochs: the second and third passes of the same loader (cache warm; the
+    augmentation is ``train_transform``: one OpenCV warp per image);
 (d) the share of training-step time spent blocked in ``next(iterator)`` when ``GemClassifier``
     (bf16 autocast on CPU, channels_last) is fed by (c)'s loader.
 
@@ -37,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from gem_lightning.data.datamodule import GemDataModule  # noqa: E402
-from gem_lightning.data.transforms import Augmentation, cache_size_for, train_transform  # noqa: E402
+from gem_lightning.data.transforms import Augmentation, cache_size_for, torchvision_transform  # noqa: E402
 from gem_lightning.module import GemClassifier  # noqa: E402
 
 IMAGE_SIZE, BATCH_SIZE = 220, 32
@@ -72,7 +74,7 @@ def timed_pass(loader, batches: int | None, warmup: bool = True) -> tuple[int, f
 def baseline_loader(train_dir: Path, num_workers: int) -> DataLoader:
     """(a): what a plain torchvision pipeline does: decode and resize every file every epoch."""
     size = cache_size_for(IMAGE_SIZE)
-    transform = v2.Compose([v2.PILToTensor(), v2.Resize((size, size)), train_transform(IMAGE_SIZE, Augmentation())])
+    transform = v2.Compose([v2.PILToTensor(), v2.Resize((size, size)), torchvision_transform(IMAGE_SIZE, Augmentation())])
     dataset = ImageFolder(str(train_dir), transform=transform)
     return DataLoader(dataset, batch_size=BATCH_SIZE, shuffle=True, num_workers=num_workers)
 

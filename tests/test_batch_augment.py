@@ -1,4 +1,5 @@
-"""Batch augmentation on the device: the same distribution as the per-image torchvision pipeline."""
+"""Training augmentation, in the loader (OpenCV) and on the device (a batch): the distribution of
+torchvision's own per-image ops, and the same image from the same random draws."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from lightning.pytorch import Trainer
 from conftest import datamodule_kwargs
 from gem_lightning.data.batch_augment import BatchAugment
 from gem_lightning.data.datamodule import GemDataModule
-from gem_lightning.data.transforms import Augmentation, cache_size_for, eval_transform, train_transform
+from gem_lightning.data.transforms import Augmentation, cache_size_for, eval_transform, torchvision_transform, train_transform
 from gem_lightning.errors import UserInputError
 from gem_lightning.module import GemClassifier
 
@@ -38,13 +39,15 @@ def line_image(size: int = CACHE) -> torch.Tensor:
     return image
 
 
-def both_ways(image: torch.Tensor, augment: Augmentation, n: int = 400) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` draws of the per-image pipeline and one batch of ``n`` copies through BatchAugment."""
+def draws(image: torch.Tensor, augment: Augmentation, n: int = 400) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``n`` draws of torchvision's own ops (the reference), and of our loader and device paths."""
     torch.manual_seed(0)
-    per_image = train_transform(SIZE, augment)
-    loader = torch.stack([per_image(image) for _ in range(n)]).float()
-    batch = BatchAugment(augment, SIZE)(image.unsqueeze(0).repeat(n, 1, 1, 1))
-    return loader, batch
+    reference, loader = torchvision_transform(SIZE, augment), train_transform(SIZE, augment)
+    ours = {
+        "loader": torch.stack([loader(image) for _ in range(n)]).float(),
+        "device": BatchAugment(augment, SIZE)(image.unsqueeze(0).repeat(n, 1, 1, 1)),
+    }
+    return torch.stack([reference(image) for _ in range(n)]).float(), ours
 
 
 def moments(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -83,29 +86,50 @@ def test_all_off_equals_the_evaluation_resize():
     assert (out - expected).abs().max() <= 2.0
 
 
-def test_dot_position_has_the_per_image_distribution():
-    loader, batch = both_ways(dot_image(45, 22), Augmentation(hflip=False, **BLACK))  # flips: tested below
-    for a, b in zip(moments(loader)[1:3], moments(batch)[1:3]):
-        assert a.std() > 1.5  # the test has teeth: the dot moves
-        assert_same_distribution(a, b)
+def test_dot_position_has_the_torchvision_distribution():
+    reference, ours = draws(dot_image(45, 22), Augmentation(hflip=False, **BLACK))  # flips: tested below
+    for images in ours.values():
+        for a, b in zip(moments(reference)[1:3], moments(images)[1:3]):
+            assert a.std() > 1.5  # the test has teeth: the dot moves
+            assert_same_distribution(a, b)
 
 
-def test_rotation_of_a_line_has_the_per_image_distribution():
-    loader, batch = both_ways(line_image(), Augmentation(**BLACK))
-    a, b = moments(loader)[3], moments(batch)[3]
+def test_rotation_of_a_line_has_the_torchvision_distribution():
+    reference, ours = draws(line_image(), Augmentation(**BLACK))
+    a = moments(reference)[3]
     assert a.std() == pytest.approx(25 / math.sqrt(3), rel=0.15)  # uniform in +-25 degrees
-    assert_same_distribution(a, b)
+    for images in ours.values():
+        assert_same_distribution(a, moments(images)[3])
 
 
-def test_random_resized_crop_has_the_per_image_distribution():
+def test_random_resized_crop_has_the_torchvision_distribution():
     augment = Augmentation(crop_scale=(0.35, 1.0), rotation=10, **BLACK)
-    loader, batch = both_ways(dot_image(38, 28), augment, n=1000)
-    (mass_a, *stats_a), (mass_b, *stats_b) = moments(loader), moments(batch)
-    seen_a, seen_b = mass_a > 1, mass_b > 1
-    assert abs(seen_a.float().mean() - seen_b.float().mean()) < 0.08  # how often the crop keeps the dot
-    for a, b in zip(stats_a[:2], stats_b[:2]):
-        assert_same_distribution(a[seen_a], b[seen_b], std_rel=0.2)
-    assert_same_distribution(mass_a[seen_a], mass_b[seen_b], std_rel=0.25)  # zoom
+    reference, ours = draws(dot_image(38, 28), augment, n=1000)
+    mass_a, *stats_a = moments(reference)
+    seen_a = mass_a > 1
+    for images in ours.values():
+        mass_b, *stats_b = moments(images)
+        seen_b = mass_b > 1
+        assert abs(seen_a.float().mean() - seen_b.float().mean()) < 0.08  # how often the crop keeps the dot
+        for a, b in zip(stats_a[:2], stats_b[:2]):
+            assert_same_distribution(a[seen_a], b[seen_b], std_rel=0.2)
+        assert_same_distribution(mass_a[seen_a], mass_b[seen_b], std_rel=0.25)  # zoom
+
+
+@pytest.mark.parametrize("crop", [False, True])
+def test_loader_and_device_make_the_same_image_from_the_same_draws(crop):
+    augment = Augmentation(rotation=180, shear=10, vflip=True, crop_scale=(0.5, 1.0) if crop else None)
+    image = gradient_image()
+    for seed in range(10):
+        torch.manual_seed(seed)
+        loader = train_transform(SIZE, augment)(image).float()
+        torch.manual_seed(seed)
+        device = BatchAugment(augment, SIZE)(image.unsqueeze(0))[0]
+        difference = (loader - device).abs()
+        if crop:  # the loader resizes the crop first (antialiased), then warps: two resamples
+            assert difference.mean() < 1 and (difference > 3).float().mean() < 0.03  # pixels on the crop edge
+        else:  # one bilinear resample each: equal up to uint8 rounding
+            assert difference.max() <= 1
 
 
 def test_flips_happen_half_of_the_time():
@@ -141,17 +165,18 @@ def test_samples_in_a_batch_differ():
     assert all((flat[i] - flat[j]).abs().mean() > 1 for i in range(8) for j in range(i + 1, 8))
 
 
-def test_colour_jitter_has_the_per_image_distribution():
+def test_colour_jitter_has_the_torchvision_distribution():
     image = torch.zeros(3, CACHE, CACHE, dtype=torch.uint8)
     image[0], image[1, :, : CACHE // 2], image[2, : CACHE // 2] = 160, 90, 40
     augment = Augmentation(rotation=0, zoom=0, shift=0, shear=0, hflip=False, brightness=0.3, contrast=0.3, saturation=0.5)
-    loader, batch = both_ways(image, augment)
+    reference, ours = draws(image, augment)
     gray = lambda x: (x * torch.tensor([0.2989, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1)  # noqa: E731
     brightness = lambda x: gray(x).mean((1, 2))  # noqa: E731
     contrast = lambda x: gray(x).std((1, 2)) / gray(x).mean((1, 2))  # noqa: E731  (brightness and saturation keep it)
     saturation = lambda x: (x.amax(1) - x.amin(1)).mean((1, 2))  # noqa: E731
     for stat in (brightness, contrast, saturation):
-        assert_same_distribution(stat(loader), stat(batch), std_rel=0.2)
+        for images in ours.values():
+            assert_same_distribution(stat(reference), stat(images), std_rel=0.2)
 
 
 def test_hue_on_the_device_is_refused(tiny_dataset, isolated_cache):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torchvision.transforms import v2
 
 from conftest import COLOURS, datamodule_kwargs, make_dataset, write_image
 from gem_lightning.data.cache import DecodeSettings, DiskCache
@@ -15,7 +16,7 @@ from gem_lightning.data.datamodule import BadFilesError, GemDataModule
 from gem_lightning.data.scan import DatasetLayoutError, ImageRecord, scan_split
 from gem_lightning.data.split import stratified_split
 from gem_lightning.errors import UserInputError
-from gem_lightning.data.transforms import Augmentation, eval_transform, train_transform
+from gem_lightning.data.transforms import Augmentation, eval_transform, torchvision_transform, train_transform
 
 
 def fitted(data_dir: Path, cache_root: Path, **overrides) -> GemDataModule:
@@ -221,10 +222,11 @@ def test_training_augmentation_is_random_and_evaluation_is_not():
 
 def test_augmentation_options_change_the_pipeline():
     names = lambda t: [type(step).__name__ for step in t.transforms]  # noqa: E731
-    assert names(train_transform(64, Augmentation())) == ["FilledAffine", "Resize", "RandomHorizontalFlip"]
+    assert train_transform(64, Augmentation()).jitter is None
+    assert isinstance(train_transform(64, Augmentation(brightness=0.2)).jitter, v2.ColorJitter)
     custom = Augmentation(crop_scale=(0.5, 1.0), rotation=0, shear=0, vflip=True, brightness=0.2)
-    assert names(train_transform(64, custom)) == ["RandomResizedCrop", "RandomHorizontalFlip", "RandomVerticalFlip", "ColorJitter"]
-    assert names(train_transform(64, Augmentation(rotation=0, zoom=0, shift=0, shear=0, hflip=False))) == ["Resize"]
+    assert names(torchvision_transform(64, custom)) == ["RandomResizedCrop", "RandomHorizontalFlip", "RandomVerticalFlip", "ColorJitter"]
+    assert names(torchvision_transform(64, Augmentation(rotation=0, zoom=0, shift=0, shear=0, hflip=False))) == ["Resize"]
 
 
 def test_test_split_and_predict_path(tiny_dataset, isolated_cache):

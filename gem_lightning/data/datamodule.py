@@ -60,7 +60,7 @@ class GemDataModule(LightningDataModule):
         pin_memory: pin host memory for faster copies to a GPU; default: when CUDA is available.
         persistent_workers: keep workers alive between epochs.
         augment: the training augmentation.
-        augment_on: where it runs: ``loader``: per image in the DataLoader workers; ``device``:
+        augment_on: where it runs: ``loader``: in the DataLoader workers (OpenCV); ``device``:
             the loader yields the cached images as they are and the whole batch is augmented on
             the accelerator after the transfer (``BatchAugment``; cheap for CPU workers).
         bad_files: ``skip`` unusable files and report them, or ``strict``: stop before training.

@@ -32,9 +32,16 @@ class CachedImageDataset(Dataset):
         return len(self.indices)
 
     def __getitem__(self, position: int) -> tuple[torch.Tensor, int, int]:
-        index = self.indices[position]
-        image = self.store[index].permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
-        return self.transform(image), self.labels[index], position
+        return self.__getitems__([position])[0]
+
+    def __getitems__(self, positions: list[int]) -> list[tuple[torch.Tensor, int, int]]:
+        """A whole batch (the DataLoader asks so): a transform with a ``many`` method gets all its
+        images at once, to draw their random parameters together."""
+        indices = [self.indices[p] for p in positions]
+        images = [self.store[i].permute(2, 0, 1) for i in indices]  # (H, W, 3) -> (3, H, W)
+        many = getattr(self.transform, "many", None)
+        images = many(images) if many is not None else [self.transform(image) for image in images]
+        return [(image, self.labels[i], p) for image, i, p in zip(images, indices, positions)]
 
 
 def find_predict_files(predict_path: str) -> list[Path]:
