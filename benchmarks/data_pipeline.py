@@ -160,6 +160,7 @@ def main(argv=None) -> None:
         model = GemClassifier(datamodule.class_names, IMAGE_SIZE)
         wait = data_wait_share(model, loader, args.steps)
     report(rows, setup_s, wait, args.steps)
+    print(f"load average (1, 5, 15 min) at the end: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
 
 
 if __name__ == "__main__":

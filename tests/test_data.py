@@ -204,6 +204,7 @@ def test_batches_are_uint8_at_image_size_with_labels(tiny_dataset, isolated_cach
     datamodule = fitted(tiny_dataset, isolated_cache)
     images, labels, indices = next(iter(datamodule.train_dataloader()))
     assert images.dtype == torch.uint8 and images.shape == (8, 3, 32, 32)
+    assert images.is_contiguous(memory_format=torch.channels_last)  # stacked as (H, W, 3) pixels
     assert labels.dtype == torch.int64 and set(labels.tolist()) <= {0, 1, 2}
     paths = datamodule.paths("val")
     _, val_labels, val_indices = next(iter(datamodule.val_dataloader()))

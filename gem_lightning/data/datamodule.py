@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from gem_lightning.data.batch_augment import BatchAugment
 from gem_lightning.data.cache import DecodeSettings, default_cache_dir, DiskCache, ImageStore, build_store, estimated_bytes
-from gem_lightning.data.datasets import CachedImageDataset, PredictDataset, collate_predictions, find_predict_files
+from gem_lightning.data.datasets import CachedImageDataset, PredictDataset, collate_channels_last, collate_predictions, find_predict_files
 from gem_lightning.data.scan import (
     DatasetLayoutError,
     ImageRecord,
@@ -272,7 +272,7 @@ class GemDataModule(LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.datasets["predict"], collate_fn=collate_predictions)
 
-    def _loader(self, dataset: Dataset, *, train: bool = False, collate_fn=None) -> DataLoader:
+    def _loader(self, dataset: Dataset, *, train: bool = False, collate_fn=collate_channels_last) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

@@ -44,6 +44,17 @@ class CachedImageDataset(Dataset):
         return [(image, self.labels[i], p) for image, i, p in zip(images, indices, positions)]
 
 
+def collate_channels_last(items: list[tuple[torch.Tensor, int, int]]) -> list[torch.Tensor]:
+    """Batch ``(image, label, index)`` triples; images as a channels_last ``(B, 3, H, W)`` batch.
+
+    The cache and the OpenCV warp keep pixels as ``(H, W, 3)``, so stacking them that way is a
+    plain copy (stacking ``(3, H, W)`` views of them is a ~10x slower strided one), and the
+    channels_last batch is the memory format the model computes in.
+    """
+    images, labels, indices = default_collate([(image.permute(1, 2, 0), label, index) for image, label, index in items])
+    return [images.permute(0, 3, 1, 2), labels, indices]
+
+
 def find_predict_files(predict_path: str) -> list[Path]:
     """The files named by ``predict_path``: one file, a folder (recursively) or a glob pattern."""
     path = Path(predict_path).expanduser()
