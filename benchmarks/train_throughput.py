@@ -56,7 +56,7 @@ from torch.utils.flop_counter import FlopCounterMode
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gem_lightning.cli import GemCLI, cli_main  # noqa: E402
+from gem_lightning.cli import cli_main  # noqa: E402
 from gem_lightning.data.datamodule import GemDataModule  # noqa: E402
 from gem_lightning.data.transforms import Augmentation  # noqa: E402
 from gem_lightning.module import GemClassifier  # noqa: E402
@@ -259,30 +259,11 @@ def run_lightning(args, datamodule: GemDataModule, lean: bool) -> Run:
     return clock.run
 
 
-def build_cli(argv: list[str]):
-    """``cli_main(argv, run=False)``; if ``GemCLI.before_instantiate_classes`` cannot run without a
-    subcommand (it reads ``config.subcommand``), retry with it skipped, which is what it does for ``fit``."""
-    try:
-        return cli_main(argv, run=False)
-    except AttributeError as error:
-        if "subcommand" not in str(error):
-            raise
-        if not getattr(build_cli, "warned", False):
-            print(f"note: cli_main(run=False) failed ({error}); skipping GemCLI.before_instantiate_classes as for `fit`", file=sys.__stdout__)
-            build_cli.warned = True
-        original = GemCLI.before_instantiate_classes
-        GemCLI.before_instantiate_classes = lambda self: None
-        try:
-            return cli_main(argv, run=False)
-        finally:
-            GemCLI.before_instantiate_classes = original
-
-
 def run_cli(args, variant: str, recipes: dict) -> Run:
     """(c_seed), (c): a config through the CLI class, as a user's ``fit`` builds it."""
     clock = StepClock(args)
     with tempfile.TemporaryDirectory() as root, hidden_output():
-        cli = build_cli(
+        cli = cli_main(
             [
                 "--config", str(CONFIGS[variant]),
                 "--data.data_dir", str(args.data_dir),
@@ -293,7 +274,8 @@ def run_cli(args, variant: str, recipes: dict) -> Run:
                 "--trainer.default_root_dir", root,
                 "--trainer.logger.init_args.save_dir", root,
                 "--checkpoint.dirpath", root,
-            ]
+            ],
+            run=False,
         )
         cli.trainer.callbacks.append(clock)
         if variant not in recipes:  # what this config trains, once

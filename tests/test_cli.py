@@ -120,3 +120,12 @@ def test_console_script_is_main_py(tmp_path, cpu_env):
     assert "from gem_lightning.cli import main" in (REPO / "main.py").read_text()
     result = run_cli("prepare", "--source", str(tmp_path / "missing"), "--output", str(tmp_path / "out"), env=cpu_env, cwd=tmp_path, check=False)
     assert result.returncode == 2 and "missing" in result.stderr  # tools' exit status reaches the shell
+
+
+def test_cli_builds_without_running_for_scripts(tiny_dataset, tmp_path, monkeypatch):
+    from gem_lightning.cli import cli_main
+
+    monkeypatch.chdir(tmp_path)
+    cli = cli_main(["--config", str(REPO / "configs" / "gemstones.yaml"), "--data.data_dir", str(tiny_dataset)], run=False)
+    assert cli.model.hparams.class_names == cli.datamodule.class_names == ["Blue Stone", "Green Stone", "Red Stone"]
+    assert cli.datamodule.image_size == cli.model.hparams.image_size == 96 and cli.trainer.precision == "bf16-mixed"
