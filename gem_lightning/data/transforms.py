@@ -1,4 +1,4 @@
-"""Image transforms on uint8 tensors: the seed's augmentation and the evaluation resize.
+"""Image transforms on uint8 tensors: training augmentation in the loader, the evaluation resize.
 
 Everything here maps a ``(3, H, W)`` uint8 image from the decoded-image cache to a
 ``(3, image_size, image_size)`` uint8 image; conversion to float and normalisation happen in the
@@ -78,8 +78,8 @@ class TrainAugment(torch.nn.Module):
         super().__init__()
         self.augment = augment
         self.image_size = image_size
-        a = augment
-        self.jitter = v2.ColorJitter(a.brightness, a.contrast, a.saturation, a.hue) if a.brightness or a.contrast or a.saturation or a.hue else None
+        colour = (augment.brightness, augment.contrast, augment.saturation, augment.hue)
+        self.jitter = v2.ColorJitter(*colour) if any(colour) else None
 
     def extra_repr(self) -> str:
         return f"image_size={self.image_size}"
