@@ -88,6 +88,11 @@ class GemCLI(LightningCLI):
         """The data's class names; when predicting from a checkpoint alone, the checkpoint's."""
         return data_class_names or getattr(self, "checkpoint_class_names", None)
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: list[str] | None) -> None:
+        """Lightning's, without its warning about ``args`` given while ``sys.argv`` holds arguments:
+        tools such as ``main.py seeds`` run the CLI with arguments of their own."""
+        self.config = parser.parse_args(args)
+
     def _parse_ckpt_path(self) -> None:
         """Lightning would copy every checkpoint hyperparameter into the model's config, including
         the linked ones, which jsonargparse rejects; ``before_instantiate_classes`` and

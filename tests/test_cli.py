@@ -122,10 +122,12 @@ def test_console_script_is_main_py(tmp_path, cpu_env):
     assert result.returncode == 2 and "missing" in result.stderr  # tools' exit status reaches the shell
 
 
-def test_cli_builds_without_running_for_scripts(tiny_dataset, tmp_path, monkeypatch):
+def test_cli_builds_without_running_for_scripts(tiny_dataset, tmp_path, monkeypatch, recwarn):
     from gem_lightning.cli import cli_main
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["main.py", "seeds", "--seeds", "0"])  # as when `seeds` calls it
     cli = cli_main(["--config", str(REPO / "configs" / "gemstones.yaml"), "--data.data_dir", str(tiny_dataset)], run=False)
     assert cli.model.hparams.class_names == cli.datamodule.class_names == ["Blue Stone", "Green Stone", "Red Stone"]
     assert cli.datamodule.image_size == cli.model.hparams.image_size == 96 and cli.trainer.precision == "bf16-mixed"
+    assert not [w for w in recwarn if "args parameter" in str(w.message)]
