@@ -7,6 +7,8 @@ train and validation reproducibly, and builds datasets over the decoded images.
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -197,9 +199,8 @@ class GemDataModule(LightningDataModule):
         return self.scans[split]
 
     def _load_split(self, split: str) -> ImageStore:
-        fresh = self._scan(split)
-        scan = SplitScan(fresh.root, fresh.classes, list(fresh.records), list(fresh.rejected))
-        split_dir = scan.root
+        fresh = self._scan(split)  # copied: decode failures are added to this setup's report only
+        scan = dataclasses.replace(fresh, rejected=list(fresh.rejected))
         store, decode_failures = build_store(
             scan.records,
             self.settings,
@@ -212,7 +213,7 @@ class GemDataModule(LightningDataModule):
         self._report(split, scan)
         self.rejected[split] = scan.rejected
         if not store.records:
-            raise DatasetLayoutError(f"{str(split_dir)!r} has no usable images. See the summary above.")
+            raise DatasetLayoutError(f"{str(scan.root)!r} has no usable images. See the summary above.")
         return store
 
     def _report(self, split: str, scan: SplitScan) -> None:
