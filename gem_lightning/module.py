@@ -49,7 +49,7 @@ class GemClassifier(LightningModule):
             torchvision weights name (downloaded by torchvision). Default: from scratch.
         channels: VGG: output channels of each conv block.
         pools: VGG: pooling after each block (``max``, ``avg`` or ``none``).
-        convs_per_block: VGG: 3x3 convs per block.
+        convs_per_block: VGG: 3x3 convs per block: one number for all, or one per block.
         batch_norm: VGG: batch norm after every conv.
         head: VGG: ``flatten`` (the seed's) or ``gap`` (global average pooling).
         hidden_units: VGG: width of the hidden dense layer (0: none).
@@ -80,7 +80,7 @@ class GemClassifier(LightningModule):
         weights: str | None = None,
         channels: list[int] = [32, 64, 128, 128, 128],
         pools: list[PoolKind] = ["max", "max", "max", "avg", "max"],
-        convs_per_block: int = 1,
+        convs_per_block: int | list[int] = 1,
         batch_norm: bool = False,
         head: HeadKind = "flatten",
         hidden_units: int = 256,
@@ -104,7 +104,8 @@ class GemClassifier(LightningModule):
         self.class_names = list(class_names)
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
-        vgg = VGGConfig(tuple(channels), tuple(pools), convs_per_block, batch_norm, head, hidden_units, dropout)
+        blocks = convs_per_block if isinstance(convs_per_block, int) else tuple(convs_per_block)
+        vgg = VGGConfig(tuple(channels), tuple(pools), blocks, batch_norm, head, hidden_units, dropout)
         network = build_network(arch, num_classes=self.num_classes, image_size=image_size, vgg=vgg, weights=weights)
         self.model = ImageClassifier(network, mean, std, channels_last=channels_last, tta=tta)
         if compile:

@@ -39,11 +39,25 @@ def test_too_small_image_is_refused_with_the_minimum():
 def test_mismatched_table_is_refused():
     with pytest.raises(ValueError, match="one pool kind per block"):
         VGGConfig(channels=(8, 16), pools=("max",))
+    with pytest.raises(ValueError, match="one number, or one per block"):
+        VGGConfig(channels=(8, 16), pools=("max", "max"), convs_per_block=(1, 2, 2))
+    with pytest.raises(ValueError, match=">= 1 in every block"):
+        VGGConfig(channels=(8, 16), pools=("max", "max"), convs_per_block=(1, 0))
+
+
+def test_convs_per_block_sets_each_block_depth():
+    def conv_widths(config: VGGConfig) -> list[int]:
+        network = VGG(num_classes=3, image_size=32, config=config)
+        return [m.out_channels for m in network.features if isinstance(m, nn.Conv2d)]
+
+    vgg11_layout = VGGConfig(channels=(8, 16, 32), pools=("max",) * 3, convs_per_block=(1, 1, 2))
+    assert conv_widths(vgg11_layout) == [8, 16, 32, 32]
+    assert conv_widths(VGGConfig(channels=(8, 16), pools=("max",) * 2, convs_per_block=2)) == [8, 8, 16, 16]
 
 
 @pytest.mark.parametrize(
     "config",
-    [VGGConfig(), VGGConfig(batch_norm=True, head="gap", convs_per_block=2), VGGConfig(hidden_units=0, channels=(8, 8), pools=("max", "none"))],
+    [VGGConfig(), VGGConfig(batch_norm=True, head="gap", convs_per_block=(1, 1, 2, 2, 1)), VGGConfig(hidden_units=0, channels=(8, 8), pools=("max", "none"))],
 )
 def test_gradients_reach_every_parameter(config):
     model = VGG(num_classes=5, image_size=48, config=config)

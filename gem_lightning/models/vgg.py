@@ -24,7 +24,8 @@ class VGGConfig:
     Args:
         channels: output channels of each 3x3 conv block.
         pools: pooling after each block (2x2, stride 2): ``max``, ``avg`` or ``none``.
-        convs_per_block: 3x3 convs stacked in each block (the seed has one).
+        convs_per_block: 3x3 convs stacked in each block (the seed has one): one number for every
+            block, or one per block, e.g. VGG-11's ``(1, 1, 2, 2, 2)``.
         batch_norm: batch norm after each conv (the seed has none).
         head: ``flatten`` (the seed's dense head on the flattened map) or ``gap``
             (global average pooling, independent of the input size).
@@ -34,7 +35,7 @@ class VGGConfig:
 
     channels: tuple[int, ...] = (32, 64, 128, 128, 128)
     pools: tuple[PoolKind, ...] = ("max", "max", "max", "avg", "max")
-    convs_per_block: int = 1
+    convs_per_block: int | tuple[int, ...] = 1
     batch_norm: bool = False
     head: HeadKind = "flatten"
     hidden_units: int = 256
@@ -48,8 +49,16 @@ class VGGConfig:
             )
         if not self.channels:
             raise ValueError("VGGConfig: `channels` must list at least one block.")
-        if self.convs_per_block < 1:
-            raise ValueError(f"VGGConfig: `convs_per_block` must be >= 1, got {self.convs_per_block}.")
+        if isinstance(self.convs_per_block, int):
+            object.__setattr__(self, "convs_per_block", (self.convs_per_block,) * len(self.channels))
+        object.__setattr__(self, "convs_per_block", tuple(self.convs_per_block))
+        if len(self.convs_per_block) != len(self.channels):
+            raise ValueError(
+                f"VGGConfig: `convs_per_block` has {len(self.convs_per_block)} entries but `channels` has "
+                f"{len(self.channels)} blocks; give one number, or one per block."
+            )
+        if min(self.convs_per_block) < 1:
+            raise ValueError(f"VGGConfig: `convs_per_block` must be >= 1 in every block, got {list(self.convs_per_block)}.")
 
 
 def _pool(kind: PoolKind) -> nn.Module:
@@ -94,8 +103,8 @@ class VGG(nn.Module):
     def _make_features(config: VGGConfig) -> nn.Sequential:
         layers: list[nn.Module] = []
         in_channels = 3
-        for out_channels, pool in zip(config.channels, config.pools):
-            for _ in range(config.convs_per_block):
+        for out_channels, pool, convs in zip(config.channels, config.pools, config.convs_per_block):
+            for _ in range(convs):
                 layers.append(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=not config.batch_norm))
                 if config.batch_norm:
                     layers.append(nn.BatchNorm2d(out_channels))
