@@ -47,16 +47,42 @@ def summarize(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> list[dict]:
-    parser = argparse.ArgumentParser(prog="main.py seeds", description=__doc__.splitlines()[0], add_help=False)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--out", type=Path, default=None, help="CSV of the per-seed results (default: seeds.csv beside the runs' version folders)")
-    options, fit_args = parser.parse_known_args(argv)
-    rows = [run_seed(fit_args, seed) for seed in options.seeds]
-    out = options.out or Path(rows[-1]["checkpoint"]).parents[2] / "seeds.csv"
-    with out.open("w", newline="") as file:
+def read_rows(path: Path) -> dict[int, dict]:
+    """Per-seed rows an earlier run wrote to ``path`` (none if it does not exist), by seed."""
+    if not path.exists():
+        return {}
+    with path.open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    numeric = ("fit_s", *REPORTED)
+    return {int(row["seed"]): {**row, "seed": int(row["seed"]), **{k: float(row[k]) for k in numeric}} for row in rows}
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+
+
+def main(argv: list[str]) -> list[dict]:
+    parser = argparse.ArgumentParser(prog="main.py seeds", description=__doc__.splitlines()[0], add_help=False)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--out", type=Path, default=None,
+        help="CSV of the per-seed results, written after each seed; seeds already in it are not trained "
+        "again, so the same command resumes an interrupted run (default: a fresh seeds.csv beside the "
+        "runs' version folders)",
+    )  # fmt: skip
+    options, fit_args = parser.parse_known_args(argv)
+    out = options.out
+    done = read_rows(out) if out else {}
+    for seed in options.seeds:
+        if seed in done:
+            print(f"seed {seed}: already in {out}; not trained again")
+            continue
+        done[seed] = run_seed(fit_args, seed)
+        out = out or Path(done[seed]["checkpoint"]).parents[2] / "seeds.csv"
+        write_rows(out, list(done.values()))
+    rows = [done[seed] for seed in options.seeds]
     print(f"\nTest metrics over seeds {options.seeds} (per-seed rows in {out}):\n{summarize(rows)}")
     return rows

@@ -32,3 +32,20 @@ def test_seeds_fits_and_tests_each_seed_with_ema(tmp_path, isolated_cache, monke
     assert [float(r["test/acc"]) for r in written] == [row["test/acc"] for row in rows]
     for row in rows:
         assert 0.0 <= row["test/acc"] <= row["test/acc_top5"] <= 1.0 and row["checkpoint"].endswith(".ckpt")
+
+
+def test_seeds_resumes_from_the_rows_already_written(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "seeds.csv"
+    out.write_text("seed,fit_s,checkpoint,test/acc,test/acc_top5,test/f1\n0,60.0,a.ckpt,0.5,0.9,0.4\n")
+    trained = []
+
+    def fake_run_seed(fit_args, seed):
+        trained.append(seed)
+        return {"seed": seed, "fit_s": 80.0, "checkpoint": "b.ckpt", "test/acc": 0.7, "test/acc_top5": 1.0, "test/f1": 0.6}
+
+    monkeypatch.setattr("gem_lightning.seeds.run_seed", fake_run_seed)
+    rows = main(["--seeds", "0", "1", "--out", str(out)])
+    assert trained == [1]
+    assert [(row["seed"], row["test/acc"]) for row in rows] == [(0, 0.5), (1, 0.7)]
+    assert [r["seed"] for r in csv.DictReader(out.open())] == ["0", "1"]
+    assert "test/acc          60.00 +- 14.14%" in capsys.readouterr().out
