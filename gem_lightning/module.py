@@ -104,8 +104,7 @@ class GemClassifier(LightningModule):
         self.class_names = list(class_names)
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
-        blocks = convs_per_block if isinstance(convs_per_block, int) else tuple(convs_per_block)
-        vgg = VGGConfig(tuple(channels), tuple(pools), blocks, batch_norm, head, hidden_units, dropout)
+        vgg = VGGConfig(tuple(channels), tuple(pools), convs_per_block, batch_norm, head, hidden_units, dropout)
         network = build_network(arch, num_classes=self.num_classes, image_size=image_size, vgg=vgg, weights=weights)
         self.model = ImageClassifier(network, mean, std, channels_last=channels_last, tta=tta)
         if compile:

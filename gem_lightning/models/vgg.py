@@ -49,9 +49,8 @@ class VGGConfig:
             )
         if not self.channels:
             raise ValueError("VGGConfig: `channels` must list at least one block.")
-        if isinstance(self.convs_per_block, int):
-            object.__setattr__(self, "convs_per_block", (self.convs_per_block,) * len(self.channels))
-        object.__setattr__(self, "convs_per_block", tuple(self.convs_per_block))
+        blocks = self.convs_per_block
+        object.__setattr__(self, "convs_per_block", (blocks,) * len(self.channels) if isinstance(blocks, int) else tuple(blocks))
         if len(self.convs_per_block) != len(self.channels):
             raise ValueError(
                 f"VGGConfig: `convs_per_block` has {len(self.convs_per_block)} entries but `channels` has "
