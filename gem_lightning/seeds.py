@@ -70,8 +70,8 @@ def main(argv: list[str]) -> list[dict]:
     parser.add_argument(
         "--out", type=Path, default=None,
         help="CSV of the per-seed results, written after each seed; seeds already in it are not trained "
-        "again, so the same command resumes an interrupted run (default: a fresh seeds.csv beside the "
-        "runs' version folders)",
+        "again, so the same command resumes an interrupted run (default: seeds.csv in the first seed's "
+        "run folder, so no earlier results are overwritten)",
     )  # fmt: skip
     options, fit_args = parser.parse_known_args(argv)
     out = options.out
@@ -81,7 +81,7 @@ def main(argv: list[str]) -> list[dict]:
             print(f"seed {seed}: already in {out}; not trained again")
             continue
         done[seed] = run_seed(fit_args, seed)
-        out = out or Path(done[seed]["checkpoint"]).parents[2] / "seeds.csv"
+        out = out or Path(done[seed]["checkpoint"]).parents[1] / "seeds.csv"
         write_rows(out, list(done.values()))
     rows = [done[seed] for seed in options.seeds]
     print(f"\nTest metrics over seeds {options.seeds} (per-seed rows in {out}):\n{summarize(rows)}")

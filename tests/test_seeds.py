@@ -49,3 +49,19 @@ def test_seeds_resumes_from_the_rows_already_written(tmp_path, monkeypatch, caps
     assert [(row["seed"], row["test/acc"]) for row in rows] == [(0, 0.5), (1, 0.7)]
     assert [r["seed"] for r in csv.DictReader(out.open())] == ["0", "1"]
     assert "test/acc          60.00 +- 14.14%" in capsys.readouterr().out
+
+
+def test_default_csv_goes_to_the_first_seeds_run_folder(tmp_path, monkeypatch):
+    earlier = tmp_path / "runs" / "gems" / "seeds.csv"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text("results of an earlier run\n")
+
+    def fake_run_seed(fit_args, seed):
+        checkpoints = tmp_path / "runs" / "gems" / f"version_{seed}" / "checkpoints"
+        checkpoints.mkdir(parents=True)
+        return {"seed": seed, "fit_s": 1.0, "checkpoint": str(checkpoints / "best.ckpt"), "test/acc": 0.5, "test/acc_top5": 0.9, "test/f1": 0.4}
+
+    monkeypatch.setattr("gem_lightning.seeds.run_seed", fake_run_seed)
+    main(["--seeds", "3", "4"])
+    assert [r["seed"] for r in csv.DictReader((tmp_path / "runs" / "gems" / "version_3" / "seeds.csv").open())] == ["3", "4"]
+    assert earlier.read_text() == "results of an earlier run\n"

@@ -7,10 +7,8 @@ train and validation reproducibly, and builds datasets over the decoded images.
 
 from __future__ import annotations
 
-import dataclasses
-
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Literal
 
@@ -200,7 +198,7 @@ class GemDataModule(LightningDataModule):
 
     def _load_split(self, split: str) -> ImageStore:
         fresh = self._scan(split)  # copied: decode failures are added to this setup's report only
-        scan = dataclasses.replace(fresh, rejected=list(fresh.rejected))
+        scan = replace(fresh, rejected=list(fresh.rejected))
         store, decode_failures = build_store(
             scan.records,
             self.settings,
