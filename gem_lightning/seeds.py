@@ -75,6 +75,8 @@ def main(argv: list[str]) -> list[dict]:
     )  # fmt: skip
     options, fit_args = parser.parse_known_args(argv)
     out = options.out
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)  # before hours of training, not after
     done = read_rows(out) if out else {}
     for seed in options.seeds:
         if seed in done:

@@ -131,3 +131,14 @@ def test_cli_builds_without_running_for_scripts(tiny_dataset, tmp_path, monkeypa
     assert cli.model.hparams.class_names == cli.datamodule.class_names == ["Blue Stone", "Green Stone", "Red Stone"]
     assert cli.datamodule.image_size == cli.model.hparams.image_size == 96 and cli.trainer.precision == "bf16-mixed"
     assert not [w for w in recwarn if "args parameter" in str(w.message)]
+
+
+def test_bad_model_setting_is_one_error_line(tiny_dataset, tmp_path, monkeypatch, capsys):
+    from gem_lightning.cli import cli_main
+
+    monkeypatch.chdir(tmp_path)
+    args = ["--config", str(REPO / "configs" / "gemstones.yaml"), "--data.data_dir", str(tiny_dataset), "--model.convs_per_block", "[1, 2]"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(args, run=False)
+    assert exit_info.value.code == 2
+    assert "error: VGGConfig: `convs_per_block` has 2 entries but `channels` has 5 blocks" in capsys.readouterr().err

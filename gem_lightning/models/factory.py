@@ -8,6 +8,7 @@ import torch
 import torchvision
 from torch import nn
 
+from gem_lightning.errors import UserInputError
 from gem_lightning.models.vgg import VGG, VGGConfig
 
 
@@ -26,10 +27,10 @@ def build_network(arch: str, *, num_classes: int, image_size: int, vgg: VGGConfi
     """
     if arch == "vgg":
         if weights is not None:
-            raise ValueError("model.weights applies to torchvision architectures; the VGG trains from scratch.")
+            raise UserInputError("model.weights applies to torchvision architectures; the VGG trains from scratch.")
         return VGG(num_classes=num_classes, image_size=image_size, config=vgg)
     if arch not in torchvision.models.list_models(module=torchvision.models):
-        raise ValueError(f"Unknown model.arch {arch!r}. Choose one of: {', '.join(available_archs())}.")
+        raise UserInputError(f"Unknown model.arch {arch!r}. Choose one of: {', '.join(available_archs())}.")
     if weights is None:
         return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
     if Path(weights).expanduser().is_file():
@@ -46,7 +47,7 @@ def _load_weights_file(arch: str, path: Path, num_classes: int) -> nn.Module:
     own = network.state_dict()
     unknown = sorted(set(state) - set(own))
     if unknown:
-        raise ValueError(f"Weights file {str(path)!r} does not fit model.arch {arch!r}: unexpected keys {unknown[:5]}...")
+        raise UserInputError(f"Weights file {str(path)!r} does not fit model.arch {arch!r}: unexpected keys {unknown[:5]}...")
     fitting = {k: v for k, v in state.items() if v.shape == own[k].shape}
     network.load_state_dict(fitting, strict=False)
     return network

@@ -13,6 +13,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from gem_lightning.errors import UserInputError
+
 PoolKind = Literal["max", "avg", "none"]
 HeadKind = Literal["flatten", "gap"]
 
@@ -43,21 +45,21 @@ class VGGConfig:
 
     def __post_init__(self) -> None:
         if len(self.channels) != len(self.pools):
-            raise ValueError(
+            raise UserInputError(
                 f"VGGConfig: `channels` has {len(self.channels)} blocks but `pools` has "
                 f"{len(self.pools)}; give one pool kind per block."
             )
         if not self.channels:
-            raise ValueError("VGGConfig: `channels` must list at least one block.")
+            raise UserInputError("VGGConfig: `channels` must list at least one block.")
         blocks = self.convs_per_block
         object.__setattr__(self, "convs_per_block", (blocks,) * len(self.channels) if isinstance(blocks, int) else tuple(blocks))
         if len(self.convs_per_block) != len(self.channels):
-            raise ValueError(
+            raise UserInputError(
                 f"VGGConfig: `convs_per_block` has {len(self.convs_per_block)} entries but `channels` has "
                 f"{len(self.channels)} blocks; give one number, or one per block."
             )
         if min(self.convs_per_block) < 1:
-            raise ValueError(f"VGGConfig: `convs_per_block` must be >= 1 in every block, got {list(self.convs_per_block)}.")
+            raise UserInputError(f"VGGConfig: `convs_per_block` must be >= 1 in every block, got {list(self.convs_per_block)}.")
 
 
 def _pool(kind: PoolKind) -> nn.Module:
@@ -67,7 +69,7 @@ def _pool(kind: PoolKind) -> nn.Module:
         return nn.AvgPool2d(2)
     if kind == "none":
         return nn.Identity()
-    raise ValueError(f"Unknown pool kind {kind!r}; expected 'max', 'avg' or 'none'.")
+    raise UserInputError(f"Unknown pool kind {kind!r}; expected 'max', 'avg' or 'none'.")
 
 
 def _feature_size(size: int, pools: tuple[PoolKind, ...]) -> int:
@@ -90,7 +92,7 @@ class VGG(nn.Module):
         super().__init__()
         final_size = _feature_size(image_size, config.pools)
         if final_size < 1:
-            raise ValueError(
+            raise UserInputError(
                 f"image_size={image_size} is too small for {len(config.pools)} pooling blocks: the "
                 f"feature map would vanish. Use image_size >= {2 ** sum(p != 'none' for p in config.pools)}."
             )
@@ -122,7 +124,7 @@ class VGG(nn.Module):
             layers = [nn.Flatten()]
             in_features = channels * final_size * final_size
         else:
-            raise ValueError(f"Unknown head {config.head!r}; expected 'flatten' or 'gap'.")
+            raise UserInputError(f"Unknown head {config.head!r}; expected 'flatten' or 'gap'.")
         layers.append(nn.Dropout(config.dropout))
         if config.hidden_units:
             layers += [nn.Linear(in_features, config.hidden_units), nn.ReLU(inplace=True)]
