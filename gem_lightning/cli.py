@@ -25,7 +25,8 @@ from gem_lightning.checkpoint_io import ResumableModelCheckpoint, make_resumable
 from gem_lightning.data.datamodule import GemDataModule
 from gem_lightning.errors import UserInputError
 from gem_lightning.metrics import MONITOR
-from gem_lightning.module import GemClassifier
+from gem_lightning.models.factory import default_normalization
+from gem_lightning.module import TRAINING_ONLY, GemClassifier
 
 
 LINKED_FROM_DATA = {"class_names", "image_size", "preprocessing"}
@@ -71,12 +72,14 @@ class GemCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         """From a checkpoint, rebuild the network as it was trained and feed the data what it expects."""
         subcommand = self.config.get("subcommand")
-        if subcommand in (None, "fit"):  # None: cli_main(args, run=False) parses no subcommand
+        config = self.config[subcommand] if subcommand else self.config  # None: cli_main(args, run=False)
+        if subcommand in (None, "fit"):
+            if config.data.image_size is None:
+                config.data.image_size = default_normalization(config.model.arch, config.model.weights)[2]
             return
-        config = self.config[subcommand]
         hparams = read_checkpoint_hparams(config.get("ckpt_path"))
         for key, value in hparams.items():
-            if key in config.model and key not in LINKED_FROM_DATA | CHOSEN_AT_INFERENCE:
+            if key in config.model and key not in LINKED_FROM_DATA | CHOSEN_AT_INFERENCE | set(TRAINING_ONLY):
                 config.model[key] = value
         if "image_size" in hparams:
             config.data.image_size = hparams["image_size"]

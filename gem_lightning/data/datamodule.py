@@ -40,6 +40,10 @@ class BadFilesError(UserInputError):
     """``bad_files: strict`` and the dataset has files that cannot be used."""
 
 
+DEFAULT_IMAGE_SIZE = 220
+"""The seed notebook's input size."""
+
+
 def default_num_workers() -> int:
     """One loader worker per spare core (at least one, at most eight)."""
     return min(8, max(1, (os.cpu_count() or 2) - 1))
@@ -52,7 +56,9 @@ class GemDataModule(LightningDataModule):
         data_dir: folder holding ``train/<Class>/...`` and optionally ``test/<Class>/...``.
         generate: ``synthetic`` writes the embedded procedural gem dataset into ``data_dir`` on
             first use (for the quickstart; nothing is downloaded).
-        image_size: side, in pixels, of the square images the model sees.
+        image_size: side, in pixels, of the square images the model sees; default: the input size
+            the pretrained weights expect (``main.py`` resolves it from ``model.weights`` and
+            ``model.arch``), else 220 px, the seed's.
         val_fraction: share of each class of ``train/`` held out for validation.
         seed: seed of the train/validation split (independent of the training seed).
         batch_size: images per batch, per process.
@@ -80,7 +86,7 @@ class GemDataModule(LightningDataModule):
         data_dir: str | None = None,
         *,
         generate: Literal["synthetic"] | None = None,
-        image_size: int = 220,
+        image_size: int | None = None,
         val_fraction: float = 0.2,
         seed: int = 42,
         batch_size: int = 32,
@@ -98,6 +104,7 @@ class GemDataModule(LightningDataModule):
         predict_path: str | None = None,
     ) -> None:
         super().__init__()
+        image_size = image_size or DEFAULT_IMAGE_SIZE
         if image_size < 32:
             raise ValueError(f"data.image_size must be at least 32 px, got {image_size}.")
         self.save_hyperparameters(ignore=["augment"])
