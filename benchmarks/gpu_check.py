@@ -118,7 +118,7 @@ class Table:
 
 @dataclass
 class StepResult:
-    status: str = "not run"  # ok, failed, skipped, out of budget
+    status: str = "not run"  # ok, failed, skipped (cannot run here), out of budget (not started or stopped)
     reason: str = ""
     seconds: float = 0.0
     figures: dict = field(default_factory=dict)
@@ -538,7 +538,7 @@ def run_subprocess(command: list[str], ctx: Context, timeout: float) -> subproce
 def run_step(name: str, ctx: Context) -> StepResult:
     result = ctx.results[name] = StepResult()
     if remaining_budget() < MIN_STEP_S:
-        result.status, result.reason = "skipped", f"out of the time budget ({max(0, remaining_budget()):.0f} s left)"
+        result.status, result.reason = "out of budget", f"not started: {max(0, remaining_budget()):.0f} s of the time budget left"
         return result
     print(f"[{name}] ...", flush=True)
     start = time.perf_counter()
@@ -580,10 +580,14 @@ def render_markdown(meta: dict, results: dict[str, StepResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def output_path(out: Path, extension: str) -> Path:
+    return out.with_name(f"{out.name}.{extension}")
+
+
 def write_results(out: Path, meta: dict, results: dict[str, StepResult]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"meta": meta, "steps": {name: asdict(r) for name, r in results.items()}}
-    for path, text in ((out.with_suffix(".json"), json.dumps(payload, indent=1, default=str)), (out.with_suffix(".md"), render_markdown(meta, results))):
+    for path, text in ((output_path(out, "json"), json.dumps(payload, indent=1, default=str)), (output_path(out, "md"), render_markdown(meta, results))):
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(text)
         tmp.replace(path)
@@ -605,7 +609,7 @@ def main(argv=None) -> int:
         return 2
     budget = args.budget if args.budget is not None else (math.inf if args.dry_run else 330.0)
     DEADLINE = time.monotonic() + budget
-    signal.signal(signal.SIGALRM, on_alarm)
+    previous_handler = signal.signal(signal.SIGALRM, on_alarm)
     steps = [s for s in STEPS if not args.only or s in args.only.split(",")]
     if "environment" not in steps:
         steps.insert(0, "environment")  # throughput needs its matmul ceiling
@@ -613,14 +617,17 @@ def main(argv=None) -> int:
             "dry_run": args.dry_run, "budget_s": budget, "data_dir": str(args.data_dir), "sizes": asdict(DRY_SIZES if args.dry_run else GPU_SIZES)}
     results: dict[str, StepResult] = {}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="gem-gpu-check-") as work, args.out.with_suffix(".log").open("w") as log:
+    with tempfile.TemporaryDirectory(prefix="gem-gpu-check-") as work, output_path(args.out, "log").open("w") as log:
         ctx = Context(args.data_dir.resolve(), device, DRY_SIZES if args.dry_run else GPU_SIZES, Path(work), log, results)
         start = time.perf_counter()
-        for name in steps:
-            run_step(name, ctx)
-            meta["seconds"] = round(time.perf_counter() - start, 1)
-            write_results(args.out, meta, results)
-    print(f"\n{render_markdown(meta, results)}\nwrote {args.out.with_suffix('.json')}, {args.out.with_suffix('.md')}, {args.out.with_suffix('.log')}")
+        try:
+            for name in steps:
+                run_step(name, ctx)
+                meta["seconds"] = round(time.perf_counter() - start, 1)
+                write_results(args.out, meta, results)
+        finally:
+            signal.signal(signal.SIGALRM, previous_handler)
+    print(f"\n{render_markdown(meta, results)}\nwrote {output_path(args.out, 'json')}, {output_path(args.out, 'md')}, {output_path(args.out, 'log')}")
     return 0 if all(r.status in ("ok", "skipped") for r in results.values()) else 1
 
 
