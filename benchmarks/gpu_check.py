@@ -222,7 +222,7 @@ def step_environment(ctx: Context, result: StepResult) -> None:
         props = torch.cuda.get_device_properties(0)
         f.update(gpu=props.name, capability=f"{props.major}.{props.minor}", gpu_memory_gib=round(props.total_memory / 2**30, 1),
                  multiprocessors=props.multi_processor_count, cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
-                 nccl=".".join(map(str, torch.cuda.nccl.version())), bf16_supported=torch.cuda.is_bf16_supported())
+                 nccl=str(torch.cuda.nccl.version()), bf16_supported=torch.cuda.is_bf16_supported())
     else:
         result.skipped.append("GPU properties: no CUDA device (dry run on the CPU)")
     n = ctx.sizes.matmul_n

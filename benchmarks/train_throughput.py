@@ -94,7 +94,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num-workers", type=int, default=None, help="loader workers (default: the data module's, one per spare core up to 8)")
     parser.add_argument("--image-size", type=int, default=220, help="of (a) and (b)")
     parser.add_argument("--batch-size", type=int, default=32, help="of (a) and (b)")
-    parser.add_argument("--cli-args", type=shlex.split, default=[], help="extra options for the CLI variants, e.g. '--data.batch_size 8'")
+    parser.add_argument("--cli-args", type=shlex.split, default=[], help="extra options for the CLI variants, e.g. --cli-args='--data.batch_size 8'")
     args = parser.parse_args(argv)
     args.compiled = False
     return args
