@@ -10,5 +10,6 @@ COMMANDS: dict[str, str] = {
     "lr_find": "gem_lightning.commands.lr_find",
     "seeds": "gem_lightning.commands.seeds",
     "export": "gem_lightning.commands.export",
+    "serve": "gem_lightning.commands.serve",
 }
 """Command name -> module whose ``main(argv)`` runs it (imported only when that command runs)."""
