@@ -44,7 +44,10 @@ class ServeOptions:
 def describe_checkpoint(ckpt_path: str | Path) -> dict:
     """What ``GET /info`` says about the model: classes, input, architecture, stored metrics, identity."""
     path = Path(ckpt_path)
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # not a zip/pickle file, truncated, or objects of unknown classes
+        raise ValueError(f"torch cannot read it as a checkpoint ({type(error).__name__}: {error})") from None
     hparams = dict(checkpoint.get("hyper_parameters", {}))
     metrics: dict = {"epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step")}
     for state in checkpoint.get("callbacks", {}).values():
@@ -66,7 +69,7 @@ def build_server(ckpt_path: str | Path, options: ServeOptions = ServeOptions()) 
     """The LitServer for ``ckpt_path``; ``server.run(host=..., port=...)`` starts it."""
     info = describe_checkpoint(ckpt_path)
     if not info["class_names"] or not info["image_size"]:
-        raise ValueError(f"{ckpt_path} holds no class names or image size: is it a gem-lightning checkpoint?")
+        raise ValueError("it holds no class names or image size: is it a gem-lightning checkpoint?")
     model_id = {"checkpoint": Path(ckpt_path).name, "sha256": info["sha256"][:12]}
     api = GemLitAPI(ckpt_path, model_id, max_batch_size=options.max_batch_size, batch_timeout=options.batch_timeout)
     limits = Limits(max_body_bytes=int(options.max_body_mb * 2**20), num_classes=len(info["class_names"]))
