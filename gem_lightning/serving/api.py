@@ -49,17 +49,23 @@ class GemLitAPI(ls.LitAPI):
         model_id: names the model in every answer (``{"checkpoint": ..., "sha256": ...}``).
         max_batch_size: requests LitServe may put into one forward pass (1: no batching).
         batch_timeout: seconds LitServe waits to fill a batch.
+        threads: torch threads per worker (``None``: torch's default, ``OMP_NUM_THREADS`` or every core).
     """
 
-    def __init__(self, ckpt_path: str | Path, model_id: dict, max_batch_size: int = 1, batch_timeout: float = 0.0) -> None:
+    def __init__(
+        self, ckpt_path: str | Path, model_id: dict, max_batch_size: int = 1, batch_timeout: float = 0.0, threads: int | None = None
+    ) -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout)
         self.ckpt_path = str(ckpt_path)
         self.model_id = model_id
+        self.threads = threads
 
     def setup(self, device: str) -> None:
         # Ctrl-C reaches every process of the group; the main process stops the HTTP servers
         # (which finish the requests in flight) before it stops this worker.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if self.threads:
+            torch.set_num_threads(self.threads)
         self.model: GemModel = load_model(self.ckpt_path, device=device)
 
     def decode_request(self, request) -> Decoded:

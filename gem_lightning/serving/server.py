@@ -34,6 +34,7 @@ class ServeOptions:
     accelerator: str = "auto"
     devices: int | str = "auto"
     workers_per_device: int = 1
+    threads: int | None = None
     max_batch_size: int = 16
     batch_timeout: float = 0.01
     timeout: float = 30.0
@@ -71,7 +72,7 @@ def build_server(ckpt_path: str | Path, options: ServeOptions = ServeOptions()) 
     if not info["class_names"] or not info["image_size"]:
         raise ValueError("it holds no class names or image size: is it a gem-lightning checkpoint?")
     model_id = {"checkpoint": Path(ckpt_path).name, "sha256": info["sha256"][:12]}
-    api = GemLitAPI(ckpt_path, model_id, max_batch_size=options.max_batch_size, batch_timeout=options.batch_timeout)
+    api = GemLitAPI(ckpt_path, model_id, options.max_batch_size, options.batch_timeout, options.threads)
     limits = Limits(max_body_bytes=int(options.max_body_mb * 2**20), num_classes=len(info["class_names"]))
     server = ls.LitServer(
         api,
