@@ -119,7 +119,8 @@ DESCRIPTION = """gem-lightning: train, evaluate and serve image classifiers on f
 
 Besides fit/validate/test/predict: `prepare` (split one folder-per-class collection into train/ and
 test/), `preview` (augmentation preview and a sample batch), `lr_find` (learning-rate range test),
-`export` (TorchScript / ONNX), `seeds` (fit and test over several seeds: mean +- std). Run `python main.py <command> --help` for each."""
+`export` (TorchScript / ONNX), `seeds` (fit and test over several seeds: mean +- std), `serve` (HTTP
+server and web page). Run `python main.py <command> --help` for each."""
 
 
 def cli_main(args: list[str] | None = None, *, run: bool = True) -> GemCLI | object:
