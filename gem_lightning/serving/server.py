@@ -25,6 +25,9 @@ from gem_lightning.serving.api import GemLitAPI
 from gem_lightning.serving.gate import GateMiddleware, Limits
 
 ENDPOINTS = "POST /predict, GET /info, GET /health, GET / (the web page)"
+NETWORK_KEYS = ("arch", "weights", "tta")
+VGG_KEYS = (*NETWORK_KEYS, "channels", "pools", "convs_per_block", "batch_norm", "head", "hidden_units", "dropout")
+"""The checkpoint's hyperparameters that ``GET /info`` reports as its architecture."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,8 @@ def describe_checkpoint(ckpt_path: str | Path) -> dict:
     for state in checkpoint.get("callbacks", {}).values():
         if isinstance(state, dict) and state.get("monitor") and state.get("best_model_score") is not None:
             metrics[f"best {state['monitor']}"] = float(state["best_model_score"])
-    architecture = {key: hparams[key] for key in ("arch", "channels", "pools", "batch_norm", "head", "hidden_units") if key in hparams}
+    keys = VGG_KEYS if hparams.get("arch", "vgg") == "vgg" else NETWORK_KEYS
+    architecture = {key: hparams[key] for key in keys if key in hparams}
     return {
         "checkpoint": str(path),
         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
