@@ -11,14 +11,18 @@ turn as raw ``image/jpeg`` bodies. Model: ``--ckpt``, else an untrained ``GemCla
 does not depend on the weights).
 
 1. Baseline, in this process: ``load_model(ckpt).classify_many(photos, batch_size=32)`` over the
-   same photos (decoding included, as the server decodes each upload): images/s.
+   same photos (decoding included, as the server decodes each upload): images/s, measured before
+   and after the server runs; the summary's ratios are to the mean of the two.
 2. For batching on (``--max_batch_size``) and off (1), one ``serve`` process on a free
    127.0.0.1 port; for each concurrency C, C client threads (one keep-alive connection each)
-   send ``--requests`` requests in all (default: one per photo, so the same photos as the baseline): requests/s, p50/p95/p99 latency, failed requests, and the
-   ratio of requests/s to the baseline's images/s. ``--threads`` (default 1) torch threads in the
+   send ``--requests`` requests in all (default: one per photo, so the same photos as the
+   baseline): requests/s, p50/p95/p99 latency, failed requests, and the ratio of requests/s to
+   the baseline's images/s. ``--threads`` (default 1) torch threads in the
    server's worker and in the baseline alike.
 3. Memory, batching on: ``--memory-requests`` requests at concurrency 8; the server's resident
    memory (main, HTTP and worker processes together, from /proc) at request 1,000 and at the end.
+
+``load`` is the 1-minute load average after each row (other work on the machine shows there).
 
 The client threads share the machine with the server; on a small machine they take a share of
 the CPU the server would otherwise have, so the ratios are lower bounds.
@@ -185,15 +189,12 @@ def main() -> None:
           f"torch threads {args.threads} (server worker and baseline); client: up to {max(args.concurrency)} threads on the same machine")  # fmt: skip
 
     torch.set_num_threads(args.threads)
-    model = load_model(ckpt)
-    model.classify_many(paths[:32])  # warm-up
-    start = time.perf_counter()
-    model.classify_many(paths, batch_size=32)
-    baseline = len(paths) / (time.perf_counter() - start)
-    del model
-    print(f"\nin-process classify_many (batch 32): {baseline:.1f} images/s\n")
-    print(f"{'batching':<12} {'conc.':>5} {'requests':>8} {'req/s':>7} {'ratio':>6} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'failed':>6}")
+    before = in_process_rate(ckpt, paths)
+    print(f"\nin-process classify_many (batch 32): {before:.1f} images/s (1-min load average {os.getloadavg()[0]:.1f}); "
+          "measured again at the end; the ratio column is to this first figure\n")  # fmt: skip
+    print(f"{'batching':<12} {'conc.':>5} {'requests':>8} {'req/s':>7} {'ratio':>6} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'failed':>6} {'load':>5}")
 
+    rows = []
     for batch_size in (args.max_batch_size, 1):
         label = f"on (<= {batch_size})" if batch_size > 1 else "off"
         server = ServeProcess(ckpt, batch_size, args.threads, work / f"serve-{batch_size}.log")
@@ -203,8 +204,9 @@ def main() -> None:
                 result = send_load(server.port, photos, args.requests, concurrency)
                 rate = len(result["latencies"]) / result["wall"]
                 ms = [1000 * percentile(result["latencies"], q) for q in (50, 95, 99)]
-                print(f"{label:<12} {concurrency:>5} {args.requests:>8} {rate:>7.1f} {rate / baseline:>6.2f} "
-                      f"{ms[0]:>7.1f} {ms[1]:>7.1f} {ms[2]:>7.1f} {len(result['failures']):>6}", flush=True)  # fmt: skip
+                rows.append((label, concurrency, rate, ms, len(result["failures"]), os.getloadavg()[0]))
+                print(f"{label:<12} {concurrency:>5} {args.requests:>8} {rate:>7.1f} {rate / before:>6.2f} "
+                      f"{ms[0]:>7.1f} {ms[1]:>7.1f} {ms[2]:>7.1f} {len(result['failures']):>6} {rows[-1][-1]:>5.1f}", flush=True)  # fmt: skip
                 for failure in result["failures"][:3]:
                     print(f"    failed: {failure}")
             if batch_size > 1 and args.memory_requests:
@@ -222,6 +224,22 @@ def main() -> None:
                 print(line + f"; {len(result['latencies']) / result['wall']:.1f} req/s", flush=True)
         finally:
             server.stop()
+
+    after = in_process_rate(ckpt, paths)
+    baseline = (before + after) / 2
+    print(f"\nin-process classify_many again: {after:.1f} images/s (load {os.getloadavg()[0]:.1f}); mean {baseline:.1f}. "
+          "Ratios to the mean:")  # fmt: skip
+    for label, concurrency, rate, ms, failed, load in rows:
+        print(f"  batching {label:<11} concurrency {concurrency:>2}: {rate:6.1f} req/s = {rate / baseline:.2f}x in-process")
+
+
+def in_process_rate(ckpt: Path, paths: list[Path]) -> float:
+    """Images/s of ``load_model(ckpt).classify_many(paths, batch_size=32)`` after one warm-up batch."""
+    model = load_model(ckpt)
+    model.classify_many(paths[:32])
+    start = time.perf_counter()
+    model.classify_many(paths, batch_size=32)
+    return len(paths) / (time.perf_counter() - start)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -181,12 +182,20 @@ def test_sigterm_lets_the_requests_in_flight_finish(trained, tmp_path):
         server.request("/health", timeout=2)
 
 
-def test_serve_refuses_a_missing_or_foreign_checkpoint_in_one_line(tmp_path):
+def test_serve_refuses_a_missing_or_foreign_checkpoint_or_a_busy_port_in_one_line(trained, tmp_path):
     not_a_checkpoint = tmp_path / "notes.ckpt"
     not_a_checkpoint.write_text("not a checkpoint")
-    for ckpt, words in ((tmp_path / "missing.ckpt", "is not a file"), (not_a_checkpoint, "cannot serve")):
-        result = subprocess.run(
-            [sys.executable, str(REPO / "main.py"), "serve", "--ckpt_path", str(ckpt)],
-            env=server_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=120,
-        )
-        assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr, result.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        for ckpt, words in (
+            (tmp_path / "missing.ckpt", "is not a file"),
+            (not_a_checkpoint, "cannot read it as a checkpoint"),
+            (trained.checkpoint, f"cannot listen on 127.0.0.1:{port}"),
+        ):
+            result = subprocess.run(
+                [sys.executable, str(REPO / "main.py"), "serve", "--ckpt_path", str(ckpt), "--port", port],
+                env=server_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=120,
+            )
+            assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr, result.stderr

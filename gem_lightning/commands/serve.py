@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -68,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
     )
     try:
+        _check_address_free(args.host, args.port)
         server = build_server(args.ckpt_path, options)
     except (ValueError, OSError, RuntimeError) as error:
         print(f"error: cannot serve {args.ckpt_path}: {error}", file=sys.stderr)
@@ -83,6 +85,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     server.run(host=args.host, port=args.port, generate_client_file=False, log_level=args.log_level)
     return 0
+
+
+def _check_address_free(host: str, port: int) -> None:
+    """Fail before loading anything when another program listens on ``host:port``."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise OSError(f"cannot listen on {host}:{port} ({error.strerror}); choose another --port") from None
 
 
 def _stop_on_signals(main_pid: int) -> None:
