@@ -22,6 +22,7 @@ from gem_lightning.callbacks.prediction_writer import PredictionWriter
 from gem_lightning.callbacks.reports import EvaluationReport, LearningCurves
 from gem_lightning.callbacks.timing import EpochTimer
 from gem_lightning.checkpoint_io import ResumableModelCheckpoint, make_resumable
+from gem_lightning.commands import COMMANDS
 from gem_lightning.data.datamodule import GemDataModule
 from gem_lightning.errors import UserInputError
 from gem_lightning.metrics import MONITOR
@@ -117,20 +118,12 @@ class GemCLI(LightningCLI):
             )
 
 
-TOOLS = {
-    "prepare": "gem_lightning.data.prepare",
-    "preview": "gem_lightning.preview",
-    "lr_find": "gem_lightning.lr_find",
-    "seeds": "gem_lightning.seeds",
-    "export": "gem_lightning.export",
-}
-"""Commands beside LightningCLI's: ``python main.py <tool> --help`` documents each."""
-
 DESCRIPTION = """gem-lightning: train, evaluate and serve image classifiers on folder-per-class photo sets.
 
 Besides fit/validate/test/predict: `prepare` (split one folder-per-class collection into train/ and
 test/), `preview` (augmentation preview and a sample batch), `lr_find` (learning-rate range test),
-`export` (TorchScript / ONNX), `seeds` (fit and test over several seeds: mean +- std). Run `python main.py <command> --help` for each."""
+`export` (TorchScript / ONNX), `seeds` (fit and test over several seeds: mean +- std), `serve` (HTTP
+server and web page). Run `python main.py <command> --help` for each."""
 
 
 def cli_main(args: list[str] | None = None, *, run: bool = True) -> GemCLI | object:
@@ -140,8 +133,8 @@ def cli_main(args: list[str] | None = None, *, run: bool = True) -> GemCLI | obj
     """
     argv = sys.argv[1:] if args is None else list(args)
     try:
-        if run and argv and argv[0] in TOOLS:
-            return importlib.import_module(TOOLS[argv[0]]).main(argv[1:])
+        if run and argv and argv[0] in COMMANDS:
+            return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
         return GemCLI(
             GemClassifier,
             GemDataModule,

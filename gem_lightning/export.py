@@ -7,12 +7,11 @@ gives the class names in output order and ``S``.
 
 Usage::
 
-    python -m gem_lightning.export runs/gem/version_0/checkpoints/last.ckpt --out exported --formats torchscript onnx
+    python main.py export runs/gem/version_0/checkpoints/last.ckpt --out exported --formats torchscript onnx
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Sequence
@@ -136,24 +135,3 @@ def _require_onnx() -> None:
     except ImportError as error:
         raise ImportError("ONNX export needs the onnx package: pip install 'gem-lightning[onnx]'") from error
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m gem_lightning.export CKPT --out DIR --formats torchscript onnx``."""
-    parser = argparse.ArgumentParser(prog="python -m gem_lightning.export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", type=Path, help="a .ckpt file written by training")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: export/ next to the checkpoint)")
-    parser.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS), help="what to export (default: all)")
-    args = parser.parse_args(argv)
-    if not args.checkpoint.is_file():
-        parser.error(f"checkpoint {str(args.checkpoint)!r} does not exist")
-    try:
-        written = export_checkpoint(args.checkpoint, args.out or args.checkpoint.parent / "export", args.formats)
-    except ImportError as error:
-        parser.error(str(error))
-    for kind, path in written.items():
-        print(f"{kind}: {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

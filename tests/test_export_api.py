@@ -13,8 +13,9 @@ from lightning.pytorch import Trainer, seed_everything
 
 from conftest import datamodule_kwargs, make_dataset
 from gem_lightning import api
+from gem_lightning.commands.export import main
 from gem_lightning.data.datamodule import GemDataModule
-from gem_lightning.export import export_checkpoint, main
+from gem_lightning.export import export_checkpoint
 from gem_lightning.module import GemClassifier
 
 TINY = dict(channels=[8, 16], pools=["max", "max"], hidden_units=16)
