@@ -15,6 +15,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics import MeanMetric
 from torchvision.transforms import v2
 
+from gem_lightning.errors import UserInputError
 from gem_lightning.metrics import LOSS, MONITOR, SAMPLES, classification_metrics
 from gem_lightning.models.classifier import ImageClassifier
 from gem_lightning.models.factory import build_network
@@ -34,6 +35,23 @@ def batch_mixing(num_classes: int, mixup_alpha: float, cutmix_alpha: float) -> v
     if not mixes:
         return None
     return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
+
+
+def check_model_settings(*, top_k: int, dropout: float, label_smoothing: float, mixup_alpha: float,
+                         cutmix_alpha: float) -> None:
+    """Refuse values that cannot work, naming the setting, before anything is built."""
+    problems = []
+    if top_k < 1:
+        problems.append(f"model.top_k must be at least 1, got {top_k}")
+    if not 0.0 <= dropout < 1.0:
+        problems.append(f"model.dropout must be at least 0 and below 1, got {dropout}")
+    if not 0.0 <= label_smoothing < 1.0:
+        problems.append(f"model.label_smoothing must be at least 0 and below 1, got {label_smoothing}")
+    for name, alpha in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
+        if alpha < 0:
+            problems.append(f"model.{name} must be 0 (off) or more, got {alpha}")
+    if problems:
+        raise UserInputError("; ".join(problems) + ".")
 
 
 class GemClassifier(LightningModule):
@@ -99,7 +117,12 @@ class GemClassifier(LightningModule):
     ) -> None:
         super().__init__()
         if not class_names or len(class_names) < 2:
-            raise ValueError(f"model.class_names needs at least two classes, got {class_names!r}.")
+            raise UserInputError(
+                f"model.class_names needs at least two classes, got {class_names!r}: give --data.data_dir (a folder "
+                "of train/<Class>/ images) or, to evaluate or predict, --ckpt_path <a trained checkpoint>."
+            )
+        check_model_settings(top_k=top_k, dropout=dropout, label_smoothing=label_smoothing,
+                             mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.class_names = list(class_names)
         self.optimizer = optimizer
@@ -178,10 +201,16 @@ class GemClassifier(LightningModule):
     # Optimisation ----------------------------------------------------------------------------
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer(self.parameters())
+        try:
+            optimizer = self.optimizer(self.parameters())
+        except ValueError as error:  # torch.optim's own checks: "Invalid learning rate: -1.0"
+            raise UserInputError(f"model.optimizer: {error}.") from error
         if self.lr_scheduler is None:
             return optimizer
-        scheduler = self.lr_scheduler(optimizer)
+        try:
+            scheduler = self.lr_scheduler(optimizer)
+        except ValueError as error:
+            raise UserInputError(f"model.lr_scheduler: {error}.") from error
         if getattr(scheduler, "steps_per_run", False):
             scheduler.set_total_steps(self.trainer.estimated_stepping_batches)
         stepwise = getattr(scheduler, "steps_per_run", False) or isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR)
