@@ -19,7 +19,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from gem_lightning.checkpoint_check import load_checkpoint
+from gem_lightning.cli_errors import report_user_errors
 from gem_lightning.data.transforms import cache_size_for
+from gem_lightning.errors import UserInputError
 from gem_lightning.models.classifier import ImageClassifier
 from gem_lightning.module import GemClassifier
 
@@ -57,17 +60,22 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, formats: Seque
         ValueError: an unknown format.
         ImportError: ONNX asked for and the ``onnx`` package missing (``pip install
             'gem-lightning[onnx]'``); checked before anything is written.
+        UserInputError: ``ckpt_path`` is not a usable checkpoint, or ``out_dir`` cannot be created.
     """
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise ValueError(f"Unknown export format(s) {unknown}; choose from {list(FORMATS)}.")
     if "onnx" in formats:
         _require_onnx()
+    load_checkpoint(ckpt_path)
     classifier = GemClassifier.load_from_checkpoint(ckpt_path, map_location="cpu").eval()
     model = ProbabilityModel(classifier.model).eval()
     size = classifier.hparams.image_size
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserInputError(f"export folder {str(out_dir)!r} cannot be created: {error.strerror or error}; choose another --out.") from error
     written: dict[str, Path] = {}
     if "torchscript" in formats:
         written["torchscript"] = export_torchscript(model, size, out_dir / "model.torchscript.pt")

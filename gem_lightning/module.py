@@ -39,6 +39,23 @@ def batch_mixing(num_classes: int, mixup_alpha: float, cutmix_alpha: float) -> v
     return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
 
 
+def check_model_settings(*, top_k: int, dropout: float, label_smoothing: float, mixup_alpha: float,
+                         cutmix_alpha: float) -> None:
+    """Refuse values that cannot work, naming the setting, before anything is built."""
+    problems = []
+    if top_k < 1:
+        problems.append(f"model.top_k must be at least 1, got {top_k}")
+    if not 0.0 <= dropout < 1.0:
+        problems.append(f"model.dropout must be at least 0 and below 1, got {dropout}")
+    if not 0.0 <= label_smoothing < 1.0:
+        problems.append(f"model.label_smoothing must be at least 0 and below 1, got {label_smoothing}")
+    for name, alpha in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
+        if alpha < 0:
+            problems.append(f"model.{name} must be 0 (off) or more, got {alpha}")
+    if problems:
+        raise UserInputError("; ".join(problems) + ".")
+
+
 class GemClassifier(LightningModule):
     """Classifies square RGB images into ``class_names``.
 
@@ -121,7 +138,12 @@ class GemClassifier(LightningModule):
     ) -> None:
         super().__init__()
         if not class_names or len(class_names) < 2:
-            raise ValueError(f"model.class_names needs at least two classes, got {class_names!r}.")
+            raise UserInputError(
+                f"model.class_names needs at least two classes, got {class_names!r}: give --data.data_dir (a folder "
+                "of train/<Class>/ images) or, to evaluate or predict, --ckpt_path <a trained checkpoint>."
+            )
+        check_model_settings(top_k=top_k, dropout=dropout, label_smoothing=label_smoothing,
+                             mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha)
         if not 0.0 < backbone_lr_ratio <= 1.0 or not 0.0 <= distill_weight <= 1.0 or distill_temperature <= 0:
             raise UserInputError(
                 "model.backbone_lr_ratio must be in (0, 1], model.distill_weight in [0, 1] and model.distill_temperature "
@@ -228,11 +250,17 @@ class GemClassifier(LightningModule):
         return [{"params": backbone, "name": "backbone"}, {"params": [p for p in self.parameters() if id(p) in head], "name": "head"}]
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer(self.parameter_groups())
+        try:
+            optimizer = self.optimizer(self.parameter_groups())
+        except ValueError as error:  # torch.optim's own checks: "Invalid learning rate: -1.0"
+            raise UserInputError(f"model.optimizer: {error}.") from error
         optimizer.param_groups[0]["lr"] *= self.hparams.backbone_lr_ratio
         if self.lr_scheduler is None:
             return optimizer
-        scheduler = self.lr_scheduler(optimizer)
+        try:
+            scheduler = self.lr_scheduler(optimizer)
+        except ValueError as error:
+            raise UserInputError(f"model.lr_scheduler: {error}.") from error
         if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR) and self.hparams.backbone_lr_ratio != 1:
             raise UserInputError(
                 "OneCycleLR sets one max_lr for every layer, so model.backbone_lr_ratio would be lost: use "
