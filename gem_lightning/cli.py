@@ -26,6 +26,7 @@ from gem_lightning.data.datamodule import GemDataModule
 from gem_lightning.errors import UserInputError
 from gem_lightning.metrics import MONITOR
 from gem_lightning.module import GemClassifier
+from gem_lightning.signals import listen_for_requeue_signal
 
 
 LINKED_FROM_DATA = {"class_names", "image_size", "preprocessing"}
@@ -155,5 +156,6 @@ def cli_main(args: list[str] | None = None, *, run: bool = True) -> GemCLI | obj
 
 def main() -> int:
     """``python main.py`` and the ``gem-lightning`` console script: the exit status of the command."""
+    listen_for_requeue_signal()
     result = cli_main()
     return result if isinstance(result, int) else 0
