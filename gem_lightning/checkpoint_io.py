@@ -335,6 +335,7 @@ class SaveOnSigterm(Callback):
         self.saved_path: str | None = None
         self._requested = False
         self._requeue = False
+        self._stop_at_epoch_end = False
         self._forwarded = False
 
     def requested(self, trainer: Trainer) -> bool:
@@ -343,7 +344,7 @@ class SaveOnSigterm(Callback):
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._requested = self._requeue = False
+        self._requested = self._requeue = self._stop_at_epoch_end = False
         requeue_signal = _requeue_signal(trainer)
         if take_requeue_request() and requeue_signal is not None:
             rank_zero_info("A requeue signal arrived before training: saving and requeueing after the first batch.")
@@ -367,15 +368,19 @@ class SaveOnSigterm(Callback):
     @override
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         if self._agreed_stop(trainer):
-            self._stop(trainer, save=True)
+            self._stop(trainer)
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """A request that arrived during validation (or the last batches) stops the run at this epoch end,
-        from the epoch checkpoint when one was written at this step; after the last epoch the run just ends."""
+        """A request that arrived during validation (or the last batch) stops the run at this epoch's end,
+        unless it was the last epoch; the checkpoint is taken in :meth:`on_exception`, after
+        ``ModelCheckpoint`` (a later callback) has written this epoch's."""
         if not self._agreed_stop(trainer) or _training_ends_with_this_epoch(trainer):
             return
-        self._stop(trainer, save=not self._adopt_epoch_checkpoint(trainer))
+        self._stop_at_epoch_end = True
+        self._requeue = self._agreed_requeue(trainer)
+        # Lightning raises SIGTERMException on every rank once the epoch's hooks have run.
+        trainer._signal_connector.received_sigterm = True
 
     def _agreed_stop(self, trainer: Trainer) -> bool:
         """Whether any rank has been asked to stop (every rank calls this at the same point)."""
@@ -386,14 +391,16 @@ class SaveOnSigterm(Callback):
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         return stop
 
-    def _stop(self, trainer: Trainer, save: bool) -> None:
-        requeue = self._requeue
+    def _agreed_requeue(self, trainer: Trainer) -> bool:
         if trainer.world_size > 1:
-            requeue = trainer.strategy.reduce_boolean_decision(requeue, all=False)
-        # Every rank stops at the same point (Lightning checks the flag after the batch and the epoch).
+            return trainer.strategy.reduce_boolean_decision(self._requeue, all=False)
+        return self._requeue
+
+    def _stop(self, trainer: Trainer) -> None:
+        """Stop every rank after this batch (Lightning checks the flag there), save, and requeue if asked."""
+        requeue = self._agreed_requeue(trainer)
         trainer._signal_connector.received_sigterm = True
-        if save:
-            self._save(trainer)
+        self._save(trainer)
         if requeue and trainer.is_global_zero:
             _requeue_slurm_job()
 
@@ -413,13 +420,14 @@ class SaveOnSigterm(Callback):
 
     @override
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        if (
-            isinstance(exception, SIGTERMException)
-            and self.saved_path is None
-            and trainer.world_size == 1
-            and trainer.state.fn == TrainerFn.FITTING
-            and not trainer.sanity_checking
-        ):
+        if not isinstance(exception, SIGTERMException) or self.saved_path is not None:
+            return
+        if self._stop_at_epoch_end:  # every rank is here, after the epoch's hooks
+            if not self._adopt_epoch_checkpoint(trainer):
+                self._save(trainer)
+            if self._requeue and trainer.is_global_zero:
+                _requeue_slurm_job()
+        elif trainer.world_size == 1 and trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
             self._save(trainer)
 
     def checkpoint_path(self, trainer: Trainer) -> str:
