@@ -5,7 +5,11 @@ Also ``prepare``, ``preview``, ``lr_find``, ``seeds``, ``export`` and ``serve`` 
 
 import sys
 
-from gem_lightning.cli import main
+from gem_lightning.signals import listen_for_requeue_signal
+
+listen_for_requeue_signal()  # before the slow imports: under SLURM a SIGUSR1 may come at any time
+
+from gem_lightning.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

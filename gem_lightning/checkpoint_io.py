@@ -27,7 +27,7 @@ and every rank resumes with the saved generator states (see :class:`RNGState`).
 a new ``version_<n>`` folder; resume-friendly runs fix it (``--checkpoint.dirpath``), as
 ``scripts/slurm_fit.sh`` and ``scripts/torchrun_fit.sh`` do.
 
-Pieces (``make_resumable(trainer)`` installs the last three on a trainer; ``GemCLI`` calls it, and
+Pieces (``make_resumable(trainer)`` installs the last four on a trainer; ``GemCLI`` calls it, and
 uses :class:`ResumableModelCheckpoint` for its ``checkpoint`` options):
 
 * :class:`ResumableModelCheckpoint`: ``ModelCheckpoint`` whose ``save_last=True`` really writes the
@@ -42,7 +42,10 @@ uses :class:`ResumableModelCheckpoint` for its ``checkpoint`` options):
   random generators with each checkpoint.
 * :class:`SaveOnSigterm`: on SIGTERM (what SLURM, Kubernetes and torchrun send before stopping a job)
   saves a checkpoint at the current global step as ``last.ckpt`` and lets Lightning stop cleanly,
-  also under DDP, where Lightning 2.6's own SIGTERM handler can crash the collectives.
+  also under DDP, where Lightning 2.6's own SIGTERM handler can crash the collectives; on SLURM it
+  also turns the requeue signal (SIGUSR1) into a save at a batch or epoch end and a requeue.
+* :class:`OwnProcessSignalConnector`: Lightning's signal handlers, run only by the trainer's own
+  process, never by the loader workers that inherit them (``gem_lightning.signals``).
 """
 
 from __future__ import annotations
@@ -53,7 +56,6 @@ import re
 import secrets
 import signal
 import subprocess
-import threading
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -65,12 +67,14 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.connectors.signal_connector import _HandlersCompose, _SignalConnector
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from gem_lightning.errors import disk_full_error, is_disk_full
+from gem_lightning.signals import OwnProcessHandler, install_handler, take_requeue_request
 
 # Atomic writes ----------------------------------------------------------------------------------
 
@@ -315,16 +319,20 @@ class SaveOnSigterm(Callback):
     each training batch end the ranks reduce "has any rank been asked to stop" (one tiny all-reduce
     per batch, at the same point on every rank), then all save together and all stop after that
     batch; a signal that reaches only some ranks cannot leave the others waiting in a collective.
-    A request that arrives during validation takes effect at the next training batch end, or the
-    run ends normally if that was the last validation.
+    A request that arrives during validation (or in an epoch's last batch) takes effect at that
+    epoch's end, where the epoch checkpoint ``ModelCheckpoint`` just wrote is the one to resume (or
+    one is saved), unless that was the last epoch: then the run simply ends.
 
     On SLURM, ``SLURMEnvironment(auto_requeue=True)`` (Lightning's default when SLURM is detected)
-    also handles the requeue signal (``#SBATCH --signal=SIGUSR1@90``): Lightning's handler saves
-    ``hpc_ckpt_<n>.ckpt`` in ``default_root_dir`` and runs ``scontrol requeue``, but it too runs
-    collectives (the barriers of ``trainer.save_checkpoint``) inside the signal handler. Under DDP
-    this callback handles that signal the same way as SIGTERM (record, agree at a batch end, save
-    ``last.ckpt`` on all ranks), and then global rank 0 requeues the job as Lightning would. In a
-    single process Lightning's handlers are safe and stay in place.
+    also handles the requeue signal (``#SBATCH --signal=SIGUSR1@90``). Lightning's own handler saves
+    ``hpc_ckpt_<n>.ckpt`` and runs ``scontrol requeue`` *inside the signal handler*, barriers and
+    collectives included; this callback handles that signal the same way as SIGTERM, in one
+    process or several (record, agree at a batch or epoch end, save ``last.ckpt``), and then global
+    rank 0 requeues the job as Lightning would. A requeue signal recorded before training started
+    (``gem_lightning.signals.listen_for_requeue_signal``) is acted on after the first batch.
+
+    Every handler runs only in the process that installed it (``gem_lightning.signals``): loader
+    workers inherit them by ``fork`` but never act on them.
 
     Args:
         filename: name (without ``.ckpt``) of the checkpoint in the ``ModelCheckpoint`` folder;
@@ -341,6 +349,7 @@ class SaveOnSigterm(Callback):
         self._pid = os.getpid()
         self._requested = False
         self._requeue = False
+        self._stop_at_epoch_end = False
         self._forwarded = False
 
     def requested(self, trainer: Trainer) -> bool:
@@ -358,18 +367,20 @@ class SaveOnSigterm(Callback):
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._requested = self._requeue = False
-        if trainer.world_size == 1 or threading.current_thread() is not threading.main_thread():
-            return
+        self._requested = self._requeue = self._stop_at_epoch_end = False
+        requeue_signal = _requeue_signal(trainer)
+        if take_requeue_request() and requeue_signal is not None:
+            rank_zero_info("A requeue signal arrived before training: saving and requeueing after the first batch.")
+            self._requested = self._requeue = True
         # Lightning's signal connector restores the handlers it found when the trainer tears down.
-        signal.signal(signal.SIGTERM, partial(self._record, trainer, False))
-        environment = getattr(trainer.strategy, "cluster_environment", None)
-        if isinstance(environment, SLURMEnvironment) and environment.auto_requeue and hasattr(signal, "SIGUSR1"):
-            signal.signal(environment.requeue_signal or signal.SIGUSR1, partial(self._record, trainer, True))
+        if trainer.world_size > 1:
+            install_handler(signal.SIGTERM, partial(self._record, trainer, False))
+        if requeue_signal is not None:
+            install_handler(requeue_signal, partial(self._record, trainer, True))
 
     def _record(self, trainer: Trainer, requeue: bool, signum: int, frame: Any) -> None:
-        """Signal handler under DDP: only note the request (no collectives in a signal handler)."""
-        rank_zero_info(f"Signal {signum} received: stopping after this training batch.")
+        """Signal handler: only note the request (no collectives, no checkpoint in a signal handler)."""
+        rank_zero_info(f"Signal {signum} received: stopping after this training batch or epoch.")
         self._requested = True
         self._requeue = self._requeue or requeue
         launcher = trainer.strategy.launcher
@@ -392,29 +403,67 @@ class SaveOnSigterm(Callback):
 
     @override
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        if self._agreed_stop(trainer):
+            self._stop(trainer)
+
+    @override
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """A request that arrived during validation (or the last batch) stops the run at this epoch's end,
+        unless it was the last epoch; the checkpoint is taken in :meth:`on_exception`, after
+        ``ModelCheckpoint`` (a later callback) has written this epoch's."""
+        if not self._agreed_stop(trainer) or _training_ends_with_this_epoch(trainer):
+            return
+        self._stop_at_epoch_end = True
+        self._requeue = self._agreed_requeue(trainer)
+        # Lightning raises SIGTERMException on every rank once the epoch's hooks have run.
+        trainer._signal_connector.received_sigterm = True
+
+    def _agreed_stop(self, trainer: Trainer) -> bool:
+        """Whether any rank has been asked to stop (every rank calls this at the same point)."""
+        if self.saved_path is not None:
+            return False
         stop = self.requested(trainer)
         if trainer.world_size > 1:
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
-        if not stop or self.saved_path is not None:
-            return
-        requeue = self._requeue
+        return stop
+
+    def _agreed_requeue(self, trainer: Trainer) -> bool:
         if trainer.world_size > 1:
-            requeue = trainer.strategy.reduce_boolean_decision(requeue, all=False)
-        # Every rank stops after this batch (Lightning checks the flag at the end of the batch).
+            return trainer.strategy.reduce_boolean_decision(self._requeue, all=False)
+        return self._requeue
+
+    def _stop(self, trainer: Trainer) -> None:
+        """Stop every rank after this batch (Lightning checks the flag there), save, and requeue if asked."""
+        requeue = self._agreed_requeue(trainer)
         trainer._signal_connector.received_sigterm = True
         self._save(trainer)
         if requeue and trainer.is_global_zero:
             _requeue_slurm_job()
 
+    def _adopt_epoch_checkpoint(self, trainer: Trainer) -> bool:
+        """If ``ModelCheckpoint`` wrote ``last`` at this very step (the epoch checkpoint), that is the one to resume."""
+        callback = trainer.checkpoint_callback
+        if (
+            self.filename is None
+            and isinstance(callback, ModelCheckpoint)
+            and callback.last_model_path
+            and getattr(callback, "_last_global_step_saved", None) == trainer.global_step
+        ):
+            self.saved_path = callback.last_model_path
+            rank_zero_info(f"Stopping on a signal at the end of epoch {trainer.current_epoch}: resume from {self.saved_path}.")
+            return True
+        return False
+
     @override
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        if (
-            isinstance(exception, SIGTERMException)
-            and self.saved_path is None
-            and trainer.world_size == 1
-            and trainer.state.fn == TrainerFn.FITTING
-            and not trainer.sanity_checking
-        ):
+        if not isinstance(exception, SIGTERMException) or self.saved_path is not None:
+            return
+        if self._stop_at_epoch_end:  # every rank is here, after the epoch's hooks
+            if not self._adopt_epoch_checkpoint(trainer):
+                self._save(trainer)
+            if self._requeue and trainer.is_global_zero:
+                _requeue_slurm_job()
+        elif trainer.world_size == 1 and trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
             self._save(trainer)
 
     def checkpoint_path(self, trainer: Trainer) -> str:
@@ -455,6 +504,23 @@ def ctrl_c_checkpoint() -> tuple[bool, str | None]:
     return _CTRL_C is not None, _CTRL_C.saved_path if _CTRL_C is not None else None
 
 
+def _requeue_signal(trainer: Trainer) -> int | None:
+    """The signal that asks this SLURM job to requeue itself, when Lightning's auto-requeue is on."""
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    if isinstance(environment, SLURMEnvironment) and environment.auto_requeue and hasattr(signal, "SIGUSR1"):
+        return environment.requeue_signal or signal.SIGUSR1
+    return None
+
+
+def _training_ends_with_this_epoch(trainer: Trainer) -> bool:
+    loop = trainer.fit_loop
+    return (
+        trainer.should_stop
+        or (loop.max_epochs is not None and loop.max_epochs >= 0 and trainer.current_epoch + 1 >= loop.max_epochs)
+        or (loop.max_steps >= 0 and trainer.global_step >= loop.max_steps)
+    )
+
+
 def _requeue_slurm_job() -> None:
     """``scontrol requeue`` this job, as Lightning's SLURM signal handler does."""
     array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
@@ -473,11 +539,32 @@ def _requeue_slurm_job() -> None:
         rank_zero_warn(f"`scontrol requeue {job}` failed with status {status}.")
 
 
+# Lightning's handlers, for the trainer's process only ------------------------------------------
+
+
+class OwnProcessSignalConnector(_SignalConnector):
+    """Lightning's signal connector whose handlers run only in the process that installed them.
+
+    Lightning's SIGTERM and SLURM-requeue handlers (``_HandlersCompose``) are inherited by forked
+    loader workers, where they would save checkpoints, forward signals and run collectives on the
+    trainer's behalf; wrapped in :class:`~gem_lightning.signals.OwnProcessHandler` they do nothing
+    there. The handlers it restores at teardown are left as they were.
+    """
+
+    @staticmethod
+    @override
+    def _register_signal(signum, handlers) -> None:
+        if isinstance(handlers, _HandlersCompose):
+            handlers = OwnProcessHandler(handlers)
+        _SignalConnector._register_signal(signum, handlers)
+
+
 # Installation -----------------------------------------------------------------------------------
 
 
 def make_resumable(trainer: Trainer) -> Trainer:
-    """Install atomic checkpoint writes, :class:`RNGState` and :class:`SaveOnSigterm` on ``trainer``.
+    """Install atomic checkpoint writes, :class:`RNGState`, :class:`SaveOnSigterm` and
+    :class:`OwnProcessSignalConnector` on ``trainer``.
 
     Idempotent: callbacks already present (of these classes) are kept, and a strategy with its own
     checkpoint IO (DeepSpeed, FSDP, XLA, a user's plugin) keeps it; only the default
@@ -486,6 +573,8 @@ def make_resumable(trainer: Trainer) -> Trainer:
     """
     if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
         trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+    if type(trainer._signal_connector) is _SignalConnector:
+        trainer._signal_connector = OwnProcessSignalConnector(trainer)
     for callback_class in (RNGState, SaveOnSigterm):
         if any(isinstance(callback, callback_class) for callback in trainer.callbacks):
             continue

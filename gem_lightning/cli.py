@@ -35,6 +35,7 @@ from gem_lightning.errors import UserInputError
 from gem_lightning.metrics import MONITOR
 from gem_lightning.models.factory import default_normalization
 from gem_lightning.module import TRAINING_ONLY, GemClassifier
+from gem_lightning.signals import listen_for_requeue_signal
 
 
 LINKED_FROM_DATA = {"class_names", "image_size", "preprocessing"}
@@ -168,5 +169,6 @@ def cli_main(args: list[str] | None = None, *, run: bool = True) -> GemCLI | obj
 
 def main() -> int:
     """``python main.py`` and the ``gem-lightning`` console script: the exit status of the command."""
+    listen_for_requeue_signal()
     result = cli_main()
     return result if isinstance(result, int) else 0

@@ -7,11 +7,13 @@
 # Extra arguments are passed to `main.py fit`.
 #
 # Restarts: 90 s before the time limit SLURM sends SIGUSR1 (auto_requeue, on by default): the
-# tasks agree at the end of the current training batch, save checkpoints/last.ckpt at that step,
-# and task 0 runs `scontrol requeue` (with a single task, Lightning's own handler saves
-# hpc_ckpt_<n>.ckpt and requeues). A SIGTERM (preemption, scancel) also saves last.ckpt and stops.
-# The requeued job has the same SLURM_JOB_ID, hence the same run folder, and resumes from the
-# newest of those checkpoints. Logs go to the logger's folders (a new version per restart).
+# tasks agree at the end of the current training batch (or of the epoch, during validation), save
+# checkpoints/last.ckpt at that step, and task 0 runs `scontrol requeue`. A SIGUSR1 outside
+# training is harmless (acted on after the first batch, or ignored once training is over). A
+# SIGTERM (preemption, scancel) also saves last.ckpt and stops. DataLoader workers, which SLURM
+# signals too, ignore these signals. The requeued job has the same SLURM_JOB_ID, hence the same
+# run folder, and resumes from the newest checkpoint there; to resume after a cancel or a node
+# failure, sbatch again with the same RUN_DIR. Logs go to the logger's folders (a new version per restart).
 #
 #SBATCH --job-name=gem-fit
 #SBATCH --nodes=2
@@ -35,7 +37,7 @@ TASKS_PER_NODE=${SLURM_NTASKS_PER_NODE:-1}
 TASKS_PER_NODE=${TASKS_PER_NODE%%(*}
 
 mkdir -p "$RUN_DIR/checkpoints"
-# Resume from the newest checkpoint of this job: last*.ckpt (epoch ends, SIGTERM) or hpc_ckpt_*.ckpt (SIGUSR1).
+# Resume from the newest checkpoint of this run: last*.ckpt, or hpc_ckpt_*.ckpt (Lightning's own requeue handler).
 RESUME=()
 NEWEST=$(ls -1t "$RUN_DIR"/checkpoints/last*.ckpt "$RUN_DIR"/hpc_ckpt_*.ckpt 2>/dev/null | head -n 1 || true)
 if [[ -n "$NEWEST" ]]; then

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from gem_lightning.data.images import BadImageError, decode_resized
+from gem_lightning.data.loader import SignalSafeDataLoader
 from gem_lightning.data.scan import ImageRecord, Rejected
 
 
@@ -68,7 +69,7 @@ class _DecodeJobs(Dataset):
 
 def decode_all(records: list[ImageRecord], settings: DecodeSettings, num_workers: int):
     """Yield ``(index, image or None, reason or None)`` for every record, decoding in parallel."""
-    loader = DataLoader(
+    loader = SignalSafeDataLoader(
         _DecodeJobs(records, settings),
         batch_size=None,
         num_workers=num_workers,

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from gem_lightning.data.batch_augment import BatchAugment
 from gem_lightning.data.cache import DecodeSettings, default_cache_dir, DiskCache, ImageStore, build_store, estimated_bytes
 from gem_lightning.data.datasets import CachedImageDataset, PredictDataset, collate_channels_last, collate_predictions, find_predict_files
+from gem_lightning.data.loader import SignalSafeDataLoader
 from gem_lightning.data.scan import (
     EXPECTED_LAYOUT,
     DatasetLayoutError,
@@ -343,7 +344,7 @@ class GemDataModule(LightningDataModule):
         return self._loader(self.datasets["predict"], collate_fn=collate_predictions)
 
     def _loader(self, dataset: Dataset, *, train: bool = False, collate_fn=collate_channels_last) -> DataLoader:
-        return DataLoader(
+        return SignalSafeDataLoader(
             dataset,
             batch_size=self.batch_size,
             sampler=self._sampler(dataset, train),
