@@ -149,3 +149,36 @@ def test_backbone_learns_at_a_fraction_of_the_heads_rate(tiny_dataset, tmp_path,
     assert head["lr"] == pytest.approx(0.004) and backbone["lr"] == pytest.approx(0.001)
     assert {id(p) for p in head["params"]} == {id(p) for p in classifier_head(cli.model.model.network).parameters()}
     assert len(backbone["params"]) + len(head["params"]) == len(list(cli.model.parameters()))
+
+
+def test_fine_tuned_timm_checkpoint_exports_and_classifies_like_the_checkpoint(tiny_dataset, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime", reason="onnxruntime is in the test extra")
+    import onnxruntime
+    from lightning.pytorch import Trainer
+
+    from gem_lightning.api import load_model
+    from gem_lightning.data.datamodule import GemDataModule
+    from gem_lightning.export import export_checkpoint
+    from gem_lightning.module import GemClassifier
+
+    lite0_file()
+    datamodule = GemDataModule(str(tiny_dataset), image_size=64, batch_size=8, num_workers=0, val_fraction=0.3)
+    model = GemClassifier(datamodule.class_names, 64, arch=LITE0, weights="efficientnet-lite0")
+    trainer = Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=datamodule)
+    checkpoint = tmp_path / "lite0.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    monkeypatch.setitem(NAMED_WEIGHTS, "efficientnet-lite0", None)  # the weights are out of reach from here on
+
+    images, _, _ = next(iter(datamodule.val_dataloader()))
+    restored = GemClassifier.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    with torch.inference_mode():
+        expected = restored.predict_proba(images)
+    written = export_checkpoint(checkpoint, tmp_path / "export", formats=("torchscript", "onnx"))
+    with torch.inference_mode():
+        torch.testing.assert_close(torch.jit.load(str(written["torchscript"]))(images), expected, atol=1e-4, rtol=0)
+    [onnx_probs] = onnxruntime.InferenceSession(str(written["onnx"])).run(None, {"images": images.float().numpy()})
+    torch.testing.assert_close(torch.from_numpy(onnx_probs), expected, atol=1e-4, rtol=0)
+    photo = sorted((tiny_dataset / "test").rglob("*.jpg"))[0]
+    ranked = load_model(checkpoint).classify(photo, top_k=3)
+    assert [name for name, _ in ranked] and abs(sum(p for _, p in ranked) - 1) < 1e-4
