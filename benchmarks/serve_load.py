@@ -34,7 +34,6 @@ import argparse
 import http.client
 import itertools
 import os
-import statistics
 import subprocess
 import sys
 import tempfile

@@ -56,6 +56,7 @@ import re
 import secrets
 import signal
 import subprocess
+import threading
 from functools import partial
 from pathlib import Path
 from typing import Any

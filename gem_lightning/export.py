@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from gem_lightning.checkpoint_check import load_checkpoint
-from gem_lightning.cli_errors import report_user_errors
 from gem_lightning.data.transforms import cache_size_for
 from gem_lightning.errors import UserInputError
 from gem_lightning.models.classifier import ImageClassifier

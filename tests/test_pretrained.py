@@ -7,7 +7,6 @@ import csv
 import pytest
 import torch
 
-from conftest import REPO
 from gem_lightning.models.factory import build_network, classifier_head
 from gem_lightning.models.pretrained import NAMED_WEIGHTS, load_weights, read_state_dict
 from gem_lightning.models.vgg import VGG, VGGConfig
