@@ -347,7 +347,7 @@ def step_throughput(ctx: Context, result: StepResult) -> None:
         same_recipe = recipes[variant][:2] == recipes["a"][:2]
         table.rows.append([variant, f"{size}, {batch}", round(rate, 1), round(median(r["median"] for r in stats), 1),
                            round(rate / a_rate, 3) if same_recipe else "–", round(gflops), round(gflops / a_gflops, 3),
-                           f"{gflops * 1e9 / ceiling:.1%}" if ceiling == ceiling else "–", f"{median(r['wait'] for r in stats):.1%}",
+                           "–" if math.isnan(ceiling) else f"{gflops * 1e9 / ceiling:.1%}", f"{median(r['wait'] for r in stats):.1%}",
                            round(median(r["busy"] for r in stats), 1)])  # fmt: skip
     result.figures["gflop_per_image_training_step"] = {v: round(r[3] / 1e9, 3) for v, r in recipes.items()}
 
@@ -525,14 +525,16 @@ def on_alarm(signum, frame) -> None:
 def run_subprocess(command: list[str], ctx: Context, timeout: float) -> subprocess.CompletedProcess:
     """``command`` in its own process group, output into the log; the whole group is killed at ``timeout``."""
     print(f"\n$ {shlex.join(command)}", file=ctx.log, flush=True)
-    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     try:
         output, _ = proc.communicate(timeout=max(1.0, timeout))
-    except (subprocess.TimeoutExpired, OutOfBudget):
+    except (subprocess.TimeoutExpired, OutOfBudget) as stop:
         os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        ctx.log.write(output)
-        raise OutOfBudget() from None
+        ctx.log.write(proc.communicate()[0])
+        if isinstance(stop, OutOfBudget):
+            raise
+        raise TimeoutError(f"{shlex.join(command[1:3])} ... did not finish within {timeout:.0f} s; killed") from None
     ctx.log.write(output)
     return subprocess.CompletedProcess(command, proc.returncode, output, None)
 
