@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from conftest import REPO
@@ -29,7 +29,6 @@ def free_port() -> int:
 class Answer:
     status: int
     body: bytes
-    headers: dict = field(default_factory=dict)
 
     def json(self) -> dict:
         return json.loads(self.body)
@@ -53,9 +52,9 @@ class Server:
         request = urllib.request.Request(self.url + path, data=body, headers=headers, method=method or ("POST" if body is not None else "GET"))
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
-                return Answer(response.status, response.read(), dict(response.headers))
+                return Answer(response.status, response.read())
         except urllib.error.HTTPError as error:
-            return Answer(error.code, error.read(), dict(error.headers))
+            return Answer(error.code, error.read())
 
     def predict(self, image: bytes, content_type: str = "image/jpeg", query: str = "", **kwargs) -> Answer:
         return self.request(f"/predict{query}", image, content_type, **kwargs)
@@ -70,6 +69,29 @@ class Server:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process started by ``pid``, its children's children included (from /proc)."""
+    found, pending = [], [pid]
+    while pending:
+        parent = pending.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = [int(child) for child in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found += children
+            pending += children
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running (not a zombie waiting for its parent)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def start_server(ckpt: Path, log: Path, env: dict, *args: str) -> Server:

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,7 +24,7 @@ from conftest import REPO, datamodule_kwargs, make_dataset
 from gem_lightning.api import load_model
 from gem_lightning.data.datamodule import GemDataModule
 from gem_lightning.module import GemClassifier
-from serving import Server, start_server
+from serving import Server, alive, descendants, start_server
 
 pytestmark = pytest.mark.slow
 API_KEY = "s3cret-key"
@@ -77,7 +78,7 @@ def test_info_and_health_describe_the_checkpoint(server, trained):
     model = server.request("/info").json()["model"]
     assert model["class_names"] == ["Blue Stone", "Green Stone", "Red Stone"]
     assert model["image_size"] == 32 and model["architecture"]["arch"] == "vgg" and model["architecture"]["channels"] == [8, 16]
-    assert model["metrics"]["epoch"] == 1 and model["checkpoint"] == str(trained.checkpoint)
+    assert model["metrics"]["epoch"] == 1 and model["checkpoint"] == "model.ckpt" and len(model["sha256"]) == 64
 
 
 def test_server_classify_and_predict_give_the_same_answer(server, trained, tmp_path):
@@ -166,7 +167,7 @@ def test_a_bad_upload_in_a_batch_fails_alone(server, trained):
 
 
 def test_sigterm_lets_the_requests_in_flight_finish(trained, tmp_path):
-    """Requests waiting in a batch when SIGTERM arrives are answered; then the server exits with 0."""
+    """Requests waiting in a batch when SIGTERM arrives are answered; then the server and all its processes exit."""
     server = start_server(trained.checkpoint, tmp_path / "serve.log", server_env(tmp_path), "--max_batch_size", "64", "--batch_timeout", "3")
     photo = trained.photos[0].read_bytes()
     answers: list = []
@@ -174,7 +175,13 @@ def test_sigterm_lets_the_requests_in_flight_finish(trained, tmp_path):
     for thread in threads:
         thread.start()
     threading.Event().wait(1.0)  # the requests now wait for the batch to fill (3 s)
+    children = descendants(server.process.pid)
+    assert len(children) >= 2  # the HTTP server and the model worker
     assert server.stop() == 0, server.log.read_text()
+    deadline = time.monotonic() + 10  # Python's resource tracker takes a moment to see its parent go
+    while [pid for pid in children if alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in children if alive(pid)]  # none left behind
     for thread in threads:
         thread.join(60)
     assert [answer.status for answer in answers] == [200] * 6

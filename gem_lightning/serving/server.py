@@ -60,7 +60,7 @@ def describe_checkpoint(ckpt_path: str | Path) -> dict:
     keys = VGG_KEYS if hparams.get("arch", "vgg") == "vgg" else NETWORK_KEYS
     architecture = {key: hparams[key] for key in keys if key in hparams}
     return {
-        "checkpoint": str(path),
+        "checkpoint": path.name,  # not the server's folders
         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         "class_names": list(hparams.get("class_names") or []),
         "image_size": hparams.get("image_size"),
@@ -75,7 +75,7 @@ def build_server(ckpt_path: str | Path, options: ServeOptions = ServeOptions()) 
     info = describe_checkpoint(ckpt_path)
     if not info["class_names"] or not info["image_size"]:
         raise ValueError("it holds no class names or image size: is it a gem-lightning checkpoint?")
-    model_id = {"checkpoint": Path(ckpt_path).name, "sha256": info["sha256"][:12]}
+    model_id = {"checkpoint": info["checkpoint"], "sha256": info["sha256"][:12]}
     api = GemLitAPI(ckpt_path, model_id, options.max_batch_size, options.batch_timeout, options.threads)
     limits = Limits(max_body_bytes=int(options.max_body_mb * 2**20), num_classes=len(info["class_names"]))
     server = ls.LitServer(
@@ -93,13 +93,9 @@ def build_server(ckpt_path: str | Path, options: ServeOptions = ServeOptions()) 
     return server
 
 
-def page_html() -> str:
-    """The self-contained web page (``gem_lightning/serving/page.html``)."""
-    return resources.files("gem_lightning.serving").joinpath("page.html").read_text(encoding="utf-8")
-
-
 def _serve_page_at_root(server: ls.LitServer) -> None:
-    page = page_html()
+    """``GET /``: the self-contained web page, ``gem_lightning/serving/page.html``."""
+    page = resources.files("gem_lightning.serving").joinpath("page.html").read_text(encoding="utf-8")
 
     async def index(request: Request) -> HTMLResponse:
         return HTMLResponse(page)
