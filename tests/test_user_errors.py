@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow  # each row starts the CLI: seconds of imports
 TINY_MODEL = ["--model.channels", "[8, 16]", "--model.pools", "[max, max]", "--model.hidden_units", "16"]
 
 
-def cli(*args: str, env: dict, cwd: Path, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+def cli(*args: str, env: dict, cwd: Path, timeout: float = 900, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "main.py"), *map(str, args)], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=timeout, **kwargs)
 
