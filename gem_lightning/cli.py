@@ -126,7 +126,6 @@ class GemCLI(LightningCLI):
         super().instantiate_classes()
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
-        check_checkpoint_fits(self.model, config.get("ckpt_path"), fitting=subcommand == "fit")
         names = getattr(self, "checkpoint_class_names", None)
         if names and self.datamodule.class_names and list(self.datamodule.class_names) != list(names):
             raise UserInputError(
@@ -134,6 +133,7 @@ class GemCLI(LightningCLI):
                 f"data.data_dir has {len(self.datamodule.class_names)} ({', '.join(self.datamodule.class_names[:5])}, ...): "
                 "evaluate on a folder with the same class folders."
             )
+        check_checkpoint_fits(self.model, config.get("ckpt_path"), fitting=subcommand == "fit")
 
 
 DESCRIPTION = """gem-lightning: train, evaluate and serve image classifiers on folder-per-class photo sets.
