@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 
 import pytest
 import torch
@@ -36,6 +37,7 @@ def test_lite0_mapping_gives_the_reference_implementations_imagenet_logits():
 
 def test_weights_fill_all_but_the_new_classifier_and_say_which_stay_random(caplog):
     lite0_file()
+    caplog.set_level(logging.WARNING, logger="gem_lightning.models.pretrained")  # whatever earlier tests set
     fresh = build_network(LITE0, num_classes=5, image_size=64, vgg=VGGConfig())
     loaded = build_network(LITE0, num_classes=5, image_size=64, vgg=VGGConfig(), weights="efficientnet-lite0")
     assert classifier_head(loaded).out_features == 5
