@@ -24,7 +24,7 @@ from conftest import REPO, datamodule_kwargs, make_dataset
 from gem_lightning.api import load_model
 from gem_lightning.data.datamodule import GemDataModule
 from gem_lightning.module import GemClassifier
-from serving import Server, alive, descendants, start_server
+from serving import Server, alive, descendants, free_port, start_server
 
 pytestmark = pytest.mark.slow
 API_KEY = "s3cret-key"
@@ -195,11 +195,11 @@ def test_serve_refuses_a_missing_or_foreign_checkpoint_or_a_busy_port_in_one_lin
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        port = str(busy.getsockname()[1])
-        for ckpt, words in (
-            (tmp_path / "missing.ckpt", "is not a file"),
-            (not_a_checkpoint, "cannot read it as a checkpoint"),
-            (trained.checkpoint, f"cannot listen on 127.0.0.1:{port}"),
+        busy_port = str(busy.getsockname()[1])
+        for ckpt, port, words in (
+            (tmp_path / "missing.ckpt", str(free_port()), "is not a file"),
+            (not_a_checkpoint, str(free_port()), "cannot read it as a checkpoint"),
+            (trained.checkpoint, busy_port, f"cannot listen on 127.0.0.1:{busy_port}"),
         ):
             result = subprocess.run(
                 [sys.executable, str(REPO / "main.py"), "serve", "--ckpt_path", str(ckpt), "--port", port],
