@@ -21,7 +21,7 @@ from conftest import REPO, make_dataset
 from slurm_cluster import ClusterUnavailable, SlurmCluster
 from test_distributed import TINY_MODEL, clean_launch_env
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 EPOCHS = 3
 BATCHES_PER_EPOCH = 3  # 24 training images over 2 tasks, batches of 4

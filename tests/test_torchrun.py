@@ -21,7 +21,7 @@ import torch
 from conftest import REPO, make_dataset
 from test_distributed import TINY_MODEL, subprocess_env
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 EPOCHS = 8
 TIMEOUT = 300
