@@ -32,7 +32,7 @@ def test_dry_run_goes_through_every_step(tmp_path, cpu_env, isolated_cache):
     out = tmp_path / "results" / "check"
     env = dict(clean_launch_env(cpu_env), GEM_LIGHTNING_CACHE=str(isolated_cache), OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--data-dir", str(data), "--out", str(out)],
-                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)  # fmt: skip
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=1800)  # fmt: skip (hang guard)
     log = (tmp_path / "results" / "check.log").read_text() if (tmp_path / "results" / "check.log").is_file() else ""
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:] + log[-4000:]
 
