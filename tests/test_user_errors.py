@@ -181,7 +181,7 @@ MISTAKES = [
     Mistake("checkpoint empty", lambda t, tmp: predict(empty_file(tmp / "e.ckpt"), t), ("e.ckpt", "empty")),
     Mistake("checkpoint truncated", lambda t, tmp: predict(truncated(t, tmp / "cut.ckpt"), t), ("cut.ckpt", "truncated")),
     Mistake("checkpoint is a text file", lambda t, tmp: predict(a_file(tmp / "notes.ckpt"), t), ("notes.ckpt", "not a checkpoint")),
-    Mistake("checkpoint is a folder", lambda t, tmp: predict(t.data, t), (str("gems"), "is a folder")),
+    Mistake("checkpoint is a folder", lambda t, tmp: predict(t.data, t), ("gems", "is a folder")),
     Mistake("checkpoint is a bare state dict", lambda t, tmp: predict(bare_state_dict(t, tmp / "weights.ckpt"), t),
             ("weights.ckpt", "not a Lightning checkpoint")),
     Mistake("checkpoint of another LightningModule", lambda t, tmp: predict(other_modules_checkpoint(tmp / "other.ckpt"), t),

@@ -88,7 +88,7 @@ def check_dataset_dir(data_dir: Path) -> list[str]:
             "To split a single folder-per-class collection into train/ and test/, run "
             "`python main.py prepare --source <folder> --output <data_dir>`."
         )
-    loops = sorted(p.name for p in train_dir.iterdir() if is_dangling_link(p))
+    loops = sorted(p.name for p in train_dir.iterdir() if is_dangling_link(p) and not is_hidden(p))
     if loops:
         raise DatasetLayoutError(
             f"{str(train_dir)!r} has symbolic links that loop or point nowhere where class folders belong: "
