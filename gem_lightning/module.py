@@ -40,9 +40,16 @@ def batch_mixing(num_classes: int, mixup_alpha: float, cutmix_alpha: float) -> v
 
 
 def check_model_settings(*, top_k: int, dropout: float, label_smoothing: float, mixup_alpha: float,
-                         cutmix_alpha: float) -> None:
+                         cutmix_alpha: float, backbone_lr_ratio: float, distill_weight: float,
+                         distill_temperature: float) -> None:
     """Refuse values that cannot work, naming the setting, before anything is built."""
     problems = []
+    if not 0.0 < backbone_lr_ratio <= 1.0:
+        problems.append(f"model.backbone_lr_ratio must be above 0 and at most 1, got {backbone_lr_ratio}")
+    if not 0.0 <= distill_weight <= 1.0:
+        problems.append(f"model.distill_weight must be from 0 to 1, got {distill_weight}")
+    if distill_temperature <= 0:
+        problems.append(f"model.distill_temperature must be above 0, got {distill_temperature}")
     if top_k < 1:
         problems.append(f"model.top_k must be at least 1, got {top_k}")
     if not 0.0 <= dropout < 1.0:
@@ -142,13 +149,9 @@ class GemClassifier(LightningModule):
                 f"model.class_names needs at least two classes, got {class_names!r}: give --data.data_dir (a folder "
                 "of train/<Class>/ images) or, to evaluate or predict, --ckpt_path <a trained checkpoint>."
             )
-        check_model_settings(top_k=top_k, dropout=dropout, label_smoothing=label_smoothing,
-                             mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha)
-        if not 0.0 < backbone_lr_ratio <= 1.0 or not 0.0 <= distill_weight <= 1.0 or distill_temperature <= 0:
-            raise UserInputError(
-                "model.backbone_lr_ratio must be in (0, 1], model.distill_weight in [0, 1] and model.distill_temperature "
-                f"> 0; got {backbone_lr_ratio}, {distill_weight} and {distill_temperature}."
-            )
+        check_model_settings(top_k=top_k, dropout=dropout, label_smoothing=label_smoothing, mixup_alpha=mixup_alpha,
+                             cutmix_alpha=cutmix_alpha, backbone_lr_ratio=backbone_lr_ratio,
+                             distill_weight=distill_weight, distill_temperature=distill_temperature)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         default_mean, default_std, _ = default_normalization(arch, weights)
         self.hparams.mean, self.hparams.std = tuple(mean or default_mean), tuple(std or default_std)  # saved resolved
