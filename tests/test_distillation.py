@@ -55,3 +55,12 @@ def test_teacher_with_other_classes_is_refused_in_one_line(tiny_dataset, tmp_pat
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr
     assert teacher in errors[0] and "trained on 2 classes (Cat, Dog" in errors[0]
+
+
+@pytest.mark.parametrize("setting, value", [("backbone_lr_ratio", 0.0), ("distill_weight", 1.5), ("distill_temperature", 0.0)])
+def test_impossible_fine_tuning_and_distillation_settings_are_named(setting, value):
+    from gem_lightning.errors import UserInputError
+    from gem_lightning.module import GemClassifier
+
+    with pytest.raises(UserInputError, match=f"model.{setting} must be"):
+        GemClassifier(["a", "b"], 64, channels=[8, 16], pools=["max", "max"], hidden_units=16, **{setting: value})
