@@ -43,15 +43,6 @@ CHOSEN_AT_INFERENCE = {"tta", "top_k", "channels_last", "compile"}
 """Model options a user may change when evaluating or predicting with a trained checkpoint."""
 
 
-def read_checkpoint_hparams(ckpt_path: str | None) -> dict:
-    """The model hyperparameters saved in a checkpoint file, or ``{}`` without one.
-
-    Raises:
-        UserInputError: the file is missing or is not a usable checkpoint (``gem_lightning.checkpoint_check``).
-    """
-    return checkpoint_hparams(ckpt_path)
-
-
 class GemCLI(LightningCLI):
     """LightningCLI with gem-lightning's links, checkpointing and prediction writer."""
 
@@ -87,7 +78,7 @@ class GemCLI(LightningCLI):
             if config.data.image_size is None:
                 config.data.image_size = default_normalization(config.model.arch, config.model.weights)[2]
             return
-        hparams = read_checkpoint_hparams(config.get("ckpt_path"))
+        hparams = checkpoint_hparams(config.get("ckpt_path"))  # checked: one error line for a bad file
         for key, value in hparams.items():
             if key in config.model and key not in LINKED_FROM_DATA | CHOSEN_AT_INFERENCE | set(TRAINING_ONLY):
                 config.model[key] = value
