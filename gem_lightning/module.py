@@ -6,7 +6,7 @@ so the checkpoint alone (class names, image size, normalisation, architecture) i
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,7 @@ from torchvision.transforms import v2
 from gem_lightning.distillation import Teacher, distillation_loss
 from gem_lightning.errors import UserInputError
 from gem_lightning.metrics import LOSS, MONITOR, SAMPLES, classification_metrics
-from gem_lightning.models.classifier import ImageClassifier
+from gem_lightning.models.classifier import TTA, ImageClassifier
 from gem_lightning.models.factory import build_network, classifier_head, default_normalization
 from gem_lightning.models.vgg import HeadKind, PoolKind, VGGConfig
 
@@ -78,6 +78,8 @@ class GemClassifier(LightningModule):
             ``pretrained`` extra, for ``timm/tf_efficientnet_lite0``). Nothing is downloaded.
             Default: from scratch.
         backbone_kwargs: extra ``timm.create_model`` arguments, e.g. ``{drop_rate: 0.2, drop_path_rate: 0.1}``.
+        frozen_stages: timm models: the stem and this many stages after it stay frozen for the whole
+            run, batch-norm statistics included (the classifier and later stages train).
         backbone_lr_ratio: the backbone's learning rate as a fraction of the classifier head's
             (discriminative fine-tuning); 1 trains all layers at one rate.
         channels: VGG: output channels of each conv block.
@@ -95,7 +97,8 @@ class GemClassifier(LightningModule):
             AMX/AVX-512 and on tensor-core GPUs, especially under bf16).
         compile: run the network under ``torch.compile`` (the first steps pay the compile time).
         tta: test-time augmentation for validate, test and predict: ``hflip`` averages the
-            probabilities of each image and its mirror image.
+            probabilities of each image and its mirror image, ``dihedral`` of its 8 quarter turns
+            and mirrors.
         top_k: how many ranked classes ``predict`` reports per image.
         optimizer: the optimizer (``class_path`` and ``init_args`` in YAML); Adam, lr 1e-3.
         lr_scheduler: an optional LR scheduler, stepped per epoch, except ``OneCycleLR`` and
@@ -120,6 +123,7 @@ class GemClassifier(LightningModule):
         weights: str | None = None,
         backbone_kwargs: dict | None = None,
         backbone_lr_ratio: float = 1.0,
+        frozen_stages: int = 0,
         channels: list[int] = [32, 64, 128, 128, 128],
         pools: list[PoolKind] = ["max", "max", "max", "avg", "max"],
         convs_per_block: int | list[int] = 1,
@@ -132,7 +136,7 @@ class GemClassifier(LightningModule):
         label_smoothing: float = 0.0,
         channels_last: bool = True,
         compile: bool = False,
-        tta: Literal["none", "hflip"] = "none",
+        tta: TTA = "none",
         top_k: int = 5,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
@@ -160,7 +164,8 @@ class GemClassifier(LightningModule):
         self.lr_scheduler = lr_scheduler
         vgg = VGGConfig(tuple(channels), tuple(pools), convs_per_block, batch_norm, head, hidden_units, dropout)
         network = build_network(
-            arch, num_classes=self.num_classes, image_size=image_size, vgg=vgg, weights=weights, backbone_kwargs=backbone_kwargs
+            arch, num_classes=self.num_classes, image_size=image_size, vgg=vgg, weights=weights, backbone_kwargs=backbone_kwargs,
+            frozen_stages=frozen_stages,
         )
         self.model = ImageClassifier(network, self.hparams.mean, self.hparams.std, channels_last=channels_last, tta=tta)
         self.teacher = Teacher(teacher, self.class_names, teacher_autocast) if teacher else None

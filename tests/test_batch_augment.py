@@ -3,6 +3,7 @@ torchvision's own per-image ops, and the same image from the same random draws."
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -130,6 +131,22 @@ def test_loader_and_device_make_the_same_image_from_the_same_draws(crop):
             assert difference.mean() < 1 and (difference > 3).float().mean() < 0.03  # pixels on the crop edge
         else:  # one bilinear resample each: equal up to uint8 rounding
             assert difference.max() <= 1
+
+
+def test_rotate90_turns_by_exact_quarter_turns_all_four_ways():
+    image = gradient_image()
+    square = eval_transform(SIZE)(image).float()
+    turns = [torch.rot90(square, k, dims=(-2, -1)) for k in range(4)]
+    augment = dataclasses.replace(OFF, rotate90=True)
+    torch.manual_seed(0)
+    outputs = {
+        "loader": torch.stack([train_transform(SIZE, augment)(image) for _ in range(40)]).float(),
+        "device": BatchAugment(augment, SIZE)(image.unsqueeze(0).repeat(40, 1, 1, 1)),
+    }
+    for path, out in outputs.items():
+        errors = torch.stack([(out - turn).abs().flatten(1).max(1).values for turn in turns], 1)  # (40, 4)
+        assert (errors.min(1).values <= 2.0).all(), path  # each output is one exact quarter turn
+        assert set(errors.argmin(1).tolist()) == {0, 1, 2, 3}, path  # and every turn is drawn
 
 
 def test_flips_happen_half_of_the_time():

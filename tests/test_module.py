@@ -42,6 +42,17 @@ def test_hflip_tta_averages_an_image_and_its_mirror():
     assert torch.allclose(model.predict_proba(images), expected, atol=1e-6)
 
 
+
+def test_dihedral_tta_averages_the_eight_views_and_cannot_tell_them_apart():
+    model = tiny_model(["a", "b"], tta="dihedral").eval()
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    views = [v.rot90(k, dims=(-2, -1)) for v in (images, images.flip(-1)) for k in range(4)]
+    expected = torch.stack([model(v).softmax(-1) for v in views]).mean(0)
+    probs = model.predict_proba(images)
+    assert torch.allclose(probs, expected, atol=1e-6)
+    assert not torch.allclose(probs, model(images).softmax(-1), atol=1e-4)  # the views differ
+    assert torch.allclose(model.predict_proba(images.rot90(1, dims=(-2, -1)).flip(-1)), probs, atol=1e-5)
+
 def test_validation_metrics_equal_a_direct_computation(tiny_dataset, isolated_cache, tmp_path):
     datamodule = GemDataModule(str(tiny_dataset), **datamodule_kwargs(isolated_cache))
     model = tiny_model(datamodule.class_names)

@@ -92,7 +92,7 @@ def test_bad_weights_are_one_error_line_before_training(kind, message, tiny_data
 
 
 @pytest.mark.slow
-def test_fine_tune_freezes_then_trains_and_predicts_without_the_weights_file(tiny_dataset, tmp_path, cpu_env, isolated_cache):
+def test_fine_tune_freezes_then_trains_all_but_the_frozen_stages_and_predicts_without_the_weights_file(tiny_dataset, tmp_path, cpu_env, isolated_cache):
     from safetensors.torch import save_file
 
     lite0_file()
@@ -101,7 +101,7 @@ def test_fine_tune_freezes_then_trains_and_predicts_without_the_weights_file(tin
     env = dict(cpu_env, GEM_LIGHTNING_CACHE=str(isolated_cache))
     run_cli(
         "fit", *common(tmp_path, "ft"), "--data.data_dir", str(tiny_dataset), "--model.arch", LITE0, "--model.weights", str(weights),
-        "--model.backbone_lr_ratio", "0.5", "--trainer.max_epochs", "2", "--checkpoint.save_top_k", "-1",
+        "--model.backbone_lr_ratio", "0.5", "--model.frozen_stages", "1", "--trainer.max_epochs", "2", "--checkpoint.save_top_k", "-1",
         "--checkpoint.filename", "epoch{epoch}", "--checkpoint.monitor", "null",
         "--trainer.callbacks+=gem_lightning.callbacks.finetuning.FreezeBackbone", "--trainer.callbacks.epochs=1",
         env=env, cwd=tmp_path,
@@ -114,8 +114,10 @@ def test_fine_tune_freezes_then_trains_and_predicts_without_the_weights_file(tin
     backbone = [k for k in start if not k.startswith("classifier.") and "num_batches_tracked" not in k]
     assert all(torch.equal(after_frozen[network + k], start[k]) for k in backbone)  # weights and BN statistics
     assert not torch.equal(after_frozen[network + "classifier.weight"], after_unfrozen[network + "classifier.weight"])
-    assert not torch.equal(after_unfrozen[network + "conv_stem.weight"], start["conv_stem.weight"])
-    assert not torch.equal(after_unfrozen[network + "bn1.running_mean"], start["bn1.running_mean"])
+    stem_and_stage_1 = [k for k in backbone if k.startswith(("conv_stem.", "bn1.", "blocks.0."))]
+    assert all(torch.equal(after_unfrozen[network + k], start[k]) for k in stem_and_stage_1)  # frozen all run
+    assert not torch.equal(after_unfrozen[network + "blocks.1.0.conv_pw.weight"], start["blocks.1.0.conv_pw.weight"])
+    assert not torch.equal(after_unfrozen[network + "blocks.1.0.bn1.running_mean"], start["blocks.1.0.bn1.running_mean"])
 
     weights.unlink()
     out = tmp_path / "predictions.csv"

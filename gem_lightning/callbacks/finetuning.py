@@ -19,6 +19,7 @@ class FreezeBackbone(Callback):
     neither updated nor replaced by batch statistics. The state follows ``trainer.current_epoch``,
     so a resumed run freezes exactly as an uninterrupted one.
 
+    Parameters the model keeps frozen itself (``model.frozen_stages``) stay frozen afterwards.
     Under DDP the backbone keeps ``requires_grad`` (DDP fixes the parameters it synchronises when it
     wraps the model) and its gradients are dropped before each optimizer step instead.
 
@@ -32,26 +33,35 @@ class FreezeBackbone(Callback):
             raise ValueError(f"FreezeBackbone epochs must be >= 0, got {epochs}.")
         self.epochs = epochs
         self.train_bn = train_bn
+        self._trainable: set[nn.Parameter] = set()
 
     def frozen(self, trainer: Trainer) -> bool:
         return trainer.current_epoch < self.epochs
 
     @override
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._trainable = {parameter for parameter in pl_module.parameters() if parameter.requires_grad}
+
+    def _backbone_parameters(self, pl_module: LightningModule) -> list[nn.Parameter]:
+        modules = backbone_modules(pl_module.model.network)
+        return [p for module in modules for p in module.parameters(recurse=False) if p in self._trainable]
+
+    @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         frozen = self.frozen(trainer)
-        for module in backbone_modules(pl_module.model.network):
-            if isinstance(module, _BatchNorm) and not self.train_bn:
-                module.train(not frozen)
-            if trainer.world_size == 1:
-                for parameter in module.parameters(recurse=False):
-                    parameter.requires_grad_(not frozen)
+        if not self.train_bn:
+            for module in backbone_modules(pl_module.model.network):
+                if isinstance(module, _BatchNorm):
+                    module.train(not frozen)
+        if trainer.world_size == 1:
+            for parameter in self._backbone_parameters(pl_module):
+                parameter.requires_grad_(not frozen)
 
     @override
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
         if self.frozen(trainer) and trainer.world_size > 1:
-            for module in backbone_modules(pl_module.model.network):
-                for parameter in module.parameters(recurse=False):
-                    parameter.grad = None
+            for parameter in self._backbone_parameters(pl_module):
+                parameter.grad = None
 
 
 def backbone_modules(network: nn.Module) -> list[nn.Module]:

@@ -28,6 +28,8 @@ def _affine_inverse(augment: Augmentation, n: int, frame: tuple[int, int], zoom_
     centre), in pixels: returns the 2x2 matrices ``L`` and translations ``t`` of ``p = L (u - t)``."""
     a, (height, width) = augment, frame
     angle = torch.deg2rad(uniform(n, -a.rotation, a.rotation, device))
+    if a.rotate90:
+        angle = angle + torch.randint(0, 4, (n,), device=device) * (math.pi / 2)
     shear = torch.deg2rad(uniform(n, -a.shear, a.shear, device))
     scale = uniform(n, 1 - a.zoom, 1 + a.zoom, device) if zoom_shift and a.zoom else torch.ones(n, device=device)
     t = torch.zeros(n, 2, device=device)

@@ -33,6 +33,8 @@ class Augmentation:
 
     Args:
         rotation: maximum rotation in degrees (either way).
+        rotate90: also turn by a random multiple of 90 degrees (exact on a square crop: no corners
+            to fill; for subjects with no "up", such as gems).
         zoom: scale range ``1 +- zoom``.
         shift: maximum horizontal and vertical shift, as a fraction of the image side.
         shear: maximum shear angle in degrees (Keras' ``shear_range`` is in degrees).
@@ -48,6 +50,7 @@ class Augmentation:
     """
 
     rotation: float = 25.0
+    rotate90: bool = False
     zoom: float = 0.1
     shift: float = 0.1
     shear: float = 0.2
@@ -128,6 +131,8 @@ def torchvision_transform(image_size: int, augment: Augmentation) -> v2.Compose:
     steps: list = []
     if augment.crop_scale is not None:
         steps.append(v2.RandomResizedCrop(image_size, scale=tuple(augment.crop_scale), antialias=True))
+    if augment.rotate90:
+        steps.append(v2.RandomChoice([v2.RandomRotation((angle, angle)) for angle in (0, 90, 180, 270)]))
     if augment.rotation or augment.shear or (augment.crop_scale is None and (augment.zoom or augment.shift)):
         zoom = augment.zoom if augment.crop_scale is None else 0.0
         shift = augment.shift if augment.crop_scale is None else 0.0

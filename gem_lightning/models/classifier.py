@@ -7,6 +7,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+TTA = Literal["none", "hflip", "dihedral"]
+
 
 class ImageClassifier(nn.Module):
     """Wraps a network so it takes ``(B, 3, S, S)`` RGB images, 0-255, uint8 or float.
@@ -19,7 +21,8 @@ class ImageClassifier(nn.Module):
         mean: per-channel mean of images scaled to [0, 1].
         std: per-channel standard deviation of images scaled to [0, 1].
         channels_last: feed the network channels-last tensors (and store its weights so).
-        tta: ``hflip`` averages the probabilities of each image and its mirror image.
+        tta: ``hflip`` averages the probabilities of each image and its mirror image; ``dihedral``
+            of its 8 quarter turns and mirrors (for subjects with no "up").
     """
 
     def __init__(
@@ -29,14 +32,14 @@ class ImageClassifier(nn.Module):
         std: tuple[float, float, float],
         *,
         channels_last: bool = True,
-        tta: Literal["none", "hflip"] = "none",
+        tta: TTA = "none",
     ) -> None:
         super().__init__()
         self.network = network.to(memory_format=torch.channels_last) if channels_last else network
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255, persistent=False)
         self.channels_last = channels_last
-        self.hflip = tta == "hflip"
+        self.tta = tta
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         images = (images.float() - self.mean) / self.std
@@ -48,7 +51,13 @@ class ImageClassifier(nn.Module):
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities in float32, with the test-time augmentation if any."""
-        probs = self(images).float().softmax(dim=-1)
-        if self.hflip:
-            probs = (probs + self(images.flip(-1)).float().softmax(dim=-1)) / 2
-        return probs
+        views = test_time_views(images, self.tta)
+        return torch.stack([self(view).float().softmax(dim=-1) for view in views]).mean(0)
+
+
+def test_time_views(images: torch.Tensor, tta: TTA) -> list[torch.Tensor]:
+    """The views of ``(B, 3, S, S)`` images whose probabilities test-time augmentation averages."""
+    views = [images] if tta == "none" else [images, images.flip(-1)]
+    if tta == "dihedral":
+        views = [view.rot90(k, dims=(-2, -1)) for view in views for k in range(4)]
+    return views

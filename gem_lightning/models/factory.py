@@ -20,7 +20,14 @@ def available_archs() -> list[str]:
 
 
 def build_network(
-    arch: str, *, num_classes: int, image_size: int, vgg: VGGConfig, weights: str | None = None, backbone_kwargs: dict | None = None
+    arch: str,
+    *,
+    num_classes: int,
+    image_size: int,
+    vgg: VGGConfig,
+    weights: str | None = None,
+    backbone_kwargs: dict | None = None,
+    frozen_stages: int = 0,
 ) -> nn.Module:
     """A network mapping ``(B, 3, image_size, image_size)`` floats to ``(B, num_classes)`` logits.
 
@@ -31,7 +38,11 @@ def build_network(
             a shipped name such as ``efficientnet-lite0``; the classifier stays fresh, sized to
             ``num_classes``. ``None`` trains from scratch.
         backbone_kwargs: extra arguments of ``timm.create_model`` (``drop_rate``, ``drop_path_rate``).
+        frozen_stages: timm models: the stem and this many stages after it stay frozen (see
+            :func:`freeze_stages`).
     """
+    if frozen_stages and not arch.startswith(TIMM_PREFIX):
+        raise UserInputError(f"model.frozen_stages applies to timm architectures (timm/<name>), not {arch!r}.")
     if arch == "vgg":
         if weights is not None:
             raise UserInputError("model.weights applies to timm and torchvision architectures; the VGG trains from scratch.")
@@ -39,7 +50,24 @@ def build_network(
     network = _build_library_model(arch, num_classes, backbone_kwargs or {})
     if weights is not None:
         pretrained.load_weights(network, weights)
+    if frozen_stages:
+        freeze_stages(network, frozen_stages)
     return network
+
+
+def freeze_stages(network: nn.Module, stages: int) -> None:
+    """Freezes the stem and the first ``stages`` stages of a timm model (timm's coarse parameter
+    groups), their batch-norm statistics included (``timm.utils.freeze``).
+
+    Early layers compute generic edges and textures that a small dataset cannot improve, and
+    leaving them out of the backward pass makes each training step cheaper.
+    """
+    groups = timm.models.group_modules(network, network.group_matcher(coarse=True))
+    head_group = max(groups)
+    if not 0 <= stages < head_group:
+        raise UserInputError(f"model.frozen_stages must be between 0 and {head_group - 1} for this model (its stages before the head), got {stages}.")
+    names = [name for group, modules in groups.items() if group <= stages for name in modules]
+    timm.utils.freeze(network, names)
 
 
 def _build_library_model(arch: str, num_classes: int, backbone_kwargs: dict) -> nn.Module:
