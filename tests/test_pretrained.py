@@ -8,6 +8,7 @@ import logging
 import pytest
 import torch
 
+from gem_lightning.errors import UserInputError
 from gem_lightning.models.factory import build_network, classifier_head
 from gem_lightning.models.pretrained import NAMED_WEIGHTS, load_weights, read_state_dict
 from gem_lightning.models.vgg import VGG, VGGConfig
@@ -185,3 +186,15 @@ def test_fine_tuned_timm_checkpoint_exports_and_classifies_like_the_checkpoint(t
     photo = sorted((tiny_dataset / "test").rglob("*.jpg"))[0]
     ranked = load_model(checkpoint).classify(photo, top_k=3)
     assert [name for name, _ in ranked] and abs(sum(p for _, p in ranked) - 1) < 1e-4
+
+
+def test_frozen_stages_freeze_the_stem_and_first_stages_and_are_refused_where_they_do_not_apply():
+    network = build_network(LITE0, num_classes=3, image_size=64, vgg=VGGConfig(), frozen_stages=2)
+    trainable = {name.split(".")[0] + (f".{name.split('.')[1]}" if name.startswith("blocks.") else "")
+                 for name, p in network.named_parameters() if p.requires_grad}
+    assert not trainable & {"conv_stem", "bn1", "blocks.0", "blocks.1"} and {"blocks.2", "classifier"} <= trainable
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in network.blocks[1].modules())  # statistics frozen too
+    with pytest.raises(UserInputError, match="model.frozen_stages applies to timm"):
+        build_network("vgg", num_classes=3, image_size=64, vgg=VGGConfig(), frozen_stages=1)
+    with pytest.raises(UserInputError, match="model.frozen_stages must be between 0 and 7"):
+        build_network(LITE0, num_classes=3, image_size=64, vgg=VGGConfig(), frozen_stages=8)
