@@ -175,6 +175,204 @@ class ResumableModelCheckpoint(ModelCheckpoint):
         return "ModelCheckpoint" + key[len(own):] if key.startswith(own) else key
 
     @override
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
+
+    @override
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
+
+    def _refresh_last(self, trainer: Trainer) -> None:
+        if self.save_last is not True or self._should_skip_saving_checkpoint(trainer):
+            return  # not fitting, sanity check, or something (top-k and last) was saved at this step
+        if self._every_n_epochs < 1 or (trainer.current_epoch + 1) % self._every_n_epochs != 0:
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+# Random generators ------------------------------------------------------------------------------
+
+
+class RNGState(Callback):
+    """Saves the random generators with every checkpoint and restores them on resume.
+
+    Saved: torch's CPU generator, the current CUDA device's generator (when CUDA is in use), NumPy's
+    global ``RandomState`` and Python's ``random``, as plain tensors and tuples so that the checkpoint
+    still loads with ``torch.load(weights_only=True)``. They are captured when the checkpoint is
+    written (for epoch checkpoints: after validation, before the next epoch's loader is created)
+    and restored as soon as the checkpoint's callback states are loaded; between those points
+    Lightning consumes no random numbers (the sanity check runs under ``isolate_rng``), so the
+    replayed epoch draws exactly what the uninterrupted run drew.
+
+    Under DDP the ranks' generators differ (they are seeded alike, but rank 0 alone prepares the
+    data, and each rank augments other images), so every rank's states are gathered into the
+    checkpoint (``all_gather_object`` while the checkpoint is dumped, which Lightning does on every
+    rank at once) and each rank restores its own. Resumed with another number of processes, rank
+    ``r`` takes the states of rank ``r % saved``: the run continues, it is not a replay. Loader
+    workers are seeded by Lightning from a number drawn in the main process (and the rank) when each
+    epoch's loader iterator is created, which these states cover; the random streams of
+    *persistent* workers live in the workers and are not captured.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._trainer: Trainer | None = None
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        state = _local_rng_state()
+        if not _distributed(self._trainer):
+            return {"ranks": [state]}
+        ranks: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(ranks, state)
+        return {"ranks": ranks}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        ranks = state_dict.get("ranks")
+        if not ranks:
+            return
+        rank = torch.distributed.get_rank() if _distributed(self._trainer) else 0
+        _set_local_rng_state(ranks[rank % len(ranks)])
+
+
+def _distributed(trainer: Trainer | None) -> bool:
+    return (
+        trainer is not None
+        and trainer.world_size > 1
+        and torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+    )
+
+
+def _local_rng_state() -> dict[str, Any]:
+    keys, pos, has_gauss, cached_gaussian = np.random.get_state()[1:]
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_local_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        ("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"], numpy_state["has_gauss"],
+         numpy_state["cached_gaussian"])
+    )
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+# SIGTERM ----------------------------------------------------------------------------------------
+
+
+class SaveOnSigterm(Callback):
+    """On SIGTERM, save a resumable checkpoint at the current global step, then stop cleanly.
+
+    Lightning 2.6 already turns SIGTERM into a stop: its handler sets ``trainer.received_sigterm``
+    (and forwards the signal to the processes its own launcher started), and the loops raise
+    ``SIGTERMException`` (a ``SystemExit``: the process exits with status 0) after the current
+    training batch or before the next evaluation batch. It saves nothing. This callback saves, at
+    the end of the training batch during which the signal arrived, the checkpoint that
+    ``--ckpt_path last`` resumes from (a mid-epoch checkpoint: see the module docstring for what
+    that resume reproduces). In a single process, a SIGTERM that arrives during validation stops it
+    before its next batch and the checkpoint is saved from ``on_exception``.
+
+    Under DDP, Lightning's handler is not safe: it runs a ``broadcast`` *inside the signal handler*,
+    which meets whatever collective the other ranks are in (a DDP gradient all-reduce, say) and
+    crashes gloo/NCCL ("Is there a distributed collective mismatch in your code?"). So under DDP this
+    callback replaces it, for the training loop, with a handler that only records the request (and,
+    on the process that launched the others, forwards the signal to them, as Lightning does). At
+    each training batch end the ranks reduce "has any rank been asked to stop" (one tiny all-reduce
+    per batch, at the same point on every rank), then all save together and all stop after that
+    batch; a signal that reaches only some ranks cannot leave the others waiting in a collective.
+    A request that arrives after an epoch's last batch (during validation, or while the epoch
+    checkpoint is written) takes effect before the next epoch starts, from the epoch checkpoint
+    ``ModelCheckpoint`` just wrote (or one is saved); after the last epoch the run simply ends.
+
+    On SLURM, ``SLURMEnvironment(auto_requeue=True)`` (Lightning's default when SLURM is detected)
+    also handles the requeue signal (``#SBATCH --signal=SIGUSR1@90``). Lightning's own handler saves
+    ``hpc_ckpt_<n>.ckpt`` and runs ``scontrol requeue`` *inside the signal handler*, barriers and
+    collectives included; this callback handles that signal the same way as SIGTERM, in one
+    process or several (record, agree at a batch or epoch end, save ``last.ckpt``), and then global
+    rank 0 requeues the job as Lightning would. A requeue signal recorded before training started
+    (``gem_lightning.signals.listen_for_requeue_signal``) is acted on after the first batch.
+
+    Every handler runs only in the process that installed it (``gem_lightning.signals``): loader
+    workers inherit them by ``fork`` but never act on them.
+
+    Args:
+        filename: name (without ``.ckpt``) of the checkpoint in the ``ModelCheckpoint`` folder;
+            default: that callback's last-checkpoint name (``last``), which is what
+            ``ckpt_path="last"`` resumes from.
+    """
+
+    def __init__(self, filename: str | None = None) -> None:
+        super().__init__()
+        if filename is not None and not filename:
+            raise ValueError("SaveOnSigterm: `filename` must not be empty.")
+        self.filename = filename
+        self.saved_path: str | None = None
+        self._requested = False
+        self._requeue = False
+        self._stop_at_epoch_end = False
+        self._trained = False
+        self._forwarded = False
+
+    def requested(self, trainer: Trainer) -> bool:
+        """Whether this process has been asked to stop (by Lightning's handler or this callback's)."""
+        return self._requested or bool(trainer.received_sigterm)
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._requested = self._requeue = self._stop_at_epoch_end = self._trained = False
+        requeue_signal = _requeue_signal(trainer)
+        if take_requeue_request() and requeue_signal is not None:
+            rank_zero_info("A requeue signal arrived before training: saving and requeueing after the first batch.")
+            self._requested = self._requeue = True
+        # Lightning's signal connector restores the handlers it found when the trainer tears down.
+        if trainer.world_size > 1:
+            install_handler(signal.SIGTERM, partial(self._record, trainer, False))
+        if requeue_signal is not None:
+            install_handler(requeue_signal, partial(self._record, trainer, True))
+
+    def _record(self, trainer: Trainer, requeue: bool, signum: int, frame: Any) -> None:
+        """Signal handler: only note the request (no collectives, no checkpoint in a signal handler)."""
+        rank_zero_info(f"Signal {signum} received: stopping after this training batch or epoch.")
+        self._requested = True
+        self._requeue = self._requeue or requeue
+        launcher = trainer.strategy.launcher
+        if not requeue and launcher is not None and not self._forwarded:
+            self._forwarded = True
+            launcher.kill(signum)  # the processes Lightning's launcher started (none under srun/torchrun)
+
+    @override
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        self._trained = True
+        if self._agreed_stop(trainer):
+            self._stop(trainer)
+
+    @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """A request that arrived since the last training batch (during validation, the epoch-end hooks
         or the epoch checkpoint's write) stops the run before the next epoch, from that epoch
