@@ -417,7 +417,7 @@ class SaveOnSigterm(Callback):
             and getattr(callback, "_last_global_step_saved", None) == trainer.global_step
         ):
             self.saved_path = callback.last_model_path
-            rank_zero_info(f"Stopping on a signal at the end of epoch {trainer.current_epoch}: resume from {self.saved_path}.")
+            rank_zero_info(f"Stopping on a signal before epoch {trainer.current_epoch}: resume from {self.saved_path}.")
             return True
         return False
 
