@@ -1,6 +1,6 @@
 """gem-lightning's command line: ``python main.py {fit,validate,test,predict} --config configs/<x>.yaml``.
 
-Also ``prepare``, ``preview``, ``lr_find``, ``seeds`` and ``export``; ``python main.py --help`` lists all.
+Also ``prepare``, ``preview``, ``lr_find``, ``seeds``, ``export`` and ``serve`` (gem_lightning/commands/); ``python main.py --help`` lists all.
 """
 
 import sys

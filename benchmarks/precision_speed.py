@@ -1,10 +1,11 @@
-"""Training-step speed of the seed CNN on the real photos: precision x memory format (x torch.compile).
+"""Training-step speed on the real photos: precision x memory format (x torch.compile).
 
 Run from the repository root (prints figures; not a test):
 
     python benchmarks/precision_speed.py [--data-dir ../shared/datasets/gemstones] [--steps 6] [--rounds 2] [--compile]
+        [--arch timm/tf_efficientnet_lite0 --image-size 160]
 
-Each variant trains ``GemClassifier`` (the seed network, 220 px, batch 32, Adam) on the same
+Each variant trains ``GemClassifier`` (the seed network by default, 220 px, batch 32, Adam) on the same
 batches of real photos from ``GemDataModule`` (warm decoded-image cache): fp32 or bf16 autocast,
 contiguous or channels-last, optionally ``torch.compile`` (its compile time reported apart). Variants
 alternate within each round so drift from other jobs hits all of them; the ratios to fp32 use the
@@ -28,8 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {"fp32": (False, False), "fp32+channels_last": (False, True), "bf16": (True, False), "bf16+channels_last": (True, True)}
 
 
-def batches(data_dir: Path, count: int) -> tuple[list[str], list[tuple[torch.Tensor, torch.Tensor]]]:
-    datamodule = GemDataModule(str(data_dir), image_size=220, batch_size=32, num_workers=0)
+def batches(data_dir: Path, count: int, image_size: int) -> tuple[list[str], list[tuple[torch.Tensor, torch.Tensor]]]:
+    datamodule = GemDataModule(str(data_dir), image_size=image_size, batch_size=32, num_workers=0)
     datamodule.prepare_data()
     datamodule.setup("fit")
     loader = iter(datamodule.train_dataloader())
@@ -56,8 +57,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="also time bf16+channels_last under torch.compile")
+    parser.add_argument("--arch", default="vgg", help="model.arch, e.g. timm/tf_efficientnet_lite0 (depthwise convs)")
+    parser.add_argument("--image-size", type=int, default=220)
     args = parser.parse_args()
-    class_names, data = batches(args.data_dir, args.steps + 1)
+    class_names, data = batches(args.data_dir, args.steps + 1, args.image_size)
     variants = dict(VARIANTS)
     if args.compile:
         variants["bf16+channels_last+compile"] = (True, True)
@@ -65,7 +68,7 @@ def main() -> None:
     for round_ in range(args.rounds):
         for name, (bf16, channels_last) in variants.items():
             torch.manual_seed(0)
-            model = GemClassifier(class_names, 220, channels_last=channels_last).train()
+            model = GemClassifier(class_names, args.image_size, arch=args.arch, channels_last=channels_last).train()
             if name.endswith("compile"):
                 start = time.perf_counter()
                 model.model = torch.compile(model.model)

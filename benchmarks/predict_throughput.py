@@ -3,11 +3,11 @@
 Run from the repository root (prints figures; not a test):
 
     python benchmarks/predict_throughput.py [--data-dir ../shared/datasets/gemstones] [--ckpt CKPT]
-        [--rounds 3] [--warm-calls 20]
+        [--rounds 3] [--warm-calls 20] [--device cpu|cuda]
 
 Over every photo of ``<data-dir>/test`` (440 files), with the checkpoint ``--ckpt``, else an
 untrained ``GemClassifier`` at 220 px (the seed's network) saved to a temporary checkpoint (speed
-does not depend on the weights), bf16-mixed autocast as the configs set it:
+does not depend on the weights), bf16-mixed autocast as the configs set it, on ``--device``:
 
 (cli)     ``cli_main(["predict", "--config", CONFIG, "--ckpt_path", ...])`` (``--config``, default
           ``configs/gemstones_seed.yaml``, whose decoding matches the untrained checkpoint), in this
@@ -91,6 +91,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warm-calls", type=int, default=20)
     parser.add_argument("--api-runs", type=int, default=3, help="fresh processes for the API latency, per thread count")
     parser.add_argument("--api-threads", default="0", help="torch threads in the API probe, e.g. 2,1 (0: torch's default)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="of trainer and plain; the CLI uses its config's accelerator (auto)")
     return parser.parse_args(argv)
 
 
@@ -146,21 +147,21 @@ def run_trainer(args, ckpt: Path, folder: Path) -> tuple[float, float]:
     with hidden_output():
         model = GemClassifier.load_from_checkpoint(ckpt, map_location="cpu")
         datamodule = GemDataModule(str(args.data_dir), image_size=model.hparams.image_size, batch_size=BATCH_SIZE, predict_path=str(folder))
-        trainer = Trainer(accelerator="cpu", devices=1, precision="bf16-mixed", logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[clock])
+        trainer = Trainer(accelerator=args.device, devices=1, precision="bf16-mixed", logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[clock])
         outputs = trainer.predict(model, datamodule=datamodule)
     assert sum(len(o["predictions"]) for o in outputs) > 0
     return time.perf_counter() - start, steady_rate(clock.ends)
 
 
-def run_plain(ckpt: Path, files: list[Path]) -> tuple[float, float]:
+def run_plain(ckpt: Path, files: list[Path], device: str = "cpu") -> tuple[float, float]:
     start, ends = time.perf_counter(), []
-    model = GemClassifier.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    model = GemClassifier.load_from_checkpoint(ckpt, map_location=device).eval()
     size = model.hparams.image_size
     settings, resize = DecodeSettings(cache_size_for(size)), eval_transform(size)
     rows = 0
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16):
         for first in range(0, len(files), BATCH_SIZE):
-            images = torch.stack([resize(torch.from_numpy(settings.decode(p)).permute(2, 0, 1)) for p in files[first : first + BATCH_SIZE]])
+            images = torch.stack([resize(torch.from_numpy(settings.decode(p)).permute(2, 0, 1)) for p in files[first : first + BATCH_SIZE]]).to(device)
             _, labels = model.predict_proba(images).topk(min(5, model.num_classes), dim=-1)
             rows += len(labels.tolist())
             ends.append((time.perf_counter(), len(images)))
@@ -191,14 +192,14 @@ def main(argv=None) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     folder = args.data_dir / "test"
     files = find_predict_files(str(folder))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(files)} files in {folder}; batch {BATCH_SIZE}, bf16-mixed")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; {len(files)} files in {folder}; batch {BATCH_SIZE}, bf16-mixed")
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.ckpt or untrained_checkpoint(args.data_dir, Path(tmp) / "untrained.ckpt")
         print(f"checkpoint: {ckpt if args.ckpt else 'untrained GemClassifier(class_names, 220), saved via Trainer.save_checkpoint'}; CLI config {args.config}")
         runners = {
             "cli": lambda r: run_cli(args, ckpt, folder, Path(tmp) / f"cli{r}"),
             "trainer": lambda r: run_trainer(args, ckpt, folder),
-            "plain": lambda r: run_plain(ckpt, files),
+            "plain": lambda r: run_plain(ckpt, files, args.device),
         }
         seconds: dict[str, list[float]] = {name: [] for name in runners}
         steady: dict[str, list[float]] = {name: [] for name in runners}

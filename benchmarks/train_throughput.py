@@ -5,11 +5,13 @@ Run from the repository root (prints figures; not a test):
     python benchmarks/train_throughput.py [--data-dir ../shared/datasets/gemstones] [--steps 20]
         [--rounds 4] [--warmup 3] [--augment-on loader|device] [--compile off|on|both]
         [--variants a,b,b_default,c_seed,c] [--threads 2,1] [--profile STEPS]
+        [--device cpu|cuda] [--precision bf16-mixed|16-mixed|32-true] [--num-workers N]
 
 (a), (b), (b_default) and (c_seed) train the seed's network (``GemClassifier`` defaults, which
-``configs/gemstones_seed.yaml`` spells out) on the real photos at 220 px, batch 32, bf16-mixed
-autocast, channels_last, Adam 1e-3, fed by a ``GemDataModule`` loader over the warm decoded-image
-cache (same workers, same augmentation):
+``configs/gemstones_seed.yaml`` spells out) on the real photos at 220 px, batch 32 (``--image-size``,
+``--batch-size`` for a and b), bf16-mixed autocast (``--precision`` for a and b), channels_last,
+Adam 1e-3, on ``--device`` (the CPU, or a CUDA GPU), fed by a ``GemDataModule`` loader over the
+warm decoded-image cache (same workers, same augmentation):
 
 (a)         plain loop: ``GemClassifier.forward`` (normalise + network) + cross-entropy + Adam,
             written here, no Lightning in the loop;
@@ -20,6 +22,7 @@ cache (same workers, same augmentation):
             then ``cli.trainer.fit(cli.model, cli.datamodule)`` (the CLI's callbacks and logger);
 (c)         the same with ``configs/gemstones.yaml``, the recipe a new user gets: its own network,
             image size and batch size, so it is compared in FLOP/s, not images/s.
+``--cli-args`` appends options to the CLI variants' command line (e.g. smaller sizes for a dry run).
 
 No validation runs (``limit_val_batches=0``); ``max_steps`` ends each run. Each timed run skips
 ``--warmup`` steps, then times ``--steps`` steps from one batch end to another (data waits
@@ -28,8 +31,11 @@ bursts of other jobs), with the share of time spent between steps (waiting for d
 device augmentation, loop hooks) and the cores other processes used meanwhile (from /proc: the
 machine is shared). Variants alternate within each round, in reversed order every other round, so
 drift hits all of them; summaries use medians over rounds, over all runs and over "quiet" runs.
+On a GPU each step starts and ends with ``torch.cuda.synchronize()``, so a step's time is the
+device's work, not the time to queue it, and the time between steps (transfer and device
+augmentation included) is what the step waited for.
 Also printed: FLOPs per image (forward and training step, counted by ``FlopCounterMode``), the
-machine's 4096^3 matmul rate in bf16 and fp32, and the share of it the training steps reach.
+device's 4096^3 matmul rate in bf16 and fp32, and the share of it the training steps reach.
 ``--threads 2,1`` runs every variant at each torch thread count (labels ``a@2t``, ``a@1t``, ...).
 ``--profile STEPS`` instead runs ``torch.profiler`` over STEPS steps of (a): time per phase and op.
 """
@@ -40,6 +46,7 @@ import argparse
 import contextlib
 import logging
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -61,9 +68,9 @@ from gem_lightning.data.datamodule import GemDataModule  # noqa: E402
 from gem_lightning.data.transforms import Augmentation  # noqa: E402
 from gem_lightning.module import GemClassifier  # noqa: E402
 
-IMAGE_SIZE, BATCH_SIZE = 220, 32
 VARIANTS = ("a", "b", "b_default", "c_seed", "c")
 CONFIGS = {"c_seed": REPO / "configs" / "gemstones_seed.yaml", "c": REPO / "configs" / "gemstones.yaml"}
+AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16, "32-true": None}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -75,13 +82,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--augment-on", choices=("loader", "device"), default="loader")
     parser.add_argument("--compile", choices=("off", "on", "both"), default="off",
                         help="nn.Module.compile() the model's forward (every variant); both: each variant with and without")
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (eager: Dynamo's tracing alone, no code generation)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
     parser.add_argument("--matmul-reps", type=int, default=10)
     parser.add_argument("--threads", default="", help="torch threads to compare, e.g. 2,1 (default: as set)")
     parser.add_argument("--quiet", type=float, default=0.3, help="'quiet' runs: other processes below this many cores")
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
                         help="instead of the comparison: torch.profiler over STEPS steps of (a), by phase and by op")
-    return parser.parse_args(argv)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--precision", choices=tuple(AUTOCAST_DTYPES), default="bf16-mixed", help="of (a) and (b); the CLI variants use their config's")
+    parser.add_argument("--num-workers", type=int, default=None, help="loader workers (default: the data module's, one per spare core up to 8)")
+    parser.add_argument("--image-size", type=int, default=220, help="of (a) and (b)")
+    parser.add_argument("--batch-size", type=int, default=32, help="of (a) and (b)")
+    parser.add_argument("--cli-args", type=shlex.split, default=[], help="extra options for the CLI variants, e.g. --cli-args='--data.batch_size 8'")
+    args = parser.parse_args(argv)
+    args.compiled = False
+    return args
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -109,6 +125,12 @@ def others_cores(before: tuple[float, float, float], after: tuple[float, float, 
     return ((after[1] - before[1]) - (after[2] - before[2])) / (after[0] - before[0])
 
 
+def synchronize() -> None:
+    """On a GPU, wait for the queued work: a time read next is the device's, not the time to queue it."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 @dataclass
 class Run:
     """One timed run: when each step got its batch (fetched, transferred, augmented) and ended, and
@@ -122,7 +144,12 @@ class Run:
     images: list[int] = field(default_factory=list)
     snapshots: list[tuple[float, float, float]] = field(default_factory=list)
 
+    def step_start(self) -> None:
+        synchronize()
+        self.starts.append(time.perf_counter())
+
     def step_end(self, images: int) -> None:
+        synchronize()
         self.ends.append(time.perf_counter())
         self.images.append(images)
         if len(self.ends) in (self.warmup, self.total):
@@ -131,7 +158,8 @@ class Run:
     def stats(self, warmup: int) -> dict[str, float]:
         """``mean``: images/s over the timed steps; ``median``: images/s of the median step (robust to
         bursts of other load); ``wait``: share of the time between a step's end and the next step's
-        start (waiting for data, transfer, device augmentation, loop overhead); ``first``: seconds
+        start (waiting for data, transfer, device augmentation, loop overhead); ``busy``: images/s
+        over the time inside the steps alone (what they would reach if data came for free); ``first``: seconds
         from the start to the end of the first step (compilation included); ``others``: cores used by
         other processes meanwhile (the machine is shared)."""
         ends, starts, images = self.ends[warmup - 1 :], self.starts[warmup:], self.images[warmup:]
@@ -141,6 +169,7 @@ class Run:
             "mean": sum(images) / (ends[-1] - ends[0]),
             "median": statistics.median(images) / statistics.median(steps),
             "wait": sum(waits) / (ends[-1] - ends[0]),
+            "busy": sum(images) / (ends[-1] - ends[0] - sum(waits)),
             "first": self.ends[0] - self.begin,
             "others": others_cores(*self.snapshots[:2]) if len(self.snapshots) >= 2 else float("nan"),
         }
@@ -156,37 +185,53 @@ class StepClock(Callback):
         self.run.begin = time.perf_counter()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.run.starts.append(time.perf_counter())
+        self.run.step_start()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.run.step_end(len(batch[0]))
 
 
 def make_datamodule(args) -> GemDataModule:
-    datamodule = GemDataModule(str(args.data_dir), image_size=IMAGE_SIZE, batch_size=BATCH_SIZE, augment=Augmentation(), augment_on=args.augment_on)
+    datamodule = GemDataModule(str(args.data_dir), image_size=args.image_size, batch_size=args.batch_size, augment=Augmentation(),
+                               augment_on=args.augment_on, num_workers=args.num_workers)
     datamodule.prepare_data()
     datamodule.setup("fit")
     return datamodule
 
 
+def autocast(args) -> contextlib.AbstractContextManager:
+    """The mixed-precision context of ``args.precision`` on ``args.device``, as Lightning's plugin sets it."""
+    dtype = AUTOCAST_DTYPES[args.precision]
+    return torch.autocast(args.device, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def training_batches(datamodule: GemDataModule, device: torch.device):
+    """Training batches on ``device``, augmented there with ``augment_on: device``, epoch after epoch."""
+    while True:
+        for images, targets, _ in datamodule.train_dataloader():
+            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            yield (datamodule.batch_augment(images) if datamodule.batch_augment is not None else images), targets
+
+
 def run_plain(args, datamodule: GemDataModule) -> Run:
     """(a): a hand-written loop over the same loader."""
-    model = GemClassifier(datamodule.class_names, IMAGE_SIZE)
+    device = torch.device(args.device)
+    model = GemClassifier(datamodule.class_names, args.image_size).to(device)
     if args.compiled:
-        model.compile()  # forward only, as in (b) and (c)
+        model.compile(backend=args.compile_backend)  # forward only, as in (b) and (c)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler(args.device, enabled=args.precision == "16-mixed")
     model.train()
     run = Run(args.warmup, args.warmup + args.steps, begin=time.perf_counter())
-    for images, targets, _ in datamodule.train_dataloader():
-        if datamodule.batch_augment is not None:
-            images = datamodule.batch_augment(images)
-        run.starts.append(time.perf_counter())
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+    for images, targets in training_batches(datamodule, device):
+        run.step_start()
+        with autocast(args):
             logits = model(images)
             loss = F.cross_entropy(logits.float(), targets)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         run.step_end(len(images))
         if len(run.ends) == run.total:
             break
@@ -204,17 +249,19 @@ def profile_plain(args, datamodule: GemDataModule) -> None:
     """Where a plain training step's time goes: phases (record_function) and the heaviest ops."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    model = GemClassifier(datamodule.class_names, IMAGE_SIZE)
+    device = torch.device(args.device)
+    model = GemClassifier(datamodule.class_names, args.image_size).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     batches = iter(datamodule.train_dataloader())
 
     def step() -> None:
         with record_function("## data wait"):
             images, targets, _ = next(batches)
+            images, targets = images.to(device), targets.to(device)
         if datamodule.batch_augment is not None:
             with record_function("## device augmentation"):
                 images = datamodule.batch_augment(images)
-        with record_function("## forward + loss"), torch.autocast("cpu", dtype=torch.bfloat16):
+        with record_function("## forward + loss"), autocast(args):
             loss = F.cross_entropy(model(images).float(), targets)
         with record_function("## backward"):
             optimizer.zero_grad(set_to_none=True)
@@ -225,7 +272,8 @@ def profile_plain(args, datamodule: GemDataModule) -> None:
     for _ in range(args.warmup):
         step()
     start = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
         for _ in range(args.profile):
             step()
     wall = (time.perf_counter() - start) / args.profile
@@ -239,7 +287,7 @@ def profile_plain(args, datamodule: GemDataModule) -> None:
 
 def lightning_trainer(args, root: str, lean: bool, clock: StepClock) -> Trainer:
     common = dict(
-        accelerator="cpu", devices=1, precision="bf16-mixed", max_steps=args.warmup + args.steps,
+        accelerator=args.device, devices=1, precision=args.precision, max_steps=args.warmup + args.steps,
         limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=root, callbacks=[clock],
     )
     if lean:
@@ -249,12 +297,12 @@ def lightning_trainer(args, root: str, lean: bool, clock: StepClock) -> Trainer:
 
 def run_lightning(args, datamodule: GemDataModule, lean: bool) -> Run:
     """(b) lean and (b_default): our module and data module through a Trainer."""
-    model = GemClassifier(datamodule.class_names, IMAGE_SIZE)
+    model = GemClassifier(datamodule.class_names, args.image_size)
     clock = StepClock(args)
     with tempfile.TemporaryDirectory() as root, hidden_output():
         trainer = lightning_trainer(args, root, lean, clock)  # the progress bar is rendered, not shown
         if args.compiled:
-            model.compile()  # forward only: fit(torch.compile(model)) also compiles training_step (metrics, logging)
+            model.compile(backend=args.compile_backend)  # forward only: fit(torch.compile(model)) also compiles training_step (metrics, logging)
         trainer.fit(model, datamodule=datamodule)
     return clock.run
 
@@ -268,12 +316,15 @@ def run_cli(args, variant: str, recipes: dict) -> Run:
                 "--config", str(CONFIGS[variant]),
                 "--data.data_dir", str(args.data_dir),
                 "--data.augment_on", args.augment_on,
+                "--trainer.accelerator", args.device,
+                *(["--data.num_workers", str(args.num_workers)] if args.num_workers is not None else []),
                 "--trainer.max_steps", str(args.warmup + args.steps),
                 "--trainer.limit_val_batches", "0",
                 "--trainer.num_sanity_val_steps", "0",
                 "--trainer.default_root_dir", root,
                 "--trainer.logger.init_args.save_dir", root,
                 "--checkpoint.dirpath", root,
+                *args.cli_args,
             ],
             run=False,
         )
@@ -283,7 +334,7 @@ def run_cli(args, variant: str, recipes: dict) -> Run:
             recipes[variant] = (size, batch, *flops_per_image(cli.model, size, batch))
             cli.model.zero_grad(set_to_none=True)
         if args.compiled:
-            cli.model.compile()
+            cli.model.compile(backend=args.compile_backend)
         cli.trainer.fit(cli.model, cli.datamodule)
     return clock.run
 
@@ -299,14 +350,17 @@ def flops_per_image(model: torch.nn.Module, image_size: int, batch_size: int) ->
     return forward.get_total_flops() / batch_size, step.get_total_flops() / batch_size
 
 
-def matmul_rate(dtype: torch.dtype, reps: int, n: int = 4096) -> float:
-    """Best FLOP/s of an n^3 matmul over ``reps`` runs (one untimed)."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def matmul_rate(dtype: torch.dtype, reps: int, n: int = 4096, device: str = "cpu") -> float:
+    """Best FLOP/s of an n^3 matmul over ``reps`` runs (one untimed), on ``device``."""
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    sync = torch.cuda.synchronize if a.is_cuda else (lambda: None)
     a @ b
+    sync()
     best = float("inf")
     for _ in range(reps):
         start = time.perf_counter()
         a @ b
+        sync()
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best
 
@@ -321,16 +375,16 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     quiet()
     variants = [v for v in args.variants.split(",") if v]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; 220 px, batch {BATCH_SIZE}, bf16-mixed, "
-          f"channels_last, augment_on={args.augment_on}, compile={args.compile}; {args.steps} steps after {args.warmup} warm-up, {args.rounds} rounds")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; {args.image_size} px, batch {args.batch_size}, "
+          f"{args.precision}, channels_last, augment_on={args.augment_on}, compile={args.compile}; {args.steps} steps after {args.warmup} warm-up, {args.rounds} rounds")
     datamodule = make_datamodule(args)
     print(f"{len(datamodule.datasets['train'])} training images, {datamodule.num_workers} loader worker(s)")
     if args.profile:
         profile_plain(args, datamodule)
         return
 
-    seed_model = GemClassifier(datamodule.class_names, IMAGE_SIZE)
-    recipes = {v: (IMAGE_SIZE, BATCH_SIZE, *flops_per_image(seed_model, IMAGE_SIZE, BATCH_SIZE)) for v in ("a", "b", "b_default")}
+    seed_model = GemClassifier(datamodule.class_names, args.image_size)
+    recipes = {v: (args.image_size, args.batch_size, *flops_per_image(seed_model, args.image_size, args.batch_size)) for v in ("a", "b", "b_default")}
     del seed_model
     base_runners = {
         "a": lambda: run_plain(args, datamodule),
@@ -391,7 +445,7 @@ def main(argv=None) -> None:
     for n in threads:
         torch.set_num_threads(n)
         before = cpu_snapshot()
-        bf16, fp32 = matmul_rate(torch.bfloat16, args.matmul_reps), matmul_rate(torch.float32, args.matmul_reps)
+        bf16, fp32 = (matmul_rate(dtype, args.matmul_reps, device=args.device) for dtype in (torch.bfloat16, torch.float32))
         print(f"\n4096^3 matmul, {n} thread(s): bf16 {bf16 / 1e12:.2f} TFLOP/s, fp32 {fp32 / 1e12:.2f} TFLOP/s (best of "
               f"{args.matmul_reps}; other processes {others_cores(before, cpu_snapshot()):.2f} cores meanwhile)")
         print(f"share of that ceiling (median-step images/s of {'quiet' if quiet_any else 'all'} runs x training-step FLOPs):")

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import torch
 
+from gem_lightning.checkpoint_check import load_checkpoint
 from gem_lightning.data.cache import DecodeSettings
 from gem_lightning.data.transforms import cache_size_for, eval_transform
 from gem_lightning.module import GemClassifier
@@ -88,7 +89,11 @@ def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu") -> Gem
     Args:
         ckpt_path: the ``.ckpt`` file (``str`` or ``Path``).
         device: where the model runs (``cpu``, ``cuda``, ``cuda:1``, ...).
+
+    Raises:
+        UserInputError: ``ckpt_path`` is missing or not a usable checkpoint; the message says why.
     """
+    load_checkpoint(ckpt_path)
     return GemModel(GemClassifier.load_from_checkpoint(Path(ckpt_path), map_location="cpu"), device)
 
 

@@ -56,6 +56,7 @@ import re
 import secrets
 import signal
 import subprocess
+import threading
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
+from gem_lightning.errors import disk_full_error, is_disk_full
 from gem_lightning.signals import OwnProcessHandler, install_handler, take_requeue_request
 
 # Atomic writes ----------------------------------------------------------------------------------
@@ -87,7 +89,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     volume) the move is a copy into the target, and a kill during it leaves a truncated
     ``last.ckpt``. Here the temporary file is created next to the target (same filesystem), flushed
     and fsynced, then ``os.replace``d onto it, and the folder is fsynced so the rename survives a
-    power loss. Readers see the old complete file or the new complete file. Remote paths (``s3://``
+    power loss. Readers see the old complete file or the new complete file; a disk that fills up
+    mid-write leaves the old file and ends in a :class:`~gem_lightning.errors.DiskFullError`. Remote paths (``s3://``
     and other fsspec URLs) keep Lightning's behaviour.
 
     The temporary file is named ``.<name>.<random>.tmp`` so that neither ``ckpt_path="last"`` nor
@@ -113,8 +116,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(tmp, target)
-        except BaseException:
+        except BaseException as error:
             tmp.unlink(missing_ok=True)
+            if is_disk_full(error):
+                advice = "Free some space (or set --checkpoint.dirpath to another disk) and run again."
+                if target.exists():
+                    advice = f"The previous {target.name} is intact: free some space, then resume with --ckpt_path {str(target)!r}."
+                raise disk_full_error(target, "the checkpoint", advice) from error
             raise
         _fsync_dir(target.parent)
 
@@ -298,6 +306,12 @@ class SaveOnSigterm(Callback):
     that resume reproduces). In a single process, a SIGTERM that arrives during validation stops it
     before its next batch and the checkpoint is saved from ``on_exception``.
 
+    Ctrl-C (SIGINT) during ``fit`` is handled the same way: Lightning would raise
+    ``KeyboardInterrupt`` wherever the program happens to be (half-way through an optimizer step,
+    say) and save nothing; here the first Ctrl-C asks for the same stop-and-save as SIGTERM, and
+    :func:`ctrl_c_checkpoint` tells the command line to report it (exit status 130). A second
+    Ctrl-C raises ``KeyboardInterrupt`` at once, without saving.
+
     Under DDP, Lightning's handler is not safe: it runs a ``broadcast`` *inside the signal handler*,
     which meets whatever collective the other ranks are in (a DDP gradient all-reduce, say) and
     crashes gloo/NCCL ("Is there a distributed collective mismatch in your code?"). So under DDP this
@@ -333,6 +347,7 @@ class SaveOnSigterm(Callback):
             raise ValueError("SaveOnSigterm: `filename` must not be empty.")
         self.filename = filename
         self.saved_path: str | None = None
+        self._pid = os.getpid()
         self._requested = False
         self._requeue = False
         self._stop_at_epoch_end = False
@@ -342,6 +357,15 @@ class SaveOnSigterm(Callback):
     def requested(self, trainer: Trainer) -> bool:
         """Whether this process has been asked to stop (by Lightning's handler or this callback's)."""
         return self._requested or bool(trainer.received_sigterm)
+
+    @override
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Before the sanity check starts loader workers: forked workers inherit this handler, so a
+        # terminal's Ctrl-C (sent to the whole process group) does not kill them mid-epoch either.
+        # Lightning's signal connector restores the handlers it found (SIGINT's too) at teardown.
+        if threading.current_thread() is threading.main_thread():
+            self._pid = os.getpid()
+            signal.signal(signal.SIGINT, partial(self._record_ctrl_c, trainer))
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -365,6 +389,19 @@ class SaveOnSigterm(Callback):
         if not requeue and launcher is not None and not self._forwarded:
             self._forwarded = True
             launcher.kill(signum)  # the processes Lightning's launcher started (none under srun/torchrun)
+
+    def _record_ctrl_c(self, trainer: Trainer, signum: int, frame: Any) -> None:
+        """SIGINT during ``fit``: stop as on SIGTERM, saving ``last.ckpt``; a second Ctrl-C stops at once."""
+        global _CTRL_C
+        if os.getpid() != self._pid:
+            return  # a loader worker: the main process decides
+        if _CTRL_C is not None:
+            signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt: Lightning's shutdown, no save
+        _CTRL_C = _CtrlC()
+        rank_zero_info("\nCtrl-C: saving a resumable checkpoint after this batch (press Ctrl-C again to stop without saving).")
+        self._requested = True
+        if trainer.world_size == 1:
+            trainer._signal_connector.received_sigterm = True  # the loops stop, as after Lightning's SIGTERM handler
 
     @override
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
@@ -452,7 +489,23 @@ class SaveOnSigterm(Callback):
             callback.last_model_path = path
         trainer.save_checkpoint(path, weights_only=False)
         self.saved_path = path
+        if _CTRL_C is not None:
+            _CTRL_C.saved_path = path
         rank_zero_info(f"Stopping on a signal: saved a checkpoint at global step {trainer.global_step} to {path}.")
+
+
+class _CtrlC:
+    """A Ctrl-C received during ``fit`` in this process, and where its checkpoint went (if saved)."""
+
+    saved_path: str | None = None
+
+
+_CTRL_C: _CtrlC | None = None
+
+
+def ctrl_c_checkpoint() -> tuple[bool, str | None]:
+    """Whether ``fit`` in this process was stopped by Ctrl-C, and the checkpoint saved then (or None)."""
+    return _CTRL_C is not None, _CTRL_C.saved_path if _CTRL_C is not None else None
 
 
 def _requeue_signal(trainer: Trainer) -> int | None:

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import importlib
 import sys
-from pathlib import Path
 
-import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -21,11 +20,21 @@ from jsonargparse import lazy_instance
 from gem_lightning.callbacks.prediction_writer import PredictionWriter
 from gem_lightning.callbacks.reports import EvaluationReport, LearningCurves
 from gem_lightning.callbacks.timing import EpochTimer
+from gem_lightning.checkpoint_check import check_checkpoint_fits, checkpoint_hparams
 from gem_lightning.checkpoint_io import ResumableModelCheckpoint, make_resumable
+from gem_lightning.commands import COMMANDS
+from gem_lightning.cli_errors import (
+    ConciseErrorParser,
+    check_config_files,
+    check_trainer_runs_here,
+    hardware_hint,
+    report_user_errors,
+)
 from gem_lightning.data.datamodule import GemDataModule
 from gem_lightning.errors import UserInputError
 from gem_lightning.metrics import MONITOR
-from gem_lightning.module import GemClassifier
+from gem_lightning.models.factory import default_normalization
+from gem_lightning.module import TRAINING_ONLY, GemClassifier
 from gem_lightning.signals import listen_for_requeue_signal
 
 
@@ -35,11 +44,12 @@ CHOSEN_AT_INFERENCE = {"tta", "top_k", "channels_last", "compile"}
 
 
 def read_checkpoint_hparams(ckpt_path: str | None) -> dict:
-    """The model hyperparameters saved in a checkpoint file, or ``{}`` without one."""
-    if not ckpt_path or not Path(ckpt_path).is_file():
-        return {}
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    return dict(checkpoint.get("hyper_parameters", {}))
+    """The model hyperparameters saved in a checkpoint file, or ``{}`` without one.
+
+    Raises:
+        UserInputError: the file is missing or is not a usable checkpoint (``gem_lightning.checkpoint_check``).
+    """
+    return checkpoint_hparams(ckpt_path)
 
 
 class GemCLI(LightningCLI):
@@ -72,12 +82,14 @@ class GemCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         """From a checkpoint, rebuild the network as it was trained and feed the data what it expects."""
         subcommand = self.config.get("subcommand")
-        if subcommand in (None, "fit"):  # None: cli_main(args, run=False) parses no subcommand
+        config = self.config[subcommand] if subcommand else self.config  # None: cli_main(args, run=False)
+        if subcommand in (None, "fit"):
+            if config.data.image_size is None:
+                config.data.image_size = default_normalization(config.model.arch, config.model.weights)[2]
             return
-        config = self.config[subcommand]
         hparams = read_checkpoint_hparams(config.get("ckpt_path"))
         for key, value in hparams.items():
-            if key in config.model and key not in LINKED_FROM_DATA | CHOSEN_AT_INFERENCE:
+            if key in config.model and key not in LINKED_FROM_DATA | CHOSEN_AT_INFERENCE | set(TRAINING_ONLY):
                 config.model[key] = value
         if "image_size" in hparams:
             config.data.image_size = hparams["image_size"]
@@ -101,11 +113,20 @@ class GemCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         """The trainer, with atomic checkpoint writes, random-generator states in checkpoints and a
-        checkpoint on SIGTERM (``gem_lightning.checkpoint_io``)."""
-        return make_resumable(super().instantiate_trainer(**kwargs))
+        checkpoint on SIGTERM and Ctrl-C (``gem_lightning.checkpoint_io``); refused, as a user error,
+        when the device or precision asked for cannot run here."""
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except MisconfigurationException as error:
+            raise hardware_hint(error) from error
+        precision = {**self._get(self.config_init, "trainer", default={}), **kwargs}.get("precision")
+        return make_resumable(check_trainer_runs_here(trainer, precision))
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        check_checkpoint_fits(self.model, config.get("ckpt_path"), fitting=subcommand == "fit")
         names = getattr(self, "checkpoint_class_names", None)
         if names and self.datamodule.class_names and list(self.datamodule.class_names) != list(names):
             raise UserInputError(
@@ -115,31 +136,25 @@ class GemCLI(LightningCLI):
             )
 
 
-TOOLS = {
-    "prepare": "gem_lightning.data.prepare",
-    "preview": "gem_lightning.preview",
-    "lr_find": "gem_lightning.lr_find",
-    "seeds": "gem_lightning.seeds",
-    "export": "gem_lightning.export",
-}
-"""Commands beside LightningCLI's: ``python main.py <tool> --help`` documents each."""
-
 DESCRIPTION = """gem-lightning: train, evaluate and serve image classifiers on folder-per-class photo sets.
 
 Besides fit/validate/test/predict: `prepare` (split one folder-per-class collection into train/ and
 test/), `preview` (augmentation preview and a sample batch), `lr_find` (learning-rate range test),
-`export` (TorchScript / ONNX), `seeds` (fit and test over several seeds: mean +- std). Run `python main.py <command> --help` for each."""
+`export` (TorchScript / ONNX), `seeds` (fit and test over several seeds: mean +- std), `serve` (HTTP
+server and web page). Run `python main.py <command> --help` for each."""
 
 
 def cli_main(args: list[str] | None = None, *, run: bool = True) -> GemCLI | object:
     """Entry point of ``python main.py`` and the ``gem-lightning`` command.
 
-    Mistakes in the user's input end the run with the error message and exit status 2.
+    Mistakes in the user's input end the run with the error message and exit status 2
+    (``gem_lightning.cli_errors``).
     """
     argv = sys.argv[1:] if args is None else list(args)
-    try:
-        if run and argv and argv[0] in TOOLS:
-            return importlib.import_module(TOOLS[argv[0]]).main(argv[1:])
+    with report_user_errors():
+        check_config_files(argv)
+        if run and argv and argv[0] in COMMANDS:
+            return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
         return GemCLI(
             GemClassifier,
             GemDataModule,
@@ -147,11 +162,9 @@ def cli_main(args: list[str] | None = None, *, run: bool = True) -> GemCLI | obj
             run=run,
             seed_everything_default=42,
             save_config_kwargs={"overwrite": True},
+            parser_class=ConciseErrorParser,
             parser_kwargs={"description": DESCRIPTION},
         )
-    except UserInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def main() -> int:

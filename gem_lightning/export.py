@@ -7,12 +7,11 @@ gives the class names in output order and ``S``.
 
 Usage::
 
-    python -m gem_lightning.export runs/gem/version_0/checkpoints/last.ckpt --out exported --formats torchscript onnx
+    python main.py export runs/gem/version_0/checkpoints/last.ckpt --out exported --formats torchscript onnx
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Sequence
@@ -20,7 +19,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from gem_lightning.checkpoint_check import load_checkpoint
 from gem_lightning.data.transforms import cache_size_for
+from gem_lightning.errors import UserInputError
 from gem_lightning.models.classifier import ImageClassifier
 from gem_lightning.module import GemClassifier
 
@@ -58,17 +59,22 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, formats: Seque
         ValueError: an unknown format.
         ImportError: ONNX asked for and the ``onnx`` package missing (``pip install
             'gem-lightning[onnx]'``); checked before anything is written.
+        UserInputError: ``ckpt_path`` is not a usable checkpoint, or ``out_dir`` cannot be created.
     """
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise ValueError(f"Unknown export format(s) {unknown}; choose from {list(FORMATS)}.")
     if "onnx" in formats:
         _require_onnx()
+    load_checkpoint(ckpt_path)
     classifier = GemClassifier.load_from_checkpoint(ckpt_path, map_location="cpu").eval()
     model = ProbabilityModel(classifier.model).eval()
     size = classifier.hparams.image_size
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserInputError(f"export folder {str(out_dir)!r} cannot be created: {error.strerror or error}; choose another --out.") from error
     written: dict[str, Path] = {}
     if "torchscript" in formats:
         written["torchscript"] = export_torchscript(model, size, out_dir / "model.torchscript.pt")
@@ -136,24 +142,3 @@ def _require_onnx() -> None:
     except ImportError as error:
         raise ImportError("ONNX export needs the onnx package: pip install 'gem-lightning[onnx]'") from error
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m gem_lightning.export CKPT --out DIR --formats torchscript onnx``."""
-    parser = argparse.ArgumentParser(prog="python -m gem_lightning.export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", type=Path, help="a .ckpt file written by training")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: export/ next to the checkpoint)")
-    parser.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS), help="what to export (default: all)")
-    args = parser.parse_args(argv)
-    if not args.checkpoint.is_file():
-        parser.error(f"checkpoint {str(args.checkpoint)!r} does not exist")
-    try:
-        written = export_checkpoint(args.checkpoint, args.out or args.checkpoint.parent / "export", args.formats)
-    except ImportError as error:
-        parser.error(str(error))
-    for kind, path in written.items():
-        print(f"{kind}: {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

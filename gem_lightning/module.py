@@ -15,13 +15,16 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics import MeanMetric
 from torchvision.transforms import v2
 
+from gem_lightning.distillation import Teacher, distillation_loss
+from gem_lightning.errors import UserInputError
 from gem_lightning.metrics import LOSS, MONITOR, SAMPLES, classification_metrics
 from gem_lightning.models.classifier import ImageClassifier
-from gem_lightning.models.factory import build_network
+from gem_lightning.models.factory import build_network, classifier_head, default_normalization
 from gem_lightning.models.vgg import HeadKind, PoolKind, VGGConfig
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+TRAINING_ONLY = ("weights", "teacher")
+"""Hyperparameters that only shape training; a checkpoint holds their effect, so loading one ignores them
+(a fine-tuned checkpoint predicts where its weights file or its teacher does not exist)."""
 
 
 def batch_mixing(num_classes: int, mixup_alpha: float, cutmix_alpha: float) -> v2.Transform | None:
@@ -36,6 +39,23 @@ def batch_mixing(num_classes: int, mixup_alpha: float, cutmix_alpha: float) -> v
     return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
 
 
+def check_model_settings(*, top_k: int, dropout: float, label_smoothing: float, mixup_alpha: float,
+                         cutmix_alpha: float) -> None:
+    """Refuse values that cannot work, naming the setting, before anything is built."""
+    problems = []
+    if top_k < 1:
+        problems.append(f"model.top_k must be at least 1, got {top_k}")
+    if not 0.0 <= dropout < 1.0:
+        problems.append(f"model.dropout must be at least 0 and below 1, got {dropout}")
+    if not 0.0 <= label_smoothing < 1.0:
+        problems.append(f"model.label_smoothing must be at least 0 and below 1, got {label_smoothing}")
+    for name, alpha in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
+        if alpha < 0:
+            problems.append(f"model.{name} must be 0 (off) or more, got {alpha}")
+    if problems:
+        raise UserInputError("; ".join(problems) + ".")
+
+
 class GemClassifier(LightningModule):
     """Classifies square RGB images into ``class_names``.
 
@@ -44,9 +64,15 @@ class GemClassifier(LightningModule):
         image_size: side of the square input; linked from the data module by the CLI.
         preprocessing: how photos were decoded for training (auto-crop, background colour);
             linked from the data module, kept so that serving decodes photos the same way.
-        arch: ``vgg`` (the seed's CNN, shaped by the arguments below) or a torchvision model name.
-        weights: pretrained weights for a torchvision ``arch``: a local state-dict file or a
-            torchvision weights name (downloaded by torchvision). Default: from scratch.
+        arch: ``vgg`` (the seed's CNN, shaped by the arguments below), ``timm/<name>`` (any timm
+            model) or a torchvision model name.
+        weights: pretrained weights for a timm or torchvision ``arch``: a local state-dict file
+            (``.pth``, ``.pt``, ``.bin``, ``.safetensors``) or ``efficientnet-lite0`` (shipped by the
+            ``pretrained`` extra, for ``timm/tf_efficientnet_lite0``). Nothing is downloaded.
+            Default: from scratch.
+        backbone_kwargs: extra ``timm.create_model`` arguments, e.g. ``{drop_rate: 0.2, drop_path_rate: 0.1}``.
+        backbone_lr_ratio: the backbone's learning rate as a fraction of the classifier head's
+            (discriminative fine-tuning); 1 trains all layers at one rate.
         channels: VGG: output channels of each conv block.
         pools: VGG: pooling after each block (``max``, ``avg`` or ``none``).
         convs_per_block: VGG: 3x3 convs per block: one number for all, or one per block.
@@ -54,8 +80,9 @@ class GemClassifier(LightningModule):
         head: VGG: ``flatten`` (the seed's) or ``gap`` (global average pooling).
         hidden_units: VGG: width of the hidden dense layer (0: none).
         dropout: VGG: dropout before the dense layers.
-        mean: per-channel mean used to normalise inputs scaled to [0, 1].
-        std: per-channel standard deviation used to normalise inputs.
+        mean: per-channel mean used to normalise inputs scaled to [0, 1]; default: what the
+            weights expect (timm's pretrained config), else ImageNet's.
+        std: per-channel standard deviation used to normalise inputs; default as ``mean``.
         label_smoothing: cross-entropy label smoothing.
         channels_last: run convolutions in channels-last memory format (faster on CPUs with
             AMX/AVX-512 and on tensor-core GPUs, especially under bf16).
@@ -68,6 +95,12 @@ class GemClassifier(LightningModule):
             ``gem_lightning.schedules.WarmupCosineLR`` (sized to the run), stepped per batch.
         mixup_alpha: MixUp on training batches (Beta(alpha, alpha) mixing weights); 0 is off.
         cutmix_alpha: CutMix on training batches; with both on, each batch uses one at random.
+        teacher: a trained checkpoint with the same classes to distil from: the loss adds its soft
+            predictions on the same augmented batch (run in inference mode, at the trainer's
+            precision, resized to the teacher's image size). The student's checkpoint predicts alone.
+        teacher_autocast: run the teacher at the trainer's mixed precision (``False``: float32).
+        distill_temperature: softmax temperature of the distillation term.
+        distill_weight: weight of the distillation term; the hard-label loss gets ``1 - distill_weight``.
     """
 
     def __init__(
@@ -78,6 +111,8 @@ class GemClassifier(LightningModule):
         *,
         arch: str = "vgg",
         weights: str | None = None,
+        backbone_kwargs: dict | None = None,
+        backbone_lr_ratio: float = 1.0,
         channels: list[int] = [32, 64, 128, 128, 128],
         pools: list[PoolKind] = ["max", "max", "max", "avg", "max"],
         convs_per_block: int | list[int] = 1,
@@ -85,8 +120,8 @@ class GemClassifier(LightningModule):
         head: HeadKind = "flatten",
         hidden_units: int = 256,
         dropout: float = 0.5,
-        mean: tuple[float, float, float] = IMAGENET_MEAN,
-        std: tuple[float, float, float] = IMAGENET_STD,
+        mean: tuple[float, float, float] | None = None,
+        std: tuple[float, float, float] | None = None,
         label_smoothing: float = 0.0,
         channels_last: bool = True,
         compile: bool = False,
@@ -94,19 +129,38 @@ class GemClassifier(LightningModule):
         top_k: int = 5,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
+        teacher: str | None = None,
+        teacher_autocast: bool = True,
+        distill_temperature: float = 2.0,
+        distill_weight: float = 0.5,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__()
         if not class_names or len(class_names) < 2:
-            raise ValueError(f"model.class_names needs at least two classes, got {class_names!r}.")
+            raise UserInputError(
+                f"model.class_names needs at least two classes, got {class_names!r}: give --data.data_dir (a folder "
+                "of train/<Class>/ images) or, to evaluate or predict, --ckpt_path <a trained checkpoint>."
+            )
+        check_model_settings(top_k=top_k, dropout=dropout, label_smoothing=label_smoothing,
+                             mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha)
+        if not 0.0 < backbone_lr_ratio <= 1.0 or not 0.0 <= distill_weight <= 1.0 or distill_temperature <= 0:
+            raise UserInputError(
+                "model.backbone_lr_ratio must be in (0, 1], model.distill_weight in [0, 1] and model.distill_temperature "
+                f"> 0; got {backbone_lr_ratio}, {distill_weight} and {distill_temperature}."
+            )
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        default_mean, default_std, _ = default_normalization(arch, weights)
+        self.hparams.mean, self.hparams.std = tuple(mean or default_mean), tuple(std or default_std)  # saved resolved
         self.class_names = list(class_names)
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         vgg = VGGConfig(tuple(channels), tuple(pools), convs_per_block, batch_norm, head, hidden_units, dropout)
-        network = build_network(arch, num_classes=self.num_classes, image_size=image_size, vgg=vgg, weights=weights)
-        self.model = ImageClassifier(network, mean, std, channels_last=channels_last, tta=tta)
+        network = build_network(
+            arch, num_classes=self.num_classes, image_size=image_size, vgg=vgg, weights=weights, backbone_kwargs=backbone_kwargs
+        )
+        self.model = ImageClassifier(network, self.hparams.mean, self.hparams.std, channels_last=channels_last, tta=tta)
+        self.teacher = Teacher(teacher, self.class_names, teacher_autocast) if teacher else None
         if compile:
             self.model.compile()  # in place: parameter names, hence checkpoints, stay the same
         self.batch_mix = batch_mixing(self.num_classes, mixup_alpha, cutmix_alpha)
@@ -119,6 +173,13 @@ class GemClassifier(LightningModule):
         # (Lightning 2.6's sync_dist mean floors an integer sample count, Lightning-AI/pytorch-lightning#21859).
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs):
+        """Lightning's, without re-reading the pretrained weights or the teacher (``TRAINING_ONLY``):
+        the checkpoint's own tensors replace them."""
+        kwargs = {**dict.fromkeys(TRAINING_ONLY), **kwargs}
+        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file, strict=strict, **kwargs)
 
     @property
     def num_classes(self) -> int:
@@ -141,6 +202,10 @@ class GemClassifier(LightningModule):
             images, soft_targets = self.batch_mix(images.float(), targets)
         logits = self(images)
         loss = F.cross_entropy(logits.float(), soft_targets, label_smoothing=self.hparams.label_smoothing)
+        if self.teacher is not None:
+            distill = distillation_loss(logits, self.teacher.logits(images), self.hparams.distill_temperature)
+            self.log("train/distill_loss", distill, on_step=False, on_epoch=True, batch_size=len(targets))
+            loss = (1 - self.hparams.distill_weight) * loss + self.hparams.distill_weight * distill
         self.train_metrics.update(logits.detach(), targets)
         self.log(f"train/{LOSS}", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(targets))
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=len(targets))
@@ -177,11 +242,30 @@ class GemClassifier(LightningModule):
 
     # Optimisation ----------------------------------------------------------------------------
 
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The backbone's parameters, then the classifier head's: two optimizer groups, so the
+        backbone can learn at ``backbone_lr_ratio`` times the head's rate."""
+        head = {id(p) for p in classifier_head(self.model.network).parameters()}
+        backbone = [p for p in self.parameters() if id(p) not in head]
+        return [{"params": backbone, "name": "backbone"}, {"params": [p for p in self.parameters() if id(p) in head], "name": "head"}]
+
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer(self.parameters())
+        try:
+            optimizer = self.optimizer(self.parameter_groups())
+        except ValueError as error:  # torch.optim's own checks: "Invalid learning rate: -1.0"
+            raise UserInputError(f"model.optimizer: {error}.") from error
+        optimizer.param_groups[0]["lr"] *= self.hparams.backbone_lr_ratio
         if self.lr_scheduler is None:
             return optimizer
-        scheduler = self.lr_scheduler(optimizer)
+        try:
+            scheduler = self.lr_scheduler(optimizer)
+        except ValueError as error:
+            raise UserInputError(f"model.lr_scheduler: {error}.") from error
+        if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR) and self.hparams.backbone_lr_ratio != 1:
+            raise UserInputError(
+                "OneCycleLR sets one max_lr for every layer, so model.backbone_lr_ratio would be lost: use "
+                "gem_lightning.schedules.WarmupCosineLR (warmup_fraction 0.3 is the one-cycle shape)."
+            )
         if getattr(scheduler, "steps_per_run", False):
             scheduler.set_total_steps(self.trainer.estimated_stepping_batches)
         stepwise = getattr(scheduler, "steps_per_run", False) or isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR)

@@ -142,3 +142,20 @@ def test_bad_model_setting_is_one_error_line(tiny_dataset, tmp_path, monkeypatch
         cli_main(args, run=False)
     assert exit_info.value.code == 2
     assert "error: VGGConfig: `convs_per_block` has 2 entries but `channels` has 5 blocks" in capsys.readouterr().err
+
+
+def test_commands_have_one_home_and_library_code_does_not_import_them():
+    import ast
+    import importlib
+
+    from gem_lightning.commands import COMMANDS
+
+    for name, module in COMMANDS.items():
+        assert module == f"gem_lightning.commands.{name}" and callable(importlib.import_module(module).main)
+    package = REPO / "gem_lightning"
+    for path in package.rglob("*.py"):
+        if path.parent.name == "commands" or path.name == "cli.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.startswith("gem_lightning.commands"), f"{path} imports {node.module}"

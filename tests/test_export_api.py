@@ -11,10 +11,11 @@ import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
 
-from conftest import datamodule_kwargs, make_dataset
+from conftest import GEMSTONES, datamodule_kwargs, make_dataset, requires_gemstones
 from gem_lightning import api
+from gem_lightning.commands.export import main
 from gem_lightning.data.datamodule import GemDataModule
-from gem_lightning.export import export_checkpoint, main
+from gem_lightning.export import export_checkpoint
 from gem_lightning.module import GemClassifier
 
 TINY = dict(channels=[8, 16], pools=["max", "max"], hidden_units=16)
@@ -56,7 +57,8 @@ def test_torchscript_matches_the_checkpoint_for_uint8_and_float_input(trained, t
 
 
 def test_onnx_model_is_valid_with_a_dynamic_batch_axis(trained, tmp_path):
-    onnx = pytest.importorskip("onnx")
+    import onnx
+
     written = export_checkpoint(trained.checkpoint, tmp_path, formats=("onnx",))
     model = onnx.load(str(written["onnx"]))
     onnx.checker.check_model(model)
@@ -69,12 +71,29 @@ def test_onnx_model_is_valid_with_a_dynamic_batch_axis(trained, tmp_path):
 
 
 def test_onnx_numerics_match_the_checkpoint(trained, tmp_path):
-    onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed; the ONNX graph is checked structurally only")
+    import onnxruntime
+
     written = export_checkpoint(trained.checkpoint, tmp_path, formats=("onnx",))
     session = onnxruntime.InferenceSession(str(written["onnx"]))
     [probs] = session.run(None, {"images": trained.images.float().numpy()})
     expected = checkpoint_probabilities(trained.checkpoint, trained.images)
     torch.testing.assert_close(torch.from_numpy(probs), expected, atol=1e-4, rtol=0)
+
+
+@requires_gemstones
+def test_onnx_runtime_equals_the_checkpoint_on_real_photos(trained, tmp_path):
+    """Real photos, decoded as ``predict`` decodes them (the RGBA PNGs named .jpg, the large and the
+    small ones among them): ONNX Runtime's probabilities are the checkpoint's."""
+    import onnxruntime
+
+    photos = sorted(p for p in (GEMSTONES / "test").rglob("*") if p.is_file())[::18][:24]
+    model = api.load_model(trained.checkpoint)
+    images = torch.stack([model.preprocess(photo) for photo in photos])
+    written = export_checkpoint(trained.checkpoint, tmp_path, formats=("onnx",))
+    [probs] = onnxruntime.InferenceSession(str(written["onnx"])).run(None, {"images": images.float().numpy()})
+    expected = checkpoint_probabilities(trained.checkpoint, images)
+    assert len(photos) >= 16 and probs.shape == expected.shape
+    torch.testing.assert_close(torch.from_numpy(probs), expected, atol=1e-5, rtol=1e-4)
 
 
 def test_classes_json_lists_the_classes_in_output_order(trained, tmp_path):
@@ -100,7 +119,6 @@ def test_unknown_format_is_refused(trained, tmp_path):
 
 
 def test_command_line_exports_every_format_by_default(trained, tmp_path, capsys):
-    pytest.importorskip("onnx")
     assert main([str(trained.checkpoint), "--out", str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["classes.json", "model.onnx", "model.torchscript.pt"]
     assert f"torchscript: {tmp_path / 'model.torchscript.pt'}" in capsys.readouterr().out

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from gem_lightning.models.factory import build_network, replace_classifier
+from gem_lightning.models.factory import build_network
 from gem_lightning.models.vgg import VGG, VGGConfig
 
 
@@ -98,9 +98,3 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
     torch.save(VGG(num_classes=3, image_size=32).state_dict(), weights)
     with pytest.raises(ValueError, match="does not fit"):
         build_network("resnet18", num_classes=3, image_size=32, vgg=VGGConfig(), weights=str(weights))
-
-
-def test_replace_classifier_swaps_the_last_linear():
-    network = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Sequential(nn.Linear(8, 10)))
-    replace_classifier(network, 3)
-    assert network[2][0].out_features == 3 and network[0].out_features == 8

@@ -26,7 +26,7 @@ from gem_lightning.callbacks.reports import (
 )
 from gem_lightning.data.datamodule import GemDataModule
 from gem_lightning.module import GemClassifier
-from gem_lightning.preview import augmentation_preview
+from gem_lightning.reports.preview import augmentation_preview
 
 TINY = dict(channels=[8, 16], pools=["max", "max"], hidden_units=16)
 REPORT_FILES = ("confusion_matrix.png", "misclassified.png", "misclassified.csv", "per_class.csv", "confused_pairs.csv", "metrics.json", "report.md")

@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from gem_lightning.callbacks.reports import write_prediction_grid
+from gem_lightning.errors import UserInputError
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -23,17 +24,22 @@ class PredictionWriter(BasePredictionWriter):
     index, so the order is deterministic under DDP) into ``output`` and removed. Files that could
     not be read are listed with their reasons in ``<output stem>.rejected.csv``.
 
+    Earlier predictions are never replaced silently: when ``output`` (or the rejects list or the
+    grid beside it) already exists, ``predict`` stops before running the model, unless ``overwrite``.
+
     Args:
         output: the predictions file; default ``predictions.<format>`` in the run's log folder.
         format: ``csv`` or ``jsonl``.
+        overwrite: replace an existing ``output`` and the files written beside it.
     """
 
-    def __init__(self, output: str | None = None, format: Literal["csv", "jsonl"] = "csv") -> None:
+    def __init__(self, output: str | None = None, format: Literal["csv", "jsonl"] = "csv", overwrite: bool = False) -> None:
         super().__init__(write_interval="batch")
         if format not in ("csv", "jsonl"):
             raise ValueError(f"predictions.format must be 'csv' or 'jsonl', got {format!r}.")
         self.output = output
         self.format = format
+        self.overwrite = overwrite
         self.path: Path | None = None
 
     @override
@@ -43,9 +49,26 @@ class PredictionWriter(BasePredictionWriter):
         log_dir = trainer.log_dir or trainer.default_root_dir
         self.path = Path(self.output) if self.output else Path(log_dir) / f"predictions.{self.format}"
         self.rank = trainer.global_rank
-        self._part(self.rank).parent.mkdir(parents=True, exist_ok=True)
-        self._part(self.rank).write_text("")
-        self._rejects_part(self.rank).write_text("")
+        self._refuse_to_overwrite()
+        try:
+            self._part(self.rank).parent.mkdir(parents=True, exist_ok=True)
+            self._part(self.rank).write_text("")
+            self._rejects_part(self.rank).write_text("")
+        except OSError as error:
+            raise UserInputError(
+                f"predictions.output {str(self.path)!r} cannot be written: {error.strerror or error} "
+                f"({error.filename or self.path.parent}). Choose another --predictions.output."
+            ) from error
+
+    def _refuse_to_overwrite(self) -> None:
+        if self.path.is_dir():
+            raise UserInputError(f"predictions.output {str(self.path)!r} is a folder; give a file name, e.g. {str(self.path / self.path.name)}.csv.")
+        existing = [path for path in (self.path, self.rejected_path, self.grid_path) if path.exists()]
+        if existing and not self.overwrite:
+            raise UserInputError(
+                f"predictions.output {str(self.path)!r}: {', '.join(repr(str(p)) for p in existing)} already "
+                "exist(s) and would be replaced. Choose another --predictions.output, or add --predictions.overwrite true."
+            )
 
     def _part(self, rank: int) -> Path:
         return self.path.with_name(f".{self.path.name}.part-{rank}")
@@ -56,6 +79,10 @@ class PredictionWriter(BasePredictionWriter):
     @property
     def rejected_path(self) -> Path:
         return self.path.with_name(f"{self.path.stem}.rejected.csv")
+
+    @property
+    def grid_path(self) -> Path:
+        return self.path.with_name(f"{self.path.stem}.grid.png")
 
     @override
     def write_on_batch_end(self, trainer, pl_module, prediction: dict[str, Any], batch_indices, batch, batch_idx, dataloader_idx=0) -> None:
@@ -75,7 +102,7 @@ class PredictionWriter(BasePredictionWriter):
             rejects = sorted(_read_jsonl(self._rejects_part(r) for r in ranks), key=lambda row: row["index"])
             self._write_predictions(rows)
             if self.format == "csv" and rows:
-                grid = write_prediction_grid(self.path, self.path.with_name(f"{self.path.stem}.grid.png"), pl_module.class_names)
+                grid = write_prediction_grid(self.path, self.grid_path, pl_module.class_names)
                 rank_zero_info(f"Drew a grid of predictions in {grid}")
             self._write_rejects(rejects)
             for rank in ranks:

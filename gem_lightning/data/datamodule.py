@@ -8,6 +8,7 @@ train and validation reproducibly, and builds datasets over the decoded images.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Literal
@@ -23,6 +24,7 @@ from gem_lightning.data.cache import DecodeSettings, default_cache_dir, DiskCach
 from gem_lightning.data.datasets import CachedImageDataset, PredictDataset, collate_channels_last, collate_predictions, find_predict_files
 from gem_lightning.data.loader import SignalSafeDataLoader
 from gem_lightning.data.scan import (
+    EXPECTED_LAYOUT,
     DatasetLayoutError,
     ImageRecord,
     Rejected,
@@ -32,13 +34,35 @@ from gem_lightning.data.scan import (
     scan_split,
 )
 from gem_lightning.data.split import stratified_split
-from gem_lightning.data.synthetic import SYNTHETIC_CLASSES, generate_gem_dataset
+from gem_lightning.data.synthetic import SYNTHETIC_CLASSES, generate_gem_dataset, is_generated_dataset
 from gem_lightning.errors import UserInputError
 from gem_lightning.data.transforms import Augmentation, cache_size_for, eval_transform, train_transform
 
 
 class BadFilesError(UserInputError):
     """``bad_files: strict`` and the dataset has files that cannot be used."""
+
+
+DEFAULT_IMAGE_SIZE = 220
+"""The seed notebook's input size."""
+
+
+def check_settings(*, image_size: int, val_fraction: float, batch_size: int, num_workers: int | None,
+                   cache_memory_gb: float) -> None:
+    """Refuse values that cannot work, naming the setting, before any folder is read."""
+    problems = []
+    if image_size < 32:
+        problems.append(f"data.image_size must be at least 32 px, got {image_size}")
+    if not 0.0 <= val_fraction < 1.0:
+        problems.append(f"data.val_fraction must be at least 0 and below 1 (the share of train/ held out), got {val_fraction}")
+    if batch_size < 1:
+        problems.append(f"data.batch_size must be at least 1, got {batch_size}")
+    if num_workers is not None and num_workers < 0:
+        problems.append(f"data.num_workers must be 0 (load in the main process) or more, got {num_workers}")
+    if cache_memory_gb < 0:
+        problems.append(f"data.cache_memory_gb must be 0 or more, got {cache_memory_gb}")
+    if problems:
+        raise UserInputError("; ".join(problems) + ".")
 
 
 def default_num_workers() -> int:
@@ -52,8 +76,11 @@ class GemDataModule(LightningDataModule):
     Args:
         data_dir: folder holding ``train/<Class>/...`` and optionally ``test/<Class>/...``.
         generate: ``synthetic`` writes the embedded procedural gem dataset into ``data_dir`` on
-            first use (for the quickstart; nothing is downloaded).
-        image_size: side, in pixels, of the square images the model sees.
+            first use (for the quickstart; nothing is downloaded), if ``data_dir`` is absent or
+            empty; a ``data_dir`` that already holds ``train/`` is trained on as it is.
+        image_size: side, in pixels, of the square images the model sees; default: the input size
+            the pretrained weights expect (``main.py`` resolves it from ``model.weights`` and
+            ``model.arch``), else 220 px, the seed's.
         val_fraction: share of each class of ``train/`` held out for validation.
         seed: seed of the train/validation split (independent of the training seed).
         batch_size: images per batch, per process.
@@ -81,7 +108,7 @@ class GemDataModule(LightningDataModule):
         data_dir: str | None = None,
         *,
         generate: Literal["synthetic"] | None = None,
-        image_size: int = 220,
+        image_size: int | None = None,
         val_fraction: float = 0.2,
         seed: int = 42,
         batch_size: int = 32,
@@ -99,8 +126,9 @@ class GemDataModule(LightningDataModule):
         predict_path: str | None = None,
     ) -> None:
         super().__init__()
-        if image_size < 32:
-            raise ValueError(f"data.image_size must be at least 32 px, got {image_size}.")
+        image_size = image_size or DEFAULT_IMAGE_SIZE
+        check_settings(image_size=image_size, val_fraction=val_fraction, batch_size=batch_size,
+                       num_workers=num_workers, cache_memory_gb=cache_memory_gb)
         self.save_hyperparameters(ignore=["augment"])
         self.hparams["augment"] = asdict(augment)  # plain types keep checkpoints loadable with weights_only
         self.data_dir = Path(data_dir).expanduser() if data_dir else None
@@ -114,7 +142,7 @@ class GemDataModule(LightningDataModule):
         self.persistent_workers = persistent_workers and self.num_workers > 0
         self.augment = augment
         if augment_on not in ("loader", "device"):
-            raise ValueError(f"data.augment_on must be 'loader' or 'device', got {augment_on!r}.")
+            raise UserInputError(f"data.augment_on must be 'loader' or 'device', got {augment_on!r}.")
         self.augment_on = augment_on
         self.batch_augment = BatchAugment(augment, image_size) if augment_on == "device" else None
         self.bad_files = bad_files
@@ -133,7 +161,7 @@ class GemDataModule(LightningDataModule):
 
     def _read_class_names(self) -> list[str] | None:
         """Class names in label order: the sorted folder names of ``train/``."""
-        if self.generate == "synthetic" and not (self.data_dir and (self.data_dir / "train").is_dir()):
+        if self._generates():
             return sorted(gem.name for gem in SYNTHETIC_CLASSES)
         if self.data_dir is None:
             return None
@@ -144,6 +172,29 @@ class GemDataModule(LightningDataModule):
         """How photos are decoded before resizing; a model must be served with the same."""
         return {"autocrop": self.settings.autocrop, "background": list(self.settings.background)}
 
+    def _generates(self) -> bool:
+        """Whether ``prepare_data`` writes the embedded dataset into ``data_dir``.
+
+        Only into an absent or empty folder, or over an earlier generated dataset: a folder that
+        already holds ``train/`` is the user's own dataset and is trained on as it is (the natural
+        first try of ``--data.data_dir <my photos>`` with the quickstart config); any other
+        non-empty folder is refused, and nothing in it is touched.
+        """
+        if self.generate != "synthetic":
+            return False
+        root = self._require_data_dir("generate")
+        if is_generated_dataset(root):
+            return True
+        if (root / "train").is_dir():
+            return False
+        if root.exists() and (not root.is_dir() or any(root.iterdir())):
+            raise DatasetLayoutError(
+                f"data.data_dir {str(root)!r} is not empty and holds no 'train/' folder, and data.generate "
+                "synthetic writes the embedded dataset only into an absent or empty folder. Give a dataset folder "
+                f"(train/<Class>/ images), or a new or empty folder for the embedded one. {EXPECTED_LAYOUT}"
+            )
+        return True
+
     def _require_data_dir(self, stage: str) -> Path:
         if self.data_dir is None:
             raise DatasetLayoutError(f"`{stage}` needs a dataset: set --data.data_dir to a folder with train/<Class>/ images.")
@@ -153,8 +204,10 @@ class GemDataModule(LightningDataModule):
 
     def prepare_data(self) -> None:
         """Once per machine: generate the embedded dataset if asked, and fill the disk cache."""
-        if self.generate == "synthetic":
-            generate_gem_dataset(self._require_data_dir("generate"))
+        if self._generates():
+            generate_gem_dataset(self.data_dir)
+        elif self.generate == "synthetic":
+            rank_zero_info(f"{str(self.data_dir)!r} already holds a dataset (train/): training on it; nothing is generated.")
         if self.data_dir is None or self.cache_dir is None:
             return
         for split in ("train", "test"):
@@ -172,6 +225,7 @@ class GemDataModule(LightningDataModule):
 
     def _setup_train_and_val(self) -> None:
         store = self._load_split("train")
+        self._check_class_sizes(store.records)
         labels = [r.label for r in store.records]
         train_idx, val_idx = stratified_split(store.records, self.val_fraction, self.seed)
         self.records["train"] = [store.records[i] for i in train_idx]
@@ -181,6 +235,23 @@ class GemDataModule(LightningDataModule):
         self.datasets["train"] = CachedImageDataset(store, labels, train_idx, transform)
         self.datasets["val"] = CachedImageDataset(store, labels, val_idx, eval_transform(self.image_size))
         rank_zero_info(f"Split {len(store.records)} training images into {len(train_idx)} train and {len(val_idx)} validation (seed {self.seed}).")
+
+    def _check_class_sizes(self, records: list[ImageRecord]) -> None:
+        """Every class needs training images, and two to be split into train and validation."""
+        counts = Counter(record.label for record in records)
+        train_dir = self.data_dir / "train"
+        empty = [name for label, name in enumerate(self.class_names) if counts[label] == 0]
+        if empty:
+            raise DatasetLayoutError(
+                f"class folder(s) with no usable images in {str(train_dir)!r}: {', '.join(empty)}. A class needs "
+                "training images: add photos, or remove the folder (the summary above lists files not used)."
+            )
+        thin = [f"{name} ({counts[label]})" for label, name in enumerate(self.class_names) if counts[label] < 2]
+        if thin and self.val_fraction > 0:
+            raise DatasetLayoutError(
+                f"class(es) in {str(train_dir)!r} too small to split into train and validation: {', '.join(thin)} "
+                "usable image(s); each needs at least 2. Add photos, remove the folder, or set --data.val_fraction 0."
+            )
 
     def _setup_test(self) -> None:
         store = self._load_split("test")

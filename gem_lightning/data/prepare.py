@@ -1,6 +1,6 @@
 """Split one folder-per-class collection into the ``train/`` and ``test/`` folders training expects.
 
-``python -m gem_lightning.data.prepare --source photos/ --output data/gems`` turns
+``python main.py prepare --source photos/ --output data/gems`` (:mod:`gem_lightning.commands.prepare`) turns
 ``photos/<Class>/*`` into ``data/gems/train/<Class>/*`` and ``data/gems/test/<Class>/*``, as the
 original notebook did with ``split-folders``, with three differences:
 
@@ -19,15 +19,13 @@ symlinked (``--mode symlink``: absolute links to the source files).
 
 from __future__ import annotations
 
-import argparse
 import errno
 import os
 import shutil
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 from gem_lightning.data.scan import (
     DatasetLayoutError,
@@ -42,7 +40,7 @@ from gem_lightning.data.scan import (
 )
 from gem_lightning.data.split import stratified_split
 
-__all__ = ["MODES", "PrepareResult", "prepare_dataset", "main"]
+__all__ = ["MODES", "PrepareResult", "prepare_dataset"]
 
 Mode = Literal["copy", "link", "symlink"]
 MODES: tuple[str, ...] = ("copy", "link", "symlink")
@@ -253,38 +251,3 @@ def _summary(
             lines.append(f"  {relative_path(item.path, source)}: {item.reason}")
     return "\n".join(lines)
 
-
-# --------------------------------------------------------------------------- command line
-
-
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Split a folder-per-class collection (<source>/<Class>/<images>) into "
-        "<output>/train/<Class>/ and <output>/test/<Class>/, per class, reproducibly, keeping identical "
-        "files on one side and leaving out files that are not usable images.",
-    )
-    parser.add_argument("--source", required=True, type=Path, help="folder of class folders")
-    parser.add_argument("--output", required=True, type=Path, help="new folder to write train/ and test/ into")
-    parser.add_argument("--test-fraction", type=float, default=0.1, help="share of each class for test/ (default 0.1)")
-    parser.add_argument("--seed", type=int, default=42, help="seed of the split (default 42)")
-    parser.add_argument("--mode", choices=MODES, default="copy", help="copy files, hard-link or symlink them (default copy)")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
-    """Command-line entry point; returns the exit status (0, or 2 for a user mistake)."""
-    args = build_parser(prog).parse_args(argv)
-    try:
-        result = prepare_dataset(
-            args.source, args.output, test_fraction=args.test_fraction, seed=args.seed, mode=args.mode
-        )
-    except (ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(result.summary)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

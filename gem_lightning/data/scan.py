@@ -69,20 +69,30 @@ def check_dataset_dir(data_dir: Path) -> list[str]:
 
     Raises:
         DatasetLayoutError: naming the path and the layout expected, when ``data_dir`` is missing,
-            is a file, has no ``train/``, ``train/`` has fewer than two classes, or ``test/`` has
-            classes that ``train/`` lacks.
+            is a file or a dangling link, has no ``train/`` folder, ``train/`` holds dangling links
+            or fewer than two classes, or ``test/`` has classes that ``train/`` lacks.
     """
+    if is_dangling_link(data_dir):
+        raise DatasetLayoutError(f"data_dir {str(data_dir)!r} is a symbolic link that loops or points nowhere. {EXPECTED_LAYOUT}")
     if not data_dir.exists():
         raise DatasetLayoutError(f"data_dir {str(data_dir)!r} does not exist. {EXPECTED_LAYOUT}")
     if not data_dir.is_dir():
         raise DatasetLayoutError(f"data_dir {str(data_dir)!r} is a file, not a folder. {EXPECTED_LAYOUT}")
     train_dir = data_dir / "train"
+    if train_dir.exists() and not train_dir.is_dir():
+        raise DatasetLayoutError(f"{str(train_dir)!r} is a file, not a folder of class folders. {EXPECTED_LAYOUT}")
     if not train_dir.is_dir():
         found = ", ".join(sorted(p.name for p in data_dir.iterdir() if not is_hidden(p))) or "nothing"
         raise DatasetLayoutError(
             f"{str(data_dir)!r} has no 'train/' folder (found: {found}). {EXPECTED_LAYOUT}\n"
             "To split a single folder-per-class collection into train/ and test/, run "
             "`python main.py prepare --source <folder> --output <data_dir>`."
+        )
+    loops = sorted(p.name for p in train_dir.iterdir() if is_dangling_link(p))
+    if loops:
+        raise DatasetLayoutError(
+            f"{str(train_dir)!r} has symbolic links that loop or point nowhere where class folders belong: "
+            f"{', '.join(loops)}. Remove them, or point them at folders of images."
         )
     classes = list_classes(train_dir)
     if len(classes) < 2:
@@ -99,6 +109,29 @@ def check_dataset_dir(data_dir: Path) -> list[str]:
                 "Every test class needs training images; rename or remove those folders."
             )
     return classes
+
+
+def is_dangling_link(path: Path) -> bool:
+    """A symbolic link that cannot be followed: it loops, or its target is gone."""
+    try:
+        path.stat()
+    except OSError:
+        return path.is_symlink()
+    return False
+
+
+def unfollowed_links(folder: Path) -> list[Rejected]:
+    """Links under ``folder`` that the scan does not follow: dangling or looping ones, and links to
+    folders (never followed, so that a link to a parent cannot loop the scan)."""
+    links = []
+    for path in sorted(folder.rglob("*"), key=lambda p: p.relative_to(folder).as_posix()):
+        if not path.is_symlink() or any(is_hidden(x) for x in path.relative_to(folder).parts):
+            continue
+        if is_dangling_link(path):
+            links.append(Rejected(path, "symbolic link that loops or points nowhere"))
+        elif path.is_dir():
+            links.append(Rejected(path, "symbolic link to a folder (not followed)"))
+    return links
 
 
 def file_digest(path: Path) -> str:
@@ -135,6 +168,7 @@ def scan_split(split_dir: Path, classes: list[str]) -> SplitScan:
                 scan.records.append(ImageRecord(path, label, file_digest(path)))
             else:
                 scan.rejected.append(Rejected(path, reason))
+        scan.rejected += unfollowed_links(class_dir)
     return scan
 
 

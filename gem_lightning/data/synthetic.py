@@ -185,6 +185,11 @@ def render_gem(gem: GemClass, rng: np.random.Generator, image_size: int = 96) ->
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
 
 
+def is_generated_dataset(root: Path) -> bool:
+    """Whether ``root`` holds a dataset written by :func:`generate_gem_dataset` (any parameters)."""
+    return (Path(root) / MARKER).is_file()
+
+
 def _is_complete(root: Path, params: dict) -> bool:
     try:
         return json.loads((root / MARKER).read_text()) == params

@@ -1,60 +1,78 @@
-"""Build the classification network a config names: the VGG-style CNN or a torchvision model."""
+"""Build the classification network a config names: the VGG-style CNN, a timm or a torchvision model."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import torch
+import timm
 import torchvision
 from torch import nn
 
 from gem_lightning.errors import UserInputError
+from gem_lightning.models import pretrained
 from gem_lightning.models.vgg import VGG, VGGConfig
+
+TIMM_PREFIX = "timm/"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def available_archs() -> list[str]:
-    return ["vgg", *sorted(torchvision.models.list_models(module=torchvision.models))]
+    return ["vgg", f"{TIMM_PREFIX}<any timm model, e.g. {TIMM_PREFIX}tf_efficientnet_lite0>", *sorted(torchvision.models.list_models(module=torchvision.models))]
 
 
-def build_network(arch: str, *, num_classes: int, image_size: int, vgg: VGGConfig, weights: str | None = None) -> nn.Module:
+def build_network(
+    arch: str, *, num_classes: int, image_size: int, vgg: VGGConfig, weights: str | None = None, backbone_kwargs: dict | None = None
+) -> nn.Module:
     """A network mapping ``(B, 3, image_size, image_size)`` floats to ``(B, num_classes)`` logits.
 
     Args:
-        arch: ``vgg`` (ours, configured by ``vgg``) or a torchvision classification model name.
-        weights: for torchvision models, a local ``state_dict`` file, or a torchvision weights name
-            (e.g. ``IMAGENET1K_V1``) that torchvision downloads; the classifier is replaced to
-            fit ``num_classes``. ``None`` trains from scratch.
+        arch: ``vgg`` (ours, configured by ``vgg``), ``timm/<name>`` (any timm classification
+            model) or a torchvision classification model name.
+        weights: pretrained weights (``gem_lightning.models.pretrained``): a local state-dict file or
+            a shipped name such as ``efficientnet-lite0``; the classifier stays fresh, sized to
+            ``num_classes``. ``None`` trains from scratch.
+        backbone_kwargs: extra arguments of ``timm.create_model`` (``drop_rate``, ``drop_path_rate``).
     """
     if arch == "vgg":
         if weights is not None:
-            raise UserInputError("model.weights applies to torchvision architectures; the VGG trains from scratch.")
+            raise UserInputError("model.weights applies to timm and torchvision architectures; the VGG trains from scratch.")
         return VGG(num_classes=num_classes, image_size=image_size, config=vgg)
+    network = _build_library_model(arch, num_classes, backbone_kwargs or {})
+    if weights is not None:
+        pretrained.load_weights(network, weights)
+    return network
+
+
+def _build_library_model(arch: str, num_classes: int, backbone_kwargs: dict) -> nn.Module:
+    if arch.startswith(TIMM_PREFIX):
+        name = arch.removeprefix(TIMM_PREFIX)
+        if not timm.is_model(name):
+            raise UserInputError(f"Unknown model.arch {arch!r}: timm has no model {name!r} (list them with timm.list_models()).")
+        try:
+            return timm.create_model(name, pretrained=False, num_classes=num_classes, **backbone_kwargs)
+        except TypeError as error:
+            raise UserInputError(f"model.backbone_kwargs {backbone_kwargs} do not fit {arch!r}: {error}") from None
     if arch not in torchvision.models.list_models(module=torchvision.models):
         raise UserInputError(f"Unknown model.arch {arch!r}. Choose one of: {', '.join(available_archs())}.")
-    if weights is None:
-        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
-    if Path(weights).expanduser().is_file():
-        return _load_weights_file(arch, Path(weights).expanduser(), num_classes)
-    network = torchvision.models.get_model(arch, weights=weights)
-    replace_classifier(network, num_classes)
-    return network
+    if backbone_kwargs:
+        raise UserInputError("model.backbone_kwargs applies to timm architectures only.")
+    return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
 
 
-def _load_weights_file(arch: str, path: Path, num_classes: int) -> nn.Module:
-    """Load a local state dict; tensors whose shape does not fit (the old classifier) are left fresh."""
-    network = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    own = network.state_dict()
-    unknown = sorted(set(state) - set(own))
-    if unknown:
-        raise UserInputError(f"Weights file {str(path)!r} does not fit model.arch {arch!r}: unexpected keys {unknown[:5]}...")
-    fitting = {k: v for k, v in state.items() if v.shape == own[k].shape}
-    network.load_state_dict(fitting, strict=False)
-    return network
+def default_normalization(arch: str, weights: str | None) -> tuple[tuple[float, ...], tuple[float, ...], int | None]:
+    """The mean, std and input size the weights expect: a named set's own, else timm's pretrained
+    config for a timm ``arch``, else ImageNet's statistics (and no preferred size)."""
+    if weights in pretrained.NAMED_WEIGHTS:
+        named = pretrained.NAMED_WEIGHTS[weights]
+        return named.mean, named.std, named.input_size
+    if arch.startswith(TIMM_PREFIX) and timm.is_model(arch.removeprefix(TIMM_PREFIX)):
+        config = timm.models.get_pretrained_cfg(arch.removeprefix(TIMM_PREFIX))
+        if config is not None:
+            return tuple(config.mean), tuple(config.std), config.input_size[-1]
+    return IMAGENET_MEAN, IMAGENET_STD, None
 
 
-def replace_classifier(network: nn.Module, num_classes: int) -> None:
-    """Swap the network's last linear layer for a fresh one with ``num_classes`` outputs."""
-    name, layer = [(n, m) for n, m in network.named_modules() if isinstance(m, nn.Linear)][-1]
-    parent = network.get_submodule(name.rpartition(".")[0]) if "." in name else network
-    setattr(parent, name.rpartition(".")[2], nn.Linear(layer.in_features, num_classes))
+def classifier_head(network: nn.Module) -> nn.Module:
+    """The layer mapping features to logits: what is new when fine-tuning; the rest is the backbone."""
+    if hasattr(network, "get_classifier"):  # timm models
+        return network.get_classifier()
+    return [module for module in network.modules() if isinstance(module, nn.Linear)][-1]

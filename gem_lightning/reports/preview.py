@@ -73,20 +73,3 @@ def _to_hwc(image: torch.Tensor) -> np.ndarray:
     """A ``(3, H, W)`` uint8 tensor as an ``H x W x 3`` numpy array for drawing."""
     return image.permute(1, 2, 0).numpy()
 
-
-def main(argv: list[str]) -> list[Path]:
-    """``python main.py preview --config <x>.yaml [--out DIR]``: write the previews, train nothing."""
-    import argparse
-
-    from gem_lightning.cli import cli_main
-
-    parser = argparse.ArgumentParser(prog="main.py preview", add_help=False)
-    parser.add_argument("--out", type=Path, default=None, help="folder for the images (default: the run folder)")
-    options, fit_args = parser.parse_known_args(argv)
-    cli = cli_main(fit_args, run=False)
-    cli.datamodule.prepare_data()
-    cli.datamodule.setup("fit")
-    written = augmentation_preview(cli.datamodule, options.out or Path(cli.trainer.log_dir or "."))
-    for path in written:
-        print(f"Wrote {path}")
-    return written

@@ -1,0 +1,60 @@
+"""Fine-tuning a pretrained backbone: train the new classifier head alone first, then everything."""
+
+from __future__ import annotations
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from typing_extensions import override
+
+from gem_lightning.models.factory import classifier_head
+
+
+class FreezeBackbone(Callback):
+    """Freezes the backbone (everything but the classifier head) for the first ``epochs`` epochs.
+
+    A fresh head trained against a moving backbone drags pretrained features around with random
+    gradients; a few head-only epochs first avoid that and cost a fraction of a full epoch. While
+    frozen, the backbone's batch-norm layers run in eval mode, so their pretrained statistics are
+    neither updated nor replaced by batch statistics. The state follows ``trainer.current_epoch``,
+    so a resumed run freezes exactly as an uninterrupted one.
+
+    Under DDP the backbone keeps ``requires_grad`` (DDP fixes the parameters it synchronises when it
+    wraps the model) and its gradients are dropped before each optimizer step instead.
+
+    Args:
+        epochs: epochs with the backbone frozen (0: never frozen).
+        train_bn: let the backbone's batch-norm layers update their statistics while frozen.
+    """
+
+    def __init__(self, epochs: int = 1, train_bn: bool = False) -> None:
+        if epochs < 0:
+            raise ValueError(f"FreezeBackbone epochs must be >= 0, got {epochs}.")
+        self.epochs = epochs
+        self.train_bn = train_bn
+
+    def frozen(self, trainer: Trainer) -> bool:
+        return trainer.current_epoch < self.epochs
+
+    @override
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        frozen = self.frozen(trainer)
+        for module in backbone_modules(pl_module.model.network):
+            if isinstance(module, _BatchNorm) and not self.train_bn:
+                module.train(not frozen)
+            if trainer.world_size == 1:
+                for parameter in module.parameters(recurse=False):
+                    parameter.requires_grad_(not frozen)
+
+    @override
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
+        if self.frozen(trainer) and trainer.world_size > 1:
+            for module in backbone_modules(pl_module.model.network):
+                for parameter in module.parameters(recurse=False):
+                    parameter.grad = None
+
+
+def backbone_modules(network: nn.Module) -> list[nn.Module]:
+    """Every module of ``network`` outside its classifier head."""
+    head = set(classifier_head(network).modules())
+    return [module for module in network.modules() if module not in head]

@@ -1,0 +1,128 @@
+"""How the command line ends on a mistake: one ``error: ...`` line on stderr, exit status 2.
+
+Every mistake in what the user gave (files, folders, settings, the machine's hardware, a full
+disk) reaches :func:`report_user_errors` as a :class:`~gem_lightning.errors.UserInputError` or as
+one of the few library exceptions that only ever mean a bad setting; it prints the message and
+exits with status 2, without a traceback (``GEM_LIGHTNING_DEBUG=1`` prints it as well).
+jsonargparse's own errors (unknown options, wrong types, a missing config file, YAML syntax) print
+one line too, with :class:`ConciseErrorParser`, instead of the whole usage text. Anything else is a
+bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import yaml
+
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Trainer
+from lightning.pytorch.accelerators import CPUAccelerator
+from lightning.pytorch.cli import LightningArgumentParser
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from gem_lightning.checkpoint_io import ctrl_c_checkpoint
+from gem_lightning.errors import UserInputError
+
+DEBUG_VARIABLE = "GEM_LIGHTNING_DEBUG"
+USER_ERROR_STATUS = 2
+CTRL_C_STATUS = 130
+"""What a shell reports for a command stopped by SIGINT (128 + 2)."""
+
+
+class ConciseErrorParser(LightningArgumentParser):
+    """LightningCLI's parser, whose errors are the ``tip:`` and ``error:`` lines without the
+    hundred-line usage text that buries them."""
+
+    def print_usage(self, file=None) -> None:  # argparse calls it only to preface an error
+        pass
+
+
+def debugging() -> bool:
+    return os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+
+
+@contextmanager
+def report_user_errors() -> Iterator[None]:
+    """Turn the user's mistakes raised inside into ``error: <message>`` and exit status 2.
+
+    A ``fit`` stopped by Ctrl-C says where its checkpoint went and exits with status 130.
+    """
+    try:
+        yield
+    except (UserInputError, MisconfigurationException) as error:
+        if debugging():
+            traceback.print_exc()
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(USER_ERROR_STATUS) from None
+    except SIGTERMException:
+        stopped, saved = ctrl_c_checkpoint()
+        if not stopped:
+            raise  # SIGTERM: Lightning's clean stop (status 0), the checkpoint already saved and logged
+        if saved:
+            print(f"Interrupted (Ctrl-C): saved a resumable checkpoint to {saved!r}; resume with the same "
+                  f"command plus --ckpt_path {saved!r}.", file=sys.stderr)
+        else:
+            print("Interrupted (Ctrl-C) before the first training step; nothing to save.", file=sys.stderr)
+        raise SystemExit(CTRL_C_STATUS) from None
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Refuse a ``--config`` file that is not valid YAML, naming the file, line and column.
+
+    jsonargparse reports the syntax error with the position in ``"<unicode string>"`` and no file
+    name, which leaves the user guessing when several configs are stacked. Missing files are left to
+    jsonargparse, which names them.
+    """
+    for index, arg in enumerate(argv):
+        if arg in ("--config", "-c") and index + 1 < len(argv):
+            given = argv[index + 1]
+        elif arg.startswith("--config="):
+            given = arg.partition("=")[2]
+        else:
+            continue
+        path = Path(given).expanduser()
+        if not path.is_file():
+            continue
+        try:
+            yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as error:
+            raise UserInputError(f"config file {given!r} is not a text (UTF-8 YAML) file.") from error
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(error, "problem", None) or str(error)
+            raise UserInputError(f"config file {given!r} is not valid YAML{where}: {problem}.") from error
+
+
+def check_trainer_runs_here(trainer: Trainer, precision: str | int | None) -> Trainer:
+    """Refuse ``precision`` (the one asked for) where the trainer runs on the CPU: ``16-mixed`` is
+    for CUDA GPUs. Lightning would swap in ``bf16-mixed`` with a warning lost in the log: other
+    numerics than asked for, and on CPUs without bf16 units slower than ``32-true``.
+    """
+    if isinstance(trainer.accelerator, CPUAccelerator) and str(precision) in ("16-mixed", "16"):
+        raise UserInputError(
+            f"trainer.precision {str(precision)!r} needs a CUDA GPU, and this run is on the CPU"
+            f"{' (no GPU found)' if not gpu_available() else ''}: use --trainer.precision bf16-mixed "
+            "(CPUs with AMX/AVX-512-bf16) or 32-true, or --trainer.accelerator gpu on a machine with one."
+        )
+    return trainer
+
+
+def gpu_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def hardware_hint(error: MisconfigurationException) -> UserInputError:
+    """Lightning's refusal of a device setting, with what to do on this machine."""
+    message = str(error)
+    if not gpu_available() and any(word in message.lower() for word in ("gpu", "cuda")):
+        message += " This machine has no usable CUDA GPU: use --trainer.accelerator cpu (or auto)."
+    return UserInputError(f"trainer settings: {message}")

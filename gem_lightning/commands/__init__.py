@@ -1,0 +1,15 @@
+"""The commands beside LightningCLI's ``fit``, ``validate``, ``test`` and ``predict``.
+
+Each module here is a thin command: it parses its options, calls library code from the rest of the
+package and prints what it did. ``main(argv)`` is its entry point (``python main.py <name> --help``).
+"""
+
+COMMANDS: dict[str, str] = {
+    "prepare": "gem_lightning.commands.prepare",
+    "preview": "gem_lightning.commands.preview",
+    "lr_find": "gem_lightning.commands.lr_find",
+    "seeds": "gem_lightning.commands.seeds",
+    "export": "gem_lightning.commands.export",
+    "serve": "gem_lightning.commands.serve",
+}
+"""Command name -> module whose ``main(argv)`` runs it (imported only when that command runs)."""

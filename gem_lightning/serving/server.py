@@ -1,0 +1,119 @@
+"""A LitServe server for one checkpoint: ``POST /predict``, ``GET /info``, ``GET /health``, ``GET /``.
+
+``/predict`` is the :class:`~gem_lightning.serving.api.GemLitAPI`, behind the
+:class:`~gem_lightning.serving.gate.GateMiddleware`; ``/info`` and ``/health`` are LitServe's own
+(``/info`` carries the checkpoint's description as LitServe's ``model_metadata``); ``/`` is the web
+page, in place of LitServe's "litserve running". Every error, an unknown route included, is a JSON
+``{"detail": ...}``; LitServe answers what it did not foresee with a 500 that carries no traceback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import litserve as ls
+import torch
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.routing import Route
+
+from gem_lightning.serving.api import GemLitAPI
+from gem_lightning.serving.gate import GateMiddleware, Limits
+
+ENDPOINTS = "POST /predict, GET /info, GET /health, GET / (the web page)"
+NETWORK_KEYS = ("arch", "weights", "tta")
+VGG_KEYS = (*NETWORK_KEYS, "channels", "pools", "convs_per_block", "batch_norm", "head", "hidden_units", "dropout")
+"""The checkpoint's hyperparameters that ``GET /info`` reports as its architecture."""
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How the server runs; ``python main.py serve --help`` documents each."""
+
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    workers_per_device: int = 1
+    threads: int | None = None
+    max_batch_size: int = 16
+    batch_timeout: float = 0.01
+    timeout: float = 30.0
+    max_body_mb: float = 10.0
+    api_key: str | None = None
+
+
+def describe_checkpoint(ckpt_path: str | Path) -> dict:
+    """What ``GET /info`` says about the model: classes, input, architecture, stored metrics, identity."""
+    path = Path(ckpt_path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # not a zip/pickle file, truncated, or objects of unknown classes
+        raise ValueError(f"torch cannot read it as a checkpoint ({type(error).__name__}: {error})") from None
+    hparams = dict(checkpoint.get("hyper_parameters", {}))
+    metrics: dict = {"epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step")}
+    for state in checkpoint.get("callbacks", {}).values():
+        if isinstance(state, dict) and state.get("monitor") and state.get("best_model_score") is not None:
+            metrics[f"best {state['monitor']}"] = float(state["best_model_score"])
+    keys = VGG_KEYS if hparams.get("arch", "vgg") == "vgg" else NETWORK_KEYS
+    architecture = {key: hparams[key] for key in keys if key in hparams}
+    return {
+        "checkpoint": str(path),
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "class_names": list(hparams.get("class_names") or []),
+        "image_size": hparams.get("image_size"),
+        "preprocessing": hparams.get("preprocessing") or {},
+        "architecture": architecture,
+        "metrics": metrics,
+    }
+
+
+def build_server(ckpt_path: str | Path, options: ServeOptions = ServeOptions()) -> ls.LitServer:
+    """The LitServer for ``ckpt_path``; ``server.run(host=..., port=...)`` starts it."""
+    info = describe_checkpoint(ckpt_path)
+    if not info["class_names"] or not info["image_size"]:
+        raise ValueError("it holds no class names or image size: is it a gem-lightning checkpoint?")
+    model_id = {"checkpoint": Path(ckpt_path).name, "sha256": info["sha256"][:12]}
+    api = GemLitAPI(ckpt_path, model_id, options.max_batch_size, options.batch_timeout, options.threads)
+    limits = Limits(max_body_bytes=int(options.max_body_mb * 2**20), num_classes=len(info["class_names"]))
+    server = ls.LitServer(
+        api,
+        accelerator=options.accelerator,
+        devices=options.devices,
+        workers_per_device=options.workers_per_device,
+        timeout=options.timeout,
+        model_metadata=info,
+        middlewares=[(GateMiddleware, {"limits": limits, "api_key": options.api_key})],
+        disable_openapi_url=True,
+    )
+    _serve_page_at_root(server)
+    server.app.add_exception_handler(StarletteHTTPException, _json_http_error)
+    return server
+
+
+def page_html() -> str:
+    """The self-contained web page (``gem_lightning/serving/page.html``)."""
+    return resources.files("gem_lightning.serving").joinpath("page.html").read_text(encoding="utf-8")
+
+
+def _serve_page_at_root(server: ls.LitServer) -> None:
+    page = page_html()
+
+    async def index(request: Request) -> HTMLResponse:
+        return HTMLResponse(page)
+
+    routes = server.app.router.routes
+    routes[:] = [route for route in routes if getattr(route, "path", None) != "/"]
+    routes.insert(0, Route("/", index, methods=["GET"]))
+
+
+async def _json_http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's ``{"detail": ...}``, with the route named when there is none."""
+    detail = error.detail
+    if error.status_code == 404 and detail == "Not Found":
+        detail = f"no such route {request.method} {request.url.path}; this server has {ENDPOINTS}."
+    elif error.status_code == 405:
+        detail = f"{request.method} is not allowed on {request.url.path}; this server has {ENDPOINTS}."
+    return JSONResponse({"detail": detail}, status_code=error.status_code, headers=getattr(error, "headers", None))

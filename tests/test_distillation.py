@@ -1,0 +1,57 @@
+"""Distillation: a student follows its teacher's soft predictions; a teacher of other classes is refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import COLOURS, make_dataset
+from gem_lightning.api import load_model
+from gem_lightning.distillation import distillation_loss
+from test_cli import TINY_MODEL, common, run_cli
+
+
+def fit(data_dir, tmp_path, name: str, *extra: str) -> str:
+    """Trains a tiny VGG in-process; returns its last checkpoint."""
+    from gem_lightning.cli import cli_main
+
+    cli = cli_main(["fit", *common(tmp_path, name), "--data.data_dir", str(data_dir), *TINY_MODEL, "--trainer.max_epochs", "6",
+                    "--model.optimizer.init_args.lr", "0.01", "--data.val_fraction", "0", *extra])  # fmt: skip
+    return cli.trainer.checkpoint_callback.last_model_path
+
+
+def test_distillation_loss_is_zero_only_when_the_student_agrees():
+    teacher = torch.tensor([[4.0, 0.0, -2.0]])
+    assert distillation_loss(teacher.clone(), teacher, temperature=2.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert distillation_loss(torch.tensor([[-2.0, 0.0, 4.0]]), teacher, temperature=2.0).item() > 1.0
+
+
+@pytest.mark.slow
+def test_student_learns_what_the_teacher_says_not_only_the_labels(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    names = list(COLOURS)
+    truth = make_dataset(tmp_path / "truth", train_per_class=12, test_per_class=4)
+    # The teacher learnt a rotated mapping: blue photos are "Green Stone", green ones "Red Stone", ...
+    rotated = dict(zip(names, [COLOURS[names[(i + 2) % 3]] for i in range(3)]))
+    teacher = fit(make_dataset(tmp_path / "rotated", train_per_class=12, test_per_class=0, classes=rotated), tmp_path, "teacher")
+    student = fit(truth, tmp_path, "student", "--model.teacher", teacher, "--model.distill_weight", "1.0")
+    without = fit(truth, tmp_path, "alone", "--model.teacher", teacher, "--model.distill_weight", "0.0")
+
+    photos = sorted((truth / "test").rglob("*.jpg"))
+    teacher_says = [ranked[0][0] for ranked in load_model(teacher).classify_many(photos)]
+    true_labels = [photo.parent.name for photo in photos]
+    assert sum(t != y for t, y in zip(teacher_says, true_labels)) >= 0.9 * len(photos)  # the teacher is wrong on purpose
+    for checkpoint, follows in ((student, teacher_says), (without, true_labels)):
+        said = [ranked[0][0] for ranked in load_model(checkpoint).classify_many(photos)]  # no teacher needed
+        assert sum(s == f for s, f in zip(said, follows)) >= 0.9 * len(photos)
+
+
+def test_teacher_with_other_classes_is_refused_in_one_line(tiny_dataset, tmp_path, cpu_env, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    other = make_dataset(tmp_path / "other", 4, 0, classes={"Cat": (1, 2, 3), "Dog": (200, 100, 0)})
+    teacher = fit(other, tmp_path, "other")
+    args = ["fit", *common(tmp_path, "student"), "--data.data_dir", str(tiny_dataset), *TINY_MODEL, "--model.teacher", teacher]
+    result = run_cli(*args, env=cpu_env, cwd=tmp_path, check=False)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr
+    assert teacher in errors[0] and "trained on 2 classes (Cat, Dog" in errors[0]

@@ -1,0 +1,201 @@
+"""``python main.py serve``: a real server process on a loopback port, its answers, its errors, its stop."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from lightning.pytorch import Trainer, seed_everything
+from PIL import Image
+
+from conftest import REPO, datamodule_kwargs, make_dataset
+from gem_lightning.api import load_model
+from gem_lightning.data.datamodule import GemDataModule
+from gem_lightning.module import GemClassifier
+from serving import Server, start_server
+
+pytestmark = pytest.mark.slow
+API_KEY = "s3cret-key"
+TINY = dict(channels=[8, 16], pools=["max", "max"], hidden_units=16)
+
+
+def server_env(tmp: Path, api_key: str | None = None) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", GEM_LIGHTNING_CACHE=str(tmp / "cache"))
+    env.pop("GEM_LIGHTNING_API_KEY", None)
+    if api_key:
+        env["GEM_LIGHTNING_API_KEY"] = api_key
+    return env
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """A tiny model trained for one epoch on colour-coded classes, saved as a checkpoint."""
+    root = tmp_path_factory.mktemp("serve")
+    seed_everything(0)
+    data_dir = make_dataset(root / "gems")
+    datamodule = GemDataModule(str(data_dir), **datamodule_kwargs(root / "cache"))
+    model = GemClassifier(datamodule.class_names, 32, **TINY)
+    trainer = Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=datamodule)
+    checkpoint = root / "model.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    photos = sorted((data_dir / "test").rglob("*.jpg"))
+    return SimpleNamespace(root=root, checkpoint=checkpoint, photos=photos, test_dir=data_dir / "test")
+
+
+@pytest.fixture(scope="module")
+def server(trained) -> Server:
+    """One server for the module, batching, with the API key given through the environment."""
+    running = start_server(trained.checkpoint, trained.root / "serve.log", server_env(trained.root, API_KEY), "--max_batch_size", "8", "--batch_timeout", "0.05")
+    yield running
+    assert running.stop() == 0, running.log.read_text()
+
+
+def ranked(answer) -> list[tuple[str, float]]:
+    assert answer.status == 200, answer.body
+    return [(p["class"], p["probability"]) for p in answer.json()["predictions"]]
+
+
+def assert_same_ranking(got: list[tuple[str, float]], expected: list[tuple[str, float]], atol: float = 1e-6) -> None:
+    assert [name for name, _ in got] == [name for name, _ in expected]
+    assert [p for _, p in got] == pytest.approx([p for _, p in expected], abs=atol)
+
+
+def test_info_and_health_describe_the_checkpoint(server, trained):
+    assert server.request("/health").body == b"ok"
+    model = server.request("/info").json()["model"]
+    assert model["class_names"] == ["Blue Stone", "Green Stone", "Red Stone"]
+    assert model["image_size"] == 32 and model["architecture"]["arch"] == "vgg" and model["architecture"]["channels"] == [8, 16]
+    assert model["metrics"]["epoch"] == 1 and model["checkpoint"] == str(trained.checkpoint)
+
+
+def test_server_classify_and_predict_give_the_same_answer(server, trained, tmp_path):
+    """The same photo through the server, ``GemModel.classify`` and the ``predict`` command."""
+    model = load_model(trained.checkpoint)
+    csv_path = tmp_path / "predictions.csv"
+    subprocess.run(
+        [sys.executable, str(REPO / "main.py"), "predict", "--ckpt_path", str(trained.checkpoint), "--data.predict_path", str(trained.test_dir),
+         "--predictions.output", str(csv_path), "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"],
+        env=server_env(tmp_path), cwd=tmp_path, check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    predicted = {Path(row["path"]).name: row for row in csv.DictReader(csv_path.open())}
+    for photo in trained.photos:
+        served = ranked(server.predict(photo.read_bytes()))
+        assert_same_ranking(served, model.classify(photo))
+        row = predicted[photo.name]
+        from_csv = [(row[f"class_{i}"], float(row[f"prob_{i}"])) for i in range(1, 4)]
+        assert_same_ranking(served, from_csv, atol=1e-6)  # the CSV has 6 decimals
+    assert server.predict(trained.photos[0].read_bytes()).json()["model"]["checkpoint"] == "model.ckpt"
+
+
+def test_raw_multipart_and_json_bodies_give_the_same_answer(server, trained):
+    photo = trained.photos[-1].read_bytes()
+    raw = ranked(server.predict(photo))
+    boundary = "gem-boundary"
+    multipart = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'.encode()
+        + photo + f"\r\n--{boundary}--\r\n".encode()
+    )
+    assert ranked(server.predict(multipart, f"multipart/form-data; boundary={boundary}")) == raw
+    as_json = json.dumps({"image": base64.b64encode(photo).decode()}).encode()
+    assert ranked(server.predict(as_json, "application/json")) == raw
+    assert ranked(server.predict(photo, "application/octet-stream", query="?top_k=2")) == raw[:2]
+
+
+def _bomb_png() -> bytes:
+    """A small PNG file of 10,000 x 8,500 pixels, more than the decoder's 80-million-pixel limit."""
+    buffer = io.BytesIO()
+    Image.new("L", (10_000, 8_500)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_bad_requests_get_a_4xx_naming_the_problem_and_the_server_goes_on(server, trained):
+    photo = trained.photos[0].read_bytes()
+    multipart_without_file = b'--b\r\nContent-Disposition: form-data; name="other"\r\n\r\nvalue\r\n--b--\r\n'
+    cases = [
+        # (what, answer, status, words the message must contain)
+        ("not an image", server.predict(b"just some words, no pixels"), 422, "not an image"),
+        ("truncated JPEG", server.predict(photo[: len(photo) // 2]), 422, "truncated or corrupt"),
+        ("zero bytes", server.predict(b""), 400, "empty"),
+        ("HTML named .jpg", server.predict(b"<!doctype html><html><body>hello</body></html>"), 422, "not an image"),
+        ("decompression bomb", server.predict(_bomb_png(), "image/png"), 422, "decompression-bomb"),
+        ("body over the limit", server.predict(b"\xff\xd8\xff" + b"\0" * (10 * 2**20)), 413, "larger than the limit"),
+        ("wrong content type", server.predict(photo, "text/plain"), 415, "Content-Type"),
+        ("malformed JSON", server.predict(b'{"image": ', "application/json"), 400, "malformed JSON"),
+        ("malformed base64", server.predict(b'{"image": "not*base64!"}', "application/json"), 400, "base64"),
+        ("JSON without image", server.predict(b'{"picture": "aGk="}', "application/json"), 400, '"image"'),
+        ("multipart without file", server.predict(multipart_without_file, "multipart/form-data; boundary=b"), 400, "'file'"),
+        ("top_k out of range", server.predict(photo, query="?top_k=7"), 400, "top_k"),
+        ("unknown route", server.request("/nowhere"), 404, "no such route GET /nowhere"),
+        ("wrong method", server.request("/predict"), 405, "GET is not allowed"),
+        ("no API key", server.predict(photo, key=None), 401, "missing API key"),
+        ("wrong API key", server.predict(photo, key="guess"), 401, "wrong API key"),
+    ]
+    for what, answer, status, words in cases:
+        assert answer.status == status, (what, answer.status, answer.body)
+        assert words in answer.json()["detail"], (what, answer.body)
+        assert b"Traceback" not in answer.body, what
+    assert server.request("/", key=None).status == 200  # the page itself needs no key
+    assert ranked(server.predict(photo))  # still serving
+    assert server.process.poll() is None
+
+
+def test_a_bad_upload_in_a_batch_fails_alone(server, trained):
+    """LitServe batches concurrent requests; an unusable one must not spoil the others' answers."""
+    photo = trained.photos[1].read_bytes()
+    expected = ranked(server.predict(photo))
+    bodies = [photo if i % 2 else b"not an image" for i in range(16)]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        answers = list(pool.map(server.predict, bodies))
+    for body, answer in zip(bodies, answers):
+        if body is photo:
+            assert_same_ranking(ranked(answer), expected, atol=1e-5)  # another batch composition: float rounding only
+        else:
+            assert answer.status == 422, answer.body
+
+
+def test_sigterm_lets_the_requests_in_flight_finish(trained, tmp_path):
+    """Requests waiting in a batch when SIGTERM arrives are answered; then the server exits with 0."""
+    server = start_server(trained.checkpoint, tmp_path / "serve.log", server_env(tmp_path), "--max_batch_size", "64", "--batch_timeout", "3")
+    photo = trained.photos[0].read_bytes()
+    answers: list = []
+    threads = [threading.Thread(target=lambda: answers.append(server.predict(photo))) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    threading.Event().wait(1.0)  # the requests now wait for the batch to fill (3 s)
+    assert server.stop() == 0, server.log.read_text()
+    for thread in threads:
+        thread.join(60)
+    assert [answer.status for answer in answers] == [200] * 6
+    with pytest.raises(OSError):
+        server.request("/health", timeout=2)
+
+
+def test_serve_refuses_a_missing_or_foreign_checkpoint_or_a_busy_port_in_one_line(trained, tmp_path):
+    not_a_checkpoint = tmp_path / "notes.ckpt"
+    not_a_checkpoint.write_text("not a checkpoint")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        for ckpt, words in (
+            (tmp_path / "missing.ckpt", "is not a file"),
+            (not_a_checkpoint, "cannot read it as a checkpoint"),
+            (trained.checkpoint, f"cannot listen on 127.0.0.1:{port}"),
+        ):
+            result = subprocess.run(
+                [sys.executable, str(REPO / "main.py"), "serve", "--ckpt_path", str(ckpt), "--port", port],
+                env=server_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=120,
+            )
+            assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr, result.stderr
