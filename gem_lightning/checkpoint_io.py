@@ -320,9 +320,9 @@ class SaveOnSigterm(Callback):
     each training batch end the ranks reduce "has any rank been asked to stop" (one tiny all-reduce
     per batch, at the same point on every rank), then all save together and all stop after that
     batch; a signal that reaches only some ranks cannot leave the others waiting in a collective.
-    A request that arrives during validation (or in an epoch's last batch) takes effect at that
-    epoch's end, where the epoch checkpoint ``ModelCheckpoint`` just wrote is the one to resume (or
-    one is saved), unless that was the last epoch: then the run simply ends.
+    A request that arrives after an epoch's last batch (during validation, or while the epoch
+    checkpoint is written) takes effect before the next epoch starts, from the epoch checkpoint
+    ``ModelCheckpoint`` just wrote (or one is saved); after the last epoch the run simply ends.
 
     On SLURM, ``SLURMEnvironment(auto_requeue=True)`` (Lightning's default when SLURM is detected)
     also handles the requeue signal (``#SBATCH --signal=SIGUSR1@90``). Lightning's own handler saves
@@ -351,6 +351,7 @@ class SaveOnSigterm(Callback):
         self._requested = False
         self._requeue = False
         self._stop_at_epoch_end = False
+        self._trained = False
         self._forwarded = False
 
     def requested(self, trainer: Trainer) -> bool:
@@ -368,7 +369,7 @@ class SaveOnSigterm(Callback):
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._requested = self._requeue = self._stop_at_epoch_end = False
+        self._requested = self._requeue = self._stop_at_epoch_end = self._trained = False
         requeue_signal = _requeue_signal(trainer)
         if take_requeue_request() and requeue_signal is not None:
             rank_zero_info("A requeue signal arrived before training: saving and requeueing after the first batch.")
@@ -404,20 +405,22 @@ class SaveOnSigterm(Callback):
 
     @override
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        self._trained = True
         if self._agreed_stop(trainer):
             self._stop(trainer)
 
     @override
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """A request that arrived during validation (or the last batch) stops the run at this epoch's end,
-        unless it was the last epoch; the checkpoint is taken in :meth:`on_exception`, after
-        ``ModelCheckpoint`` (a later callback) has written this epoch's."""
-        if not self._agreed_stop(trainer) or _training_ends_with_this_epoch(trainer):
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """A request that arrived since the last training batch (during validation, the epoch-end hooks
+        or the epoch checkpoint's write) stops the run before the next epoch, from that epoch
+        checkpoint; after the last epoch the run simply ends. A request from before this process
+        trained at all waits for the first batch end, so that every allocation makes progress."""
+        if not self._trained or not self._agreed_stop(trainer):
             return
         self._stop_at_epoch_end = True
         self._requeue = self._agreed_requeue(trainer)
-        # Lightning raises SIGTERMException on every rank once the epoch's hooks have run.
         trainer._signal_connector.received_sigterm = True
+        raise SIGTERMException  # on every rank at once: on_exception saves (or adopts) and requeues
 
     def _agreed_stop(self, trainer: Trainer) -> bool:
         """Whether any rank has been asked to stop (every rank calls this at the same point)."""
@@ -451,7 +454,7 @@ class SaveOnSigterm(Callback):
             and getattr(callback, "_last_global_step_saved", None) == trainer.global_step
         ):
             self.saved_path = callback.last_model_path
-            rank_zero_info(f"Stopping on a signal at the end of epoch {trainer.current_epoch}: resume from {self.saved_path}.")
+            rank_zero_info(f"Stopping on a signal before epoch {trainer.current_epoch}: resume from {self.saved_path}.")
             return True
         return False
 
@@ -459,7 +462,7 @@ class SaveOnSigterm(Callback):
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException) or self.saved_path is not None:
             return
-        if self._stop_at_epoch_end:  # every rank is here, after the epoch's hooks
+        if self._stop_at_epoch_end:  # every rank is here, at the start of an epoch
             if not self._adopt_epoch_checkpoint(trainer):
                 self._save(trainer)
             if self._requeue and trainer.is_global_zero:
@@ -511,15 +514,6 @@ def _requeue_signal(trainer: Trainer) -> int | None:
     if isinstance(environment, SLURMEnvironment) and environment.auto_requeue and hasattr(signal, "SIGUSR1"):
         return environment.requeue_signal or signal.SIGUSR1
     return None
-
-
-def _training_ends_with_this_epoch(trainer: Trainer) -> bool:
-    loop = trainer.fit_loop
-    return (
-        trainer.should_stop
-        or (loop.max_epochs is not None and loop.max_epochs >= 0 and trainer.current_epoch + 1 >= loop.max_epochs)
-        or (loop.max_steps >= 0 and trainer.global_step >= loop.max_steps)
-    )
 
 
 def _requeue_slurm_job() -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
-CLIENTS = ("sbatch", "scontrol", "scancel", "sinfo", "srun")
+CLIENTS = ("sbatch", "scontrol", "scancel", "sinfo", "squeue", "srun")
 FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY", "BOOT_FAIL",
             "DEADLINE"}
 
@@ -144,6 +144,9 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSu
     def stop(self) -> None:
         subprocess.run(["scancel", "--full", "--signal=KILL", "--user", "root"], env={**os.environ, **self.env},
                        capture_output=True, timeout=30)
+        deadline = time.monotonic() + 30  # let slurmd reap the job steps, or their slurmstepd outlive it
+        while time.monotonic() < deadline and self._jobs_left():
+            time.sleep(1)
         for process in reversed(self.processes):
             if process.poll() is None:
                 process.terminate()
@@ -153,6 +156,12 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSu
                     process.kill()
                     process.wait()
         self.processes.clear()
+
+    def _jobs_left(self) -> bool:
+        try:
+            return bool(self.command(["squeue", "-h", "-o", "%i"]).stdout.strip())
+        except (subprocess.SubprocessError, OSError):
+            return False
 
     # Commands ---------------------------------------------------------------------------------
 

@@ -182,24 +182,25 @@ TIME_LIMIT_EPOCHS = 12
 
 def test_a_real_time_limit_requeues_the_job_before_the_kill_and_it_completes(jobs):
     """``--time=2 --signal=USR1@60``: SLURM itself sends SIGUSR1 a minute before the limit. The first
-    allocation's steps are slowed (2 s each) so that it cannot finish in time on any machine."""
+    allocation's steps are slowed (2 s each) so that it cannot finish in time on any machine. (On a
+    starved machine the signal may come before training starts: the job then saves and requeues
+    after its first batch, which is progress too.)"""
     started = time.monotonic()
     job = jobs.submit("time-limit", epochs=TIME_LIMIT_EPOCHS, pauses={"0": {"at": "slow", "seconds": 2}},
                       sbatch=("--time=2", "--signal=USR1@60"))
     info = jobs.cluster.wait_until(job, lambda i: i["Restarts"] != "0" or i["JobState"] in ("COMPLETED", "FAILED",
                                    "TIMEOUT", "CANCELLED"), JOB_TIMEOUT, "a requeue")
-    first = round(time.monotonic() - started)
     saved = jobs.checkpoint("time-limit")
     record("time limit", job, info, started, allocation=0, resumes_from_step=saved["global_step"])
     assert info["Restarts"] == "1", f"{info}; output:\n{jobs.output('time-limit')[-4000:]}"
     assert 0 < saved["global_step"] < TIME_LIMIT_EPOCHS * BATCHES_PER_EPOCH
-    assert first < 120 + 30, f"requeued only after {first} s: the time limit was reached first"
+    assert "DUE TO TIME LIMIT" not in jobs.output("time-limit"), "the time limit was reached before the requeue"
     info = finished(jobs, "time-limit", job)
     saved = jobs.checkpoint("time-limit")
     record("time limit", job, info, started, allocation=int(info["Restarts"]), epochs=saved["epoch"] + 1)
     assert saved["epoch"] == TIME_LIMIT_EPOCHS - 1 and saved["global_step"] == TIME_LIMIT_EPOCHS * BATCHES_PER_EPOCH
     assert int(info["Restarts"]) >= 1 and info["TimeLimit"] == "00:02:00", info
-    assert "TIME LIMIT" not in jobs.output("time-limit")
+    assert "DUE TO TIME LIMIT" not in jobs.output("time-limit")
 
 
 def test_sigterm_saves_last_and_a_resubmission_resumes_from_it(jobs):
