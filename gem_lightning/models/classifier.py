@@ -51,11 +51,11 @@ class ImageClassifier(nn.Module):
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities in float32, with the test-time augmentation if any."""
-        views = test_time_views(images, self.tta)
+        views = tta_views(images, self.tta)
         return torch.stack([self(view).float().softmax(dim=-1) for view in views]).mean(0)
 
 
-def test_time_views(images: torch.Tensor, tta: TTA) -> list[torch.Tensor]:
+def tta_views(images: torch.Tensor, tta: TTA) -> list[torch.Tensor]:
     """The views of ``(B, 3, S, S)`` images whose probabilities test-time augmentation averages."""
     views = [images] if tta == "none" else [images, images.flip(-1)]
     if tta == "dihedral":
