@@ -1,8 +1,9 @@
 """Every mistake a user can make, through the real command line: one row per mistake.
 
-Each row builds its inputs in a temp folder, runs ``python main.py ...`` in a subprocess and checks
-that it ends the same way: exit status 2, an ``error:`` line on stderr naming the file or setting,
-no traceback, and every file that existed before the run byte-for-byte unchanged. The faults
+Each row builds its inputs in a temp folder, runs ``python main.py ...`` in a process of its own
+(forked warm: :mod:`warm_cli`) and checks that it ends the same way: exit status 2, an ``error:``
+line on stderr naming the file or setting, no traceback, and every file that existed before the
+run byte-for-byte unchanged. The faults
 (disk full during a checkpoint save, Ctrl-C during ``fit``) have tests of their own below.
 """
 
@@ -24,15 +25,15 @@ import pytest
 import torch
 
 from conftest import REPO, make_dataset, write_image
+from warm_cli import run_main
 
 pytestmark = pytest.mark.slow  # each row starts the CLI: seconds of imports
 
 TINY_MODEL = ["--model.channels", "[8, 16]", "--model.pools", "[max, max]", "--model.hidden_units", "16"]
 
 
-def cli(*args: str, env: dict, cwd: Path, timeout: float = 900, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "main.py"), *map(str, args)], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout, **kwargs)
+def cli(*args: str, env: dict, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    return run_main(list(args), env=env, cwd=cwd, timeout=timeout)
 
 
 def common(root: Path) -> list[str]:
