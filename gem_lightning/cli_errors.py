@@ -25,6 +25,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from gem_lightning.checkpoint_io import ctrl_c_checkpoint
 from gem_lightning.errors import UserInputError
@@ -103,15 +104,29 @@ def check_config_files(argv: list[str]) -> None:
 def check_trainer_runs_here(trainer: Trainer, precision: str | int | None) -> Trainer:
     """Refuse ``precision`` (the one asked for) where the trainer runs on the CPU: ``16-mixed`` is
     for CUDA GPUs. Lightning would swap in ``bf16-mixed`` with a warning lost in the log: other
-    numerics than asked for, and on CPUs without bf16 units slower than ``32-true``.
+    numerics than asked for, and on CPUs without bf16 units slower than ``32-true``. Warn when
+    ``bf16`` is asked for on a CPU without bf16 instructions: it runs, emulated, several times slower.
     """
-    if isinstance(trainer.accelerator, CPUAccelerator) and str(precision) in ("16-mixed", "16"):
+    on_cpu = isinstance(trainer.accelerator, CPUAccelerator)
+    if on_cpu and str(precision) in ("16-mixed", "16"):
         raise UserInputError(
             f"trainer.precision {str(precision)!r} needs a CUDA GPU, and this run is on the CPU"
             f"{' (no GPU found)' if not gpu_available() else ''}: use --trainer.precision bf16-mixed "
             "(CPUs with AMX/AVX-512-bf16) or 32-true, or --trainer.accelerator gpu on a machine with one."
         )
+    if on_cpu and str(precision).startswith("bf16") and not cpu_has_bf16():
+        rank_zero_warn(
+            f"trainer.precision {str(precision)!r} on a CPU without AVX-512-bf16 or AMX: bf16 is emulated "
+            "here and about 10x slower than --trainer.precision 32-true."
+        )
     return trainer
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512-bf16 or AMX), as torch's kernels see it."""
+    import torch
+
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def gpu_available() -> bool:

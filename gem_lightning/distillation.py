@@ -17,8 +17,8 @@ class Teacher:
     Args:
         ckpt_path: the teacher's checkpoint.
         class_names: the student's classes; the teacher must have the same, in the same order.
-        autocast: run at the trainer's mixed precision; ``False`` runs in float32 (faster for
-            depthwise-conv networks such as EfficientNet on CPUs without AMX).
+        autocast: run at the trainer's mixed precision; ``False`` runs in float32 (the faster
+            choice on CPUs without native bf16, and for depthwise-conv networks such as EfficientNet).
     """
 
     def __init__(self, ckpt_path: str, class_names: list[str], autocast: bool = True) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,19 @@ def test_commands_have_one_home_and_library_code_does_not_import_them():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module:
                 assert not node.module.startswith("gem_lightning.commands"), f"{path} imports {node.module}"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_that_emulates_it_warns_with_the_faster_setting(native, monkeypatch):
+    from lightning.pytorch import Trainer
+
+    from gem_lightning import cli_errors
+
+    monkeypatch.setattr(cli_errors, "cpu_has_bf16", lambda: native)
+    trainer = Trainer(accelerator="cpu", precision="bf16-mixed", logger=False, enable_checkpointing=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cli_errors.check_trainer_runs_here(trainer, "bf16-mixed") is trainer
+    emulated = [w for w in caught if "bf16 is emulated" in str(w.message)]
+    assert len(emulated) == (0 if native else 1)
+    assert native or "--trainer.precision 32-true" in str(emulated[0].message)
