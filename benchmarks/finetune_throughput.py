@@ -53,16 +53,15 @@ def run_plain(args) -> Run:
     datamodule, model = cli.datamodule, cli.model
     datamodule.prepare_data()
     datamodule.setup("fit")
-    backbone, head = model.parameter_groups()
-    lr = 3e-3
-    optimizer = torch.optim.AdamW([{**backbone, "lr": lr * model.hparams.backbone_lr_ratio}, {**head, "lr": lr}], weight_decay=0.02)
+    optimizer = model.optimizer(model.parameter_groups())  # the config's AdamW over the backbone and head groups
+    optimizer.param_groups[0]["lr"] *= model.hparams.backbone_lr_ratio
     mixed = cli.trainer.precision == "bf16-mixed"
     model.train()
     run = Run(args.warmup, args.warmup + args.steps, begin=time.perf_counter())
     for images, targets, _ in datamodule.train_dataloader():
         run.step_start()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed):
-            loss = F.cross_entropy(model(images).float(), targets, label_smoothing=0.1)
+            loss = F.cross_entropy(model(images).float(), targets, label_smoothing=model.hparams.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -124,12 +124,13 @@ def start_paused_fit(setup: dict, run: str, epoch: int, batch: int, *extra: str)
 
 
 def wait(proc: subprocess.Popen, log: Path, timeout: float = 120) -> int:
+    """``proc``'s exit status; past ``timeout`` its process group is killed and the test fails with the log's tail."""
     try:
         return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        pytest.fail(f"the run did not stop within {timeout} s; log tail:\n{log.read_text()[-4000:]}")
+        pytest.fail(f"{log.name}: the run did not stop within {timeout} s; log tail:\n{log.read_text()[-4000:]}")
 
 
 def assert_same_training_state(resumed: dict, reference: dict) -> None:

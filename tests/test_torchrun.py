@@ -20,6 +20,7 @@ import torch
 
 from conftest import REPO, make_dataset
 from test_distributed import TINY_MODEL, subprocess_env
+from test_resume import wait
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -37,15 +38,6 @@ def launch(node_rank: int, env: dict[str, str], args: list[str], log: Path) -> s
     node_env = dict(env, NODE_RANK=str(node_rank))
     return subprocess.Popen(["bash", str(REPO / "scripts" / "torchrun_fit.sh"), *args], env=node_env, cwd=log.parent,
                             stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def wait(proc: subprocess.Popen, log: Path, timeout: float = TIMEOUT) -> int:
-    try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        pytest.fail(f"{log.name}: no exit within {timeout} s:\n{log.read_text()[-4000:]}")
 
 
 def test_two_torchrun_nodes_survive_one_node_being_killed_and_restarted(tmp_path, cpu_env, isolated_cache):
@@ -74,7 +66,7 @@ def test_two_torchrun_nodes_survive_one_node_being_killed_and_restarted(tmp_path
         killed_at = torch.load(last, map_location="cpu", weights_only=False)["epoch"]
         time.sleep(2)
         nodes[1] = launch(1, env, args, logs[1])
-        statuses = [wait(node, log) for node, log in zip(nodes, logs)]
+        statuses = [wait(node, log, TIMEOUT) for node, log in zip(nodes, logs)]
     finally:
         for node in nodes:
             if node.poll() is None:
