@@ -17,12 +17,13 @@ import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from gem_lightning.data.batch_augment import BatchAugment
 from gem_lightning.data.cache import DecodeSettings, default_cache_dir, DiskCache, ImageStore, build_store, estimated_bytes
 from gem_lightning.data.datasets import CachedImageDataset, PredictDataset, collate_channels_last, collate_predictions, find_predict_files
 from gem_lightning.data.loader import SignalSafeDataLoader
+from gem_lightning.data.samplers import FitEpochDistributedSampler
 from gem_lightning.data.scan import (
     EXPECTED_LAYOUT,
     DatasetLayoutError,
@@ -366,7 +367,9 @@ class GemDataModule(LightningDataModule):
             return None
         rank, world = self.trainer.global_rank, self.trainer.world_size
         if train:
-            return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+            fit_loop = self.trainer.fit_loop
+            return FitEpochDistributedSampler(dataset, epoch=lambda: fit_loop.epoch_progress.current.processed,
+                                              num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
         return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
 
     def paths(self, stage: str) -> list[Path]:
