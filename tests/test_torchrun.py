@@ -1,6 +1,6 @@
 """``scripts/torchrun_fit.sh`` as two "nodes" on one machine: two torchrun launches (``NNODES=2``,
 ``MASTER_ADDR=127.0.0.1``, one process each, c10d rendezvous), sharing the run folder as nodes share a
-filesystem. Node 1 is SIGKILLed mid-training (agent and worker, as when a machine dies) and started
+filesystem. Node 1 is SIGKILLed mid-training (agent and worker at once, as when a machine dies) and started
 again; node 0's agent restarts its worker (``MAX_RESTARTS``), both resume from ``last.ckpt`` and
 the run completes every epoch.
 """
@@ -34,6 +34,34 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def process_tree(root: int) -> list[int]:
+    """``root`` and every process below it (``/proc``): torchrun starts each worker in a session of
+    its own, so killing the agent's process group would leave the worker training."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # the field after the state
+        except OSError:
+            continue  # the process has exited meanwhile
+        parents.setdefault(parent, []).append(int(stat.parent.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(parents.get(pid, []))
+    return tree
+
+
+def kill_node(node: subprocess.Popen) -> None:
+    """SIGKILL the agent and its workers at once, as when the machine dies."""
+    for pid in process_tree(node.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    node.wait()
+
+
 def launch(node_rank: int, env: dict[str, str], args: list[str], log: Path) -> subprocess.Popen:
     node_env = dict(env, NODE_RANK=str(node_rank))
     return subprocess.Popen(["bash", str(REPO / "scripts" / "torchrun_fit.sh"), *args], env=node_env, cwd=log.parent,
@@ -61,8 +89,7 @@ def test_two_torchrun_nodes_survive_one_node_being_killed_and_restarted(tmp_path
             assert time.monotonic() < deadline and all(node.poll() is None for node in nodes), \
                 logs[0].read_text()[-3000:] + logs[1].read_text()[-3000:]
             time.sleep(0.2)
-        os.killpg(nodes[1].pid, signal.SIGKILL)
-        nodes[1].wait()
+        kill_node(nodes[1])
         killed_at = torch.load(last, map_location="cpu", weights_only=False)["epoch"]
         time.sleep(2)
         nodes[1] = launch(1, env, args, logs[1])
@@ -73,6 +100,7 @@ def test_two_torchrun_nodes_survive_one_node_being_killed_and_restarted(tmp_path
                 os.killpg(node.pid, signal.SIGKILL)
     output = [log.read_text() for log in logs]
     assert statuses == [0, 0], f"exit statuses {statuses}:\n{output[0][-3000:]}\n---\n{output[1][-3000:]}"
+    assert "Restored all states from the checkpoint" in output[0], "the restarted workers resume from last.ckpt"
     saved = torch.load(last, map_location="cpu", weights_only=False)
     assert saved["epoch"] == EPOCHS - 1, saved["epoch"]
     assert killed_at < EPOCHS - 1
