@@ -63,14 +63,3 @@ def cpu_env(monkeypatch: pytest.MonkeyPatch) -> dict:
     """Environment for CLI subprocesses: this repo importable, few threads."""
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="2", PYTHONWARNINGS="ignore")
     return env
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Real-cluster tests (SLURM daemons, two torchrun agents) run only when asked for: each passed
-    alone on a loaded machine, but the files have not yet passed as a whole (issue 16)."""
-    if os.environ.get("GEM_LIGHTNING_CLUSTER_TESTS") == "1":
-        return
-    skip = pytest.mark.skip(reason="real SLURM/torchrun jobs: opt-in with GEM_LIGHTNING_CLUSTER_TESTS=1 (issue 16)")
-    for item in items:
-        if "cluster" in item.keywords:
-            item.add_marker(skip)
