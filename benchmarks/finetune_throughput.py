@@ -5,8 +5,8 @@ Run from the repository root (prints figures; not a test):
     python benchmarks/finetune_throughput.py [--data-dir ../shared/datasets/gemstones] [--steps 10] [--rounds 2]
 
 Both train the same network (timm ``tf_efficientnet_lite0`` from the shipped ImageNet weights, its
-stem and first stages frozen as the config says) on the same loader (the config's data module: 160 px
-photos from the warm decode cache, the config's augmentation), at the config's precision:
+frozen stages and drop rates as the config says) on the same loader (the config's data module: photos
+at the config's size from the warm decode cache, the config's augmentation), at the config's precision:
 (a_ft) a hand-written loop: forward, label-smoothed cross-entropy, AdamW over the backbone and head
 groups; (c_ft) the CLI's own trainer (its callbacks and logger included), as
 ``fit`` runs it. Variants alternate within each round, in reversed order every other round.

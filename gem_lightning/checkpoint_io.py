@@ -21,8 +21,9 @@ What a resume from ``--ckpt_path last`` reproduces (Lightning 2.6, verified by `
   ended"). Later epochs follow the same procedure but the weights have diverged. Such a checkpoint
   keeps the work done until a preemption; it does not promise bitwise equality.
 
-Under DDP the same holds: the ``DistributedSampler`` order depends only on its seed and the epoch,
-and every rank resumes with the saved generator states (see :class:`RNGState`).
+Under DDP the same holds: the ``DistributedSampler`` order depends only on its seed and the epoch
+(which the data module's sampler reads from the fit loop, as Lightning sets it too late on resume:
+``gem_lightning.data.samplers``), and every rank resumes with the saved generator states (see :class:`RNGState`).
 ``--ckpt_path last`` looks in the ``ModelCheckpoint`` folder of the *new* run, which by default is
 a new ``version_<n>`` folder; resume-friendly runs fix it (``--checkpoint.dirpath``), as
 ``scripts/slurm_fit.sh`` and ``scripts/torchrun_fit.sh`` do.

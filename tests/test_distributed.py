@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from torch.utils.data import DistributedSampler
 
 from conftest import REPO, make_dataset, write_image
+from gem_lightning.data.samplers import FitEpochDistributedSampler
 
 MAIN = REPO / "main.py"
 TINY_MODEL = ["--model.channels", "[8,16]", "--model.pools", "[max,max]", "--model.hidden_units", "16"]
@@ -393,3 +395,15 @@ def test_torchrun_script_trains_with_two_processes(tmp_path, isolated_cache, cpu
     assert checkpoint["global_step"] == 2
     assert len(list((tmp_path / "logs").rglob("metrics.csv"))) == 1, result.stdout[-3000:]
     assert "MEMBER: 2/2" in result.stdout, f"two processes joined:\n{result.stdout[-3000:]}"
+
+
+def test_the_training_sampler_shuffles_for_the_fit_loops_epoch_even_before_set_epoch():
+    """Lightning 2.6 makes the first iterator of a resumed run before it calls ``set_epoch``; a
+    loader with workers draws its indices right then, so the sampler must know the epoch itself."""
+    fit_epoch = 3
+    sampler = FitEpochDistributedSampler(range(20), epoch=lambda: fit_epoch, num_replicas=2, rank=1, seed=42)
+    expected = DistributedSampler(range(20), num_replicas=2, rank=1, seed=42)
+    expected.set_epoch(fit_epoch)
+    assert list(sampler) == list(expected)
+    expected.set_epoch(0)
+    assert list(sampler) != list(expected), "epoch 0's order is what a plain DistributedSampler gives here"
