@@ -31,13 +31,13 @@ if [[ "$NNODES" == 1 ]]; then
 else
     : "${MASTER_ADDR:?set MASTER_ADDR to the address of the machine with NODE_RANK=0}"
     : "${RUN_ID:?set RUN_ID to the same name on every machine}"
-    # Node 0 hosts the rendezvous store, on every machine's say-so rather than by guessing from
-    # host names, which picks whichever agent binds the port first when "nodes" share a host.
+    # Node 0 hosts the rendezvous store, said explicitly: torch otherwise guesses from host names,
+    # and when "nodes" share a host whichever agent binds the port first becomes the host.
     IS_HOST=$([[ "$NODE_RANK" == 0 ]] && echo true || echo false)
     RENDEZVOUS=(--node-rank "$NODE_RANK" --rdzv-backend c10d --rdzv-endpoint "$MASTER_ADDR:$MASTER_PORT" --rdzv-id "$RUN_ID"
                 --rdzv-conf "is_host=$IS_HOST")
-    # A node that rejoins after a restart waits forever for the rendezvous' shared TCP store
-    # (pytorch/pytorch#135712): each round gets a store of its own.
+    # With the rendezvous store shared with the workers (torch's default), a node that rejoins
+    # after a restart waits for a MASTER_ADDR nobody writes (pytorch/pytorch#135712): don't share it.
     export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
 fi
 RUN_DIR=${RUN_DIR:-runs/torchrun/$RUN_ID}
