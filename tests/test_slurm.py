@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, make_dataset
+from conftest import REPO, make_dataset, sigkill_all
 from slurm_cluster import ClusterUnavailable, SlurmCluster
 from test_distributed import TINY_MODEL, clean_launch_env
 
@@ -114,11 +113,7 @@ def kill_every_process_of(jobs: Jobs, job: int) -> None:
     """SIGKILL the batch script and every task at once (``scontrol listpids`` names them). Not
     ``scancel --signal=KILL``: SLURM then stops the tasks with SIGTERM first, and they save."""
     rows = [line.split() for line in jobs.cluster.command(["scontrol", "listpids", str(job)]).stdout.splitlines()[1:]]
-    for pid in {int(row[0]) for row in rows if row and row[0].isdigit()}:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    sigkill_all({int(row[0]) for row in rows if row and row[0].isdigit()})
 
 
 def weights(checkpoint: dict) -> dict[str, torch.Tensor]:

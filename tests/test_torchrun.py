@@ -7,8 +7,6 @@ the run completes every epoch.
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, make_dataset
+from conftest import REPO, make_dataset, sigkill_all
 from test_distributed import TINY_MODEL, subprocess_env
 from test_resume import wait
 
@@ -54,11 +52,7 @@ def process_tree(root: int) -> list[int]:
 
 def kill_node(node: subprocess.Popen) -> None:
     """SIGKILL the agent and its workers at once, as when the machine dies."""
-    for pid in process_tree(node.pid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    sigkill_all(process_tree(node.pid))
     node.wait()
 
 
@@ -97,7 +91,7 @@ def test_two_torchrun_nodes_survive_one_node_being_killed_and_restarted(tmp_path
     finally:
         for node in nodes:
             if node.poll() is None:
-                os.killpg(node.pid, signal.SIGKILL)
+                kill_node(node)  # its workers too: they are not in the agent's process group
     output = [log.read_text() for log in logs]
     assert statuses == [0, 0], f"exit statuses {statuses}:\n{output[0][-3000:]}\n---\n{output[1][-3000:]}"
     assert "Restored all states from the checkpoint" in output[0], "the restarted workers resume from last.ckpt"
