@@ -5,11 +5,11 @@ Also ``prepare``, ``preview``, ``lr_find``, ``seeds``, ``export`` and ``serve`` 
 
 import sys
 
-from gem_lightning.signals import listen_for_requeue_signal
+if __name__ == "__main__":  # loader workers start by importing this file: it must stay cheap to import
+    from gem_lightning.signals import listen_for_requeue_signal
 
-listen_for_requeue_signal()  # before the slow imports: under SLURM a SIGUSR1 may come at any time
+    listen_for_requeue_signal()  # before the slow imports: under SLURM a SIGUSR1 may come at any time
 
-from gem_lightning.cli import main  # noqa: E402
+    from gem_lightning.cli import main
 
-if __name__ == "__main__":
     sys.exit(main())

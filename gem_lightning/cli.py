@@ -43,6 +43,16 @@ CHOSEN_AT_INFERENCE = {"tta", "top_k", "channels_last", "compile"}
 """Model options a user may change when evaluating or predicting with a trained checkpoint."""
 
 
+def check_distillation_has_teacher(model_config) -> None:
+    """Distillation settings without a teacher would train without distillation, silently: refuse them."""
+    given = [f"model.{key}" for key in ("distill_weight", "distill_temperature") if model_config.get(key) is not None]
+    if given and not model_config.get("teacher"):
+        raise UserInputError(
+            f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} set but model.teacher is not: distillation needs "
+            "--model.teacher <checkpoint of a trained model with the same classes> (configs/gemstones_distill.yaml says how to train one)."
+        )
+
+
 class GemCLI(LightningCLI):
     """LightningCLI with gem-lightning's links, checkpointing and prediction writer."""
 
@@ -75,6 +85,7 @@ class GemCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config  # None: cli_main(args, run=False)
         if subcommand in (None, "fit"):
+            check_distillation_has_teacher(config.model)
             if config.data.image_size is None:
                 config.data.image_size = default_normalization(config.model.arch, config.model.weights)[2]
             return

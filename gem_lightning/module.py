@@ -22,6 +22,9 @@ from gem_lightning.models.classifier import TTA, ImageClassifier
 from gem_lightning.models.factory import build_network, classifier_head, default_normalization
 from gem_lightning.models.vgg import HeadKind, PoolKind, VGGConfig
 
+DEFAULT_DISTILL_TEMPERATURE = 2.0
+DEFAULT_DISTILL_WEIGHT = 0.5
+
 TRAINING_ONLY = ("weights", "teacher")
 """Hyperparameters that only shape training; a checkpoint holds their effect, so loading one ignores them
 (a fine-tuned checkpoint predicts where its weights file or its teacher does not exist)."""
@@ -40,15 +43,15 @@ def batch_mixing(num_classes: int, mixup_alpha: float, cutmix_alpha: float) -> v
 
 
 def check_model_settings(*, top_k: int, dropout: float, label_smoothing: float, mixup_alpha: float,
-                         cutmix_alpha: float, backbone_lr_ratio: float, distill_weight: float,
-                         distill_temperature: float) -> None:
+                         cutmix_alpha: float, backbone_lr_ratio: float, distill_weight: float | None,
+                         distill_temperature: float | None) -> None:
     """Refuse values that cannot work, naming the setting, before anything is built."""
     problems = []
     if not 0.0 < backbone_lr_ratio <= 1.0:
         problems.append(f"model.backbone_lr_ratio must be above 0 and at most 1, got {backbone_lr_ratio}")
-    if not 0.0 <= distill_weight <= 1.0:
+    if distill_weight is not None and not 0.0 <= distill_weight <= 1.0:
         problems.append(f"model.distill_weight must be from 0 to 1, got {distill_weight}")
-    if distill_temperature <= 0:
+    if distill_temperature is not None and distill_temperature <= 0:
         problems.append(f"model.distill_temperature must be above 0, got {distill_temperature}")
     if top_k < 1:
         problems.append(f"model.top_k must be at least 1, got {top_k}")
@@ -109,8 +112,9 @@ class GemClassifier(LightningModule):
             predictions on the same augmented batch (run in inference mode, at the trainer's
             precision, resized to the teacher's image size). The student's checkpoint predicts alone.
         teacher_autocast: run the teacher at the trainer's mixed precision (``False``: float32).
-        distill_temperature: softmax temperature of the distillation term.
-        distill_weight: weight of the distillation term; the hard-label loss gets ``1 - distill_weight``.
+        distill_temperature: softmax temperature of the distillation term (with a teacher only; 2.0 when unset).
+        distill_weight: weight of the distillation term; the hard-label loss gets ``1 - distill_weight``
+            (with a teacher only; 0.5 when unset).
     """
 
     def __init__(
@@ -142,8 +146,8 @@ class GemClassifier(LightningModule):
         cutmix_alpha: float = 0.0,
         teacher: str | None = None,
         teacher_autocast: bool = True,
-        distill_temperature: float = 2.0,
-        distill_weight: float = 0.5,
+        distill_temperature: float | None = None,
+        distill_weight: float | None = None,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
@@ -211,9 +215,11 @@ class GemClassifier(LightningModule):
         logits = self(images)
         loss = F.cross_entropy(logits.float(), soft_targets, label_smoothing=self.hparams.label_smoothing)
         if self.teacher is not None:
-            distill = distillation_loss(logits, self.teacher.logits(images), self.hparams.distill_temperature)
+            temperature = DEFAULT_DISTILL_TEMPERATURE if self.hparams.distill_temperature is None else self.hparams.distill_temperature
+            weight = DEFAULT_DISTILL_WEIGHT if self.hparams.distill_weight is None else self.hparams.distill_weight
+            distill = distillation_loss(logits, self.teacher.logits(images), temperature)
             self.log("train/distill_loss", distill, on_step=False, on_epoch=True, batch_size=len(targets))
-            loss = (1 - self.hparams.distill_weight) * loss + self.hparams.distill_weight * distill
+            loss = (1 - weight) * loss + weight * distill
         self.train_metrics.update(logits.detach(), targets)
         self.log(f"train/{LOSS}", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(targets))
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=len(targets))

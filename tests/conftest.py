@@ -66,19 +66,6 @@ def cpu_env(monkeypatch: pytest.MonkeyPatch) -> dict:
     return env
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Real-cluster tests (SLURM daemons, two torchrun agents) run only when asked for: they pass,
-    but a loader worker can deadlock inside ``os.fork()`` (README, "When something goes wrong"),
-    which hung one of their jobs in about four whole runs; until that is fixed they stay out of CI."""
-    if os.environ.get("GEM_LIGHTNING_CLUSTER_TESTS") == "1":
-        return
-    skip = pytest.mark.skip(reason="real SLURM/torchrun jobs: opt-in with GEM_LIGHTNING_CLUSTER_TESTS=1 "
-                                   "until the fork deadlock of loader workers is fixed (issue 16)")
-    for item in items:
-        if "cluster" in item.keywords:
-            item.add_marker(skip)
-
-
 def sigkill_all(pids) -> None:
     """SIGKILL every process of ``pids`` at once, as a machine failure would; gone ones are skipped."""
     for pid in pids:

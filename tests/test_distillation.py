@@ -64,3 +64,4 @@ def test_impossible_fine_tuning_and_distillation_settings_are_named(setting, val
 
     with pytest.raises(UserInputError, match=f"model.{setting} must be"):
         GemClassifier(["a", "b"], 64, channels=[8, 16], pools=["max", "max"], hidden_units=16, **{setting: value})
+

@@ -202,10 +202,12 @@ def test_ddp_sigterm_stops_every_rank_and_epoch_checkpoints_replay_exactly(resum
     """Two processes. SIGTERM while rank 0 waits before a batch and rank 1 waits in the gradient
     all-reduce (Lightning's own handler would broadcast from inside the signal handler and crash
     gloo here); then a resume from the end-of-epoch-0 checkpoint replays epoch 1 exactly, which
-    needs each rank's own random generators (they differ between ranks). With loader workers, the
-    same replay is checked on a real SLURM cluster (``tests/test_slurm.py``, the SIGKILL scenario)."""
+    needs each rank's own random generators (they differ between ranks) and, with loader workers
+    (fresh ones each epoch, started from the forkserver), the resumed epoch's shuffle (Lightning
+    creates that iterator before it sets the sampler's epoch)."""
     setup = dict(resume_setup, env=dict(resume_setup["env"], OMP_NUM_THREADS="1"))
-    ddp = ["--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_epochs", "2"]
+    ddp = ["--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_epochs", "2",
+           "--data.num_workers", "1", "--data.persistent_workers", "false"]
     steps = 3  # 24 training images over 2 ranks: 3 batches of 4 per epoch
     fit(setup, "ddp-straight", *ddp)
     reference = load(setup["tmp"] / "ddp-straight" / "checkpoints" / "last.ckpt")

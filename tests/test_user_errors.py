@@ -213,6 +213,11 @@ MISTAKES = [
     Mistake("negative learning rate", lambda t, tmp: fit(t, tmp, t.data, "--model.optimizer.init_args.lr", "-0.1"),
             ("model.optimizer", "learning rate")),
     Mistake("top_k 0", lambda t, tmp: fit(t, tmp, t.data, "--model.top_k", "0"), ("model.top_k",)),
+    Mistake("distillation config without a teacher", lambda t, tmp: ["fit", "--config", REPO / "configs" / "gemstones_distill.yaml",
+                                                                           *fit(t, tmp, t.data)[1:]],
+            ("model.distill_weight and model.distill_temperature are set but model.teacher is not", "--model.teacher")),
+    Mistake("start method the platform lacks", lambda t, tmp: fit(t, tmp, t.data, "--data.multiprocessing_context", "threads"),
+            ("data.multiprocessing_context", "threads")),
     # data
     Mistake("no data folder", lambda t, tmp: fit(t, tmp, tmp / "nowhere"), ("nowhere", "does not exist")),
     Mistake("no train/ folder", lambda t, tmp: fit(t, tmp, not_a_dataset(tmp / "photos")), ("photos", "no 'train/'")),

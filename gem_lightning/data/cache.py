@@ -67,14 +67,17 @@ class _DecodeJobs(Dataset):
             return index, None, error.reason
 
 
+def _as_is(item):
+    return item
+
+
 def decode_all(records: list[ImageRecord], settings: DecodeSettings, num_workers: int):
     """Yield ``(index, image or None, reason or None)`` for every record, decoding in parallel."""
     loader = SignalSafeDataLoader(
         _DecodeJobs(records, settings),
         batch_size=None,
         num_workers=num_workers,
-        collate_fn=lambda item: item,
-        multiprocessing_context="fork" if num_workers and os.name == "posix" else None,
+        collate_fn=_as_is,
     )
     yield from loader
 

@@ -7,6 +7,7 @@ train and validation reproducibly, and builds datasets over the decoded images.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections import Counter
 from dataclasses import asdict, replace
@@ -22,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from gem_lightning.data.batch_augment import BatchAugment
 from gem_lightning.data.cache import DecodeSettings, default_cache_dir, DiskCache, ImageStore, build_store, estimated_bytes
 from gem_lightning.data.datasets import CachedImageDataset, PredictDataset, collate_channels_last, collate_predictions, find_predict_files
-from gem_lightning.data.loader import SignalSafeDataLoader
+from gem_lightning.data.loader import DEFAULT_START_METHOD, SignalSafeDataLoader, start_worker_server
 from gem_lightning.data.samplers import FitEpochDistributedSampler
 from gem_lightning.data.scan import (
     EXPECTED_LAYOUT,
@@ -49,7 +50,7 @@ DEFAULT_IMAGE_SIZE = 220
 
 
 def check_settings(*, image_size: int, val_fraction: float, batch_size: int, num_workers: int | None,
-                   cache_memory_gb: float) -> None:
+                   cache_memory_gb: float, multiprocessing_context: str = DEFAULT_START_METHOD) -> None:
     """Refuse values that cannot work, naming the setting, before any folder is read."""
     problems = []
     if image_size < 32:
@@ -62,6 +63,9 @@ def check_settings(*, image_size: int, val_fraction: float, batch_size: int, num
         problems.append(f"data.num_workers must be 0 (load in the main process) or more, got {num_workers}")
     if cache_memory_gb < 0:
         problems.append(f"data.cache_memory_gb must be 0 or more, got {cache_memory_gb}")
+    if multiprocessing_context not in multiprocessing.get_all_start_methods():
+        problems.append(f"data.multiprocessing_context must be one of this platform's start methods "
+                        f"({', '.join(multiprocessing.get_all_start_methods())}), got {multiprocessing_context!r}")
     if problems:
         raise UserInputError("; ".join(problems) + ".")
 
@@ -88,6 +92,10 @@ class GemDataModule(LightningDataModule):
         num_workers: DataLoader worker processes; default: one per spare core.
         pin_memory: pin host memory for faster copies to a GPU; default: when CUDA is available.
         persistent_workers: keep workers alive between epochs.
+        multiprocessing_context: how workers start: ``forkserver`` (the default where the platform
+            has one) forks them from a single-threaded server process, never from the training
+            process, whose threads can deadlock a forked child; ``fork`` starts them a little
+            faster; ``spawn`` (Windows' only method) starts fresh interpreters.
         augment: the training augmentation.
         augment_on: where it runs: ``loader``: in the DataLoader workers (OpenCV); ``device``:
             the loader yields the cached images as they are and the whole batch is augmented on
@@ -116,6 +124,7 @@ class GemDataModule(LightningDataModule):
         num_workers: int | None = None,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
+        multiprocessing_context: Literal["forkserver", "fork", "spawn"] = DEFAULT_START_METHOD,
         augment: Augmentation = Augmentation(),
         augment_on: Literal["loader", "device"] = "loader",
         bad_files: Literal["skip", "strict"] = "skip",
@@ -129,7 +138,8 @@ class GemDataModule(LightningDataModule):
         super().__init__()
         image_size = image_size or DEFAULT_IMAGE_SIZE
         check_settings(image_size=image_size, val_fraction=val_fraction, batch_size=batch_size,
-                       num_workers=num_workers, cache_memory_gb=cache_memory_gb)
+                       num_workers=num_workers, cache_memory_gb=cache_memory_gb,
+                       multiprocessing_context=multiprocessing_context)
         self.save_hyperparameters(ignore=["augment"])
         self.hparams["augment"] = asdict(augment)  # plain types keep checkpoints loadable with weights_only
         self.data_dir = Path(data_dir).expanduser() if data_dir else None
@@ -141,6 +151,7 @@ class GemDataModule(LightningDataModule):
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.persistent_workers = persistent_workers and self.num_workers > 0
+        self.multiprocessing_context = multiprocessing_context
         self.augment = augment
         if augment_on not in ("loader", "device"):
             raise UserInputError(f"data.augment_on must be 'loader' or 'device', got {augment_on!r}.")
@@ -205,6 +216,7 @@ class GemDataModule(LightningDataModule):
 
     def prepare_data(self) -> None:
         """Once per machine: generate the embedded dataset if asked, and fill the disk cache."""
+        self._start_worker_server()
         if self._generates():
             generate_gem_dataset(self.data_dir)
         elif self.generate == "synthetic":
@@ -216,6 +228,7 @@ class GemDataModule(LightningDataModule):
                 self._disk_cache().fill(self._scan(split).records, self.num_workers)
 
     def setup(self, stage: str) -> None:
+        self._start_worker_server()
         if stage in ("fit", "validate") and "train" not in self.datasets:
             self._setup_train_and_val()
         elif stage == "test" and "test" not in self.datasets:
@@ -223,6 +236,10 @@ class GemDataModule(LightningDataModule):
         elif stage == "predict":
             files = find_predict_files(self._require_predict_path())
             self.datasets["predict"] = PredictDataset(files, self.settings, eval_transform(self.image_size))
+
+    def _start_worker_server(self) -> None:
+        if self.num_workers > 0:
+            start_worker_server(self.multiprocessing_context)
 
     def _setup_train_and_val(self) -> None:
         store = self._load_split("train")
@@ -354,6 +371,7 @@ class GemDataModule(LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
+            multiprocessing_context=self.multiprocessing_context,
             collate_fn=collate_fn,
         )
 

@@ -1,9 +1,10 @@
-"""``DataLoader`` whose worker processes never act on the trainer's signals (see ``gem_lightning.signals``)."""
+"""``DataLoader`` whose workers start from a single-threaded process and never act on the trainer's signals."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+from multiprocessing import forkserver
 from functools import partial
 
 from torch.utils.data import DataLoader
@@ -11,16 +12,50 @@ from typing_extensions import override
 
 from gem_lightning.signals import blocked_worker_signals, start_worker
 
+DEFAULT_START_METHOD: str = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+"""How loader workers start unless told otherwise: forked from a forkserver, never from the trainer.
+
+A process that trains has threads (Lightning's child-process observer, tqdm's monitor, the
+loaders' queue feeders, gloo's); ``fork`` copies such a process mid-flight, and on Python 3.11 a
+worker forked while another thread was starting or ending could hang inside ``os.fork()`` for
+good (``PyOS_AfterFork_Child`` waiting on a lock that thread held), hanging its DDP rank with it.
+The forkserver is a process of its own, started once, with no threads: workers forked from it
+start clean. ``spawn`` where the platform has no forkserver (Windows).
+"""
+
+WORKER_PRELOAD = ["__main__", "gem_lightning.data.datamodule"]
+"""Imported once by the forkserver, so that each worker forked from it starts in milliseconds."""
+
+
+def start_worker_server(multiprocessing_context: str | None = DEFAULT_START_METHOD) -> None:
+    """Start the forkserver now, if that is how workers start, so that its imports (seconds) overlap
+    with the rest of the set-up instead of delaying the first batch. Idempotent; workers would
+    start it anyway. It is a process of the job: it starts with the job's signals blocked."""
+    if multiprocessing_context != "forkserver":
+        return
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(WORKER_PRELOAD)
+    with blocked_worker_signals("forkserver"):
+        forkserver.ensure_running()
+
 
 class SignalSafeDataLoader(DataLoader):
-    """A ``DataLoader`` whose workers ignore SIGUSR1, SIGTERM and SIGINT, with any start method.
+    """A ``DataLoader`` whose workers ignore SIGUSR1, SIGTERM and SIGINT, started by ``DEFAULT_START_METHOD``.
 
     SLURM signals every process of a job step; a worker that ran the trainer's SIGUSR1 handler
     (forked) or died of it (spawned) would hang or fail its rank. The workers are started with those
     signals blocked and ignore them before running the loader's own ``worker_init_fn`` (the one
     given, or Lightning's seeding function, which is set by the time the workers start). Same
-    arguments and behaviour as ``DataLoader`` otherwise.
+    arguments and behaviour as ``DataLoader`` otherwise; ``multiprocessing_context`` chooses another
+    start method (``fork`` starts workers faster, at the risk above).
     """
+
+    def __init__(self, *args, multiprocessing_context=None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.num_workers > 0:
+            self.multiprocessing_context = multiprocessing_context or DEFAULT_START_METHOD
+            if self.multiprocessing_context.get_start_method() == "forkserver":
+                self.multiprocessing_context.set_forkserver_preload(WORKER_PRELOAD)
 
     @override
     def _get_iterator(self):
