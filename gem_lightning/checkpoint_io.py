@@ -334,7 +334,7 @@ class SaveOnSigterm(Callback):
     (``gem_lightning.signals.listen_for_requeue_signal``) is acted on after the first batch.
 
     Every handler runs only in the process that installed it (``gem_lightning.signals``): loader
-    workers inherit them by ``fork`` but never act on them.
+    workers started by ``fork`` (``data.multiprocessing_context``) inherit them but never act on them.
 
     Args:
         filename: name (without ``.ckpt``) of the checkpoint in the ``ModelCheckpoint`` folder;
@@ -541,8 +541,8 @@ def _requeue_slurm_job() -> None:
 class OwnProcessSignalConnector(_SignalConnector):
     """Lightning's signal connector whose handlers run only in the process that installed them.
 
-    Lightning's SIGTERM and SLURM-requeue handlers (``_HandlersCompose``) are inherited by forked
-    loader workers, where they would save checkpoints, forward signals and run collectives on the
+    Lightning's SIGTERM and SLURM-requeue handlers (``_HandlersCompose``) are inherited by any process
+    forked from the trainer's (loader workers with ``data.multiprocessing_context: fork``), where they would save checkpoints, forward signals and run collectives on the
     trainer's behalf; wrapped in :class:`~gem_lightning.signals.OwnProcessHandler` they do nothing
     there. The handlers it restores at teardown are left as they were.
     """

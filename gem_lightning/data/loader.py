@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from multiprocessing import forkserver
 from functools import partial
+from multiprocessing import forkserver
+from multiprocessing.context import BaseContext
 
 from torch.utils.data import DataLoader
 from typing_extensions import override
@@ -16,27 +17,33 @@ DEFAULT_START_METHOD: str = "forkserver" if "forkserver" in multiprocessing.get_
 """How loader workers start unless told otherwise: forked from a forkserver, never from the trainer.
 
 A process that trains has threads (Lightning's child-process observer, tqdm's monitor, the
-loaders' queue feeders, gloo's); ``fork`` copies such a process mid-flight, and on Python 3.11 a
-worker forked while another thread was starting or ending could hang inside ``os.fork()`` for
-good (``PyOS_AfterFork_Child`` waiting on a lock that thread held), hanging its DDP rank with it.
-The forkserver is a process of its own, started once, with no threads: workers forked from it
-start clean. ``spawn`` where the platform has no forkserver (Windows).
+loaders' queue feeders, gloo's); ``fork`` copies such a process whatever its other threads are
+doing, and on Python 3.11 workers forked so hung for good inside ``os.fork()`` now and then
+(``PyOS_AfterFork_Child`` waiting on a lock that no thread of the child would ever release),
+hanging their DDP rank with them. The forkserver is a process of its own, started once, without
+threads: workers forked from it start clean. ``spawn`` where the platform has no forkserver (Windows).
 """
 
 WORKER_PRELOAD = ["__main__", "gem_lightning.data.datamodule"]
 """Imported once by the forkserver, so that each worker forked from it starts in milliseconds."""
 
 
-def start_worker_server(multiprocessing_context: str | None = DEFAULT_START_METHOD) -> None:
+def worker_context(method: str | BaseContext | None = None) -> BaseContext:
+    """The multiprocessing context workers start with (``DEFAULT_START_METHOD`` for None); a
+    forkserver's preloads the data code."""
+    context = method if isinstance(method, BaseContext) else multiprocessing.get_context(method or DEFAULT_START_METHOD)
+    if context.get_start_method() == "forkserver":
+        context.set_forkserver_preload(WORKER_PRELOAD)
+    return context
+
+
+def start_worker_server(method: str | None = None) -> None:
     """Start the forkserver now, if that is how workers start, so that its imports (seconds) overlap
     with the rest of the set-up instead of delaying the first batch. Idempotent; workers would
     start it anyway. It is a process of the job: it starts with the job's signals blocked."""
-    if multiprocessing_context != "forkserver":
-        return
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(WORKER_PRELOAD)
-    with blocked_worker_signals("forkserver"):
-        forkserver.ensure_running()
+    if worker_context(method).get_start_method() == "forkserver":
+        with blocked_worker_signals("forkserver"):
+            forkserver.ensure_running()
 
 
 class SignalSafeDataLoader(DataLoader):
@@ -53,9 +60,7 @@ class SignalSafeDataLoader(DataLoader):
     def __init__(self, *args, multiprocessing_context=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if self.num_workers > 0:
-            self.multiprocessing_context = multiprocessing_context or DEFAULT_START_METHOD
-            if self.multiprocessing_context.get_start_method() == "forkserver":
-                self.multiprocessing_context.set_forkserver_preload(WORKER_PRELOAD)
+            self.multiprocessing_context = worker_context(multiprocessing_context)
 
     @override
     def _get_iterator(self):
@@ -64,7 +69,7 @@ class SignalSafeDataLoader(DataLoader):
         worker_init_fn = self.worker_init_fn
         self.worker_init_fn = partial(start_worker, worker_init_fn, os.getpid())
         try:
-            with blocked_worker_signals((self.multiprocessing_context or multiprocessing).get_start_method()):
+            with blocked_worker_signals(self.multiprocessing_context.get_start_method()):
                 return super()._get_iterator()
         finally:
             self.worker_init_fn = worker_init_fn
