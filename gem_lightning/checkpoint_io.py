@@ -542,9 +542,10 @@ class OwnProcessSignalConnector(_SignalConnector):
     """Lightning's signal connector whose handlers run only in the process that installed them.
 
     Lightning's SIGTERM and SLURM-requeue handlers (``_HandlersCompose``) are inherited by any process
-    forked from the trainer's (loader workers with ``data.multiprocessing_context: fork``), where they would save checkpoints, forward signals and run collectives on the
-    trainer's behalf; wrapped in :class:`~gem_lightning.signals.OwnProcessHandler` they do nothing
-    there. The handlers it restores at teardown are left as they were.
+    forked from the trainer's (loader workers with ``data.multiprocessing_context: fork``), where
+    they would save checkpoints, forward signals and run collectives on the trainer's behalf;
+    wrapped in :class:`~gem_lightning.signals.OwnProcessHandler` they do nothing there. The
+    handlers it restores at teardown are left as they were.
     """
 
     @staticmethod

@@ -173,6 +173,8 @@ class GemClassifier(LightningModule):
         )
         self.model = ImageClassifier(network, self.hparams.mean, self.hparams.std, channels_last=channels_last, tta=tta)
         self.teacher = Teacher(teacher, self.class_names, teacher_autocast) if teacher else None
+        self.distill_temperature = DEFAULT_DISTILL_TEMPERATURE if distill_temperature is None else distill_temperature
+        self.distill_weight = DEFAULT_DISTILL_WEIGHT if distill_weight is None else distill_weight
         if compile:
             self.model.compile()  # in place: parameter names, hence checkpoints, stay the same
         self.batch_mix = batch_mixing(self.num_classes, mixup_alpha, cutmix_alpha)
@@ -215,11 +217,9 @@ class GemClassifier(LightningModule):
         logits = self(images)
         loss = F.cross_entropy(logits.float(), soft_targets, label_smoothing=self.hparams.label_smoothing)
         if self.teacher is not None:
-            temperature = DEFAULT_DISTILL_TEMPERATURE if self.hparams.distill_temperature is None else self.hparams.distill_temperature
-            weight = DEFAULT_DISTILL_WEIGHT if self.hparams.distill_weight is None else self.hparams.distill_weight
-            distill = distillation_loss(logits, self.teacher.logits(images), temperature)
+            distill = distillation_loss(logits, self.teacher.logits(images), self.distill_temperature)
             self.log("train/distill_loss", distill, on_step=False, on_epoch=True, batch_size=len(targets))
-            loss = (1 - weight) * loss + weight * distill
+            loss = (1 - self.distill_weight) * loss + self.distill_weight * distill
         self.train_metrics.update(logits.detach(), targets)
         self.log(f"train/{LOSS}", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(targets))
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=len(targets))
