@@ -21,13 +21,14 @@ fails with "DataLoader worker exited unexpectedly". Hence:
   a SIGUSR1 that arrives outside training (while starting, preparing data, after ``fit``) instead
   of letting it kill the task, which would end the job as FAILED. ``SaveOnSigterm`` acts on a
   request recorded before training starts (save and requeue after the first training batch); one
-  that arrives after training is over is only logged.
+  that arrives after training is over is only logged, also while the interpreter shuts down.
 
 Standard library only, so that ``main.py`` can install the listener before importing torch.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import sys
@@ -139,7 +140,19 @@ def listen_for_requeue_signal() -> bool:
     """
     if "SLURM_JOB_ID" not in os.environ or not hasattr(signal, "SIGUSR1"):
         return False
-    return install_handler(signal.SIGUSR1, _record_requeue_request)
+    if not install_handler(signal.SIGUSR1, _record_requeue_request):
+        return False
+    atexit.register(_ignore_requeue_signal)
+    return True
+
+
+def _ignore_requeue_signal() -> None:
+    """At exit: ignore SIGUSR1 from now on. The interpreter's shutdown puts SIGUSR1's default action
+    (terminate) back in place of a Python handler, and a signal in the rest of the shutdown (the
+    libraries' own teardown) would end the task "killed by SIGUSR1" and fail a finished job; an
+    ignored signal stays ignored."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
 def _record_requeue_request(signum: int, frame: Any) -> None:

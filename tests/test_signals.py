@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,32 @@ def test_sigusr1_outside_training_is_recorded_under_slurm_and_fatal_elsewhere(tm
         assert "received outside training" in result.stderr
     else:
         assert result.returncode == -signal.SIGUSR1, (result.returncode, result.stderr)
+
+
+EXIT_SCRIPT = textwrap.dedent('''
+    import time
+    from gem_lightning.signals import listen_for_requeue_signal
+    assert listen_for_requeue_signal()
+    print("listening", flush=True)
+    time.sleep(0.2)
+''')
+
+
+def test_a_requeue_signal_while_the_interpreter_shuts_down_does_not_kill_the_task(tmp_path):
+    """SLURM's ``--signal=USR1@<s>`` may land after ``fit`` has returned, while the process exits; the
+    interpreter's shutdown restores SIGUSR1's default action (terminate) in place of a Python
+    handler, and the task then ends "killed by SIGUSR1" (a finished job shown as FAILED). SIGUSR1
+    is sent every half millisecond from the moment the process listens until it has exited."""
+    script = tmp_path / "exit_under_sigusr1.py"
+    script.write_text(EXIT_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(REPO), SLURM_JOB_ID="1", SLURM_PROCID="1")
+    codes = []
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "listening"
+        while proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGUSR1)
+            time.sleep(0.0005)
+        codes.append(proc.wait())
+    assert codes == [0, 0, 0], f"exit statuses {codes} (-{int(signal.SIGUSR1)}: killed by SIGUSR1)"
