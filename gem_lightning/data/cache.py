@@ -71,12 +71,15 @@ def _as_is(item):
     return item
 
 
-def decode_all(records: list[ImageRecord], settings: DecodeSettings, num_workers: int):
-    """Yield ``(index, image or None, reason or None)`` for every record, decoding in parallel."""
+def decode_all(records: list[ImageRecord], settings: DecodeSettings, num_workers: int,
+               multiprocessing_context: str | None = None):
+    """Yield ``(index, image or None, reason or None)`` for every record, decoding in parallel
+    (``num_workers`` processes started as ``multiprocessing_context`` says; see ``SignalSafeDataLoader``)."""
     loader = SignalSafeDataLoader(
         _DecodeJobs(records, settings),
         batch_size=None,
         num_workers=num_workers,
+        multiprocessing_context=multiprocessing_context,
         collate_fn=_as_is,
     )
     yield from loader
@@ -108,10 +111,10 @@ class DiskCache:
         else:
             _atomic_write(self._path(record.digest, ".bad"), lambda f: f.write(str(reason).encode()))
 
-    def fill(self, records: list[ImageRecord], num_workers: int) -> int:
+    def fill(self, records: list[ImageRecord], num_workers: int, multiprocessing_context: str | None = None) -> int:
         """Decode the records not yet cached; returns how many were decoded."""
         missing = [r for r in records if not self.has(r)]
-        for index, image, reason in decode_all(missing, self.settings, num_workers):
+        for index, image, reason in decode_all(missing, self.settings, num_workers, multiprocessing_context):
             self.store(missing[index], image, reason)
         return len(missing)
 
@@ -160,13 +163,14 @@ def build_store(
     disk: DiskCache | None,
     in_memory: bool,
     num_workers: int,
+    multiprocessing_context: str | None = None,
 ) -> tuple[ImageStore, list[Rejected]]:
     """Decode (or read back) every record; returns the store of good images and the rejects.
 
     The store's indices follow the good records in their given order.
     """
     if disk is not None:
-        disk.fill(records, num_workers)
+        disk.fill(records, num_workers, multiprocessing_context)
         reasons = [disk.reason(r) for r in records]
         rejected = [Rejected(r.path, reason) for r, reason in zip(records, reasons) if reason is not None]
         good = [r for r, reason in zip(records, reasons) if reason is None]
@@ -180,7 +184,7 @@ def build_store(
 
     decoded: list[np.ndarray | None] = [None] * len(records)
     reasons: list[str | None] = [None] * len(records)
-    for index, image, reason in decode_all(records, settings, num_workers):
+    for index, image, reason in decode_all(records, settings, num_workers, multiprocessing_context):
         decoded[index], reasons[index] = image, reason
     good = [r for r, image in zip(records, decoded) if image is not None]
     rejected = [Rejected(r.path, reason) for r, reason in zip(records, reasons) if reason is not None]

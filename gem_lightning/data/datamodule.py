@@ -50,7 +50,7 @@ DEFAULT_IMAGE_SIZE = 220
 
 
 def check_settings(*, image_size: int, val_fraction: float, batch_size: int, num_workers: int | None,
-                   cache_memory_gb: float, multiprocessing_context: str = DEFAULT_START_METHOD) -> None:
+                   cache_memory_gb: float, multiprocessing_context: str) -> None:
     """Refuse values that cannot work, naming the setting, before any folder is read."""
     problems = []
     if image_size < 32:
@@ -92,10 +92,10 @@ class GemDataModule(LightningDataModule):
         num_workers: DataLoader worker processes; default: one per spare core.
         pin_memory: pin host memory for faster copies to a GPU; default: when CUDA is available.
         persistent_workers: keep workers alive between epochs.
-        multiprocessing_context: how workers start: ``forkserver`` (the default where the platform
-            has one) forks them from a single-threaded server process, never from the training
-            process, whose threads can deadlock a forked child; ``fork`` starts them a little
-            faster; ``spawn`` (Windows' only method) starts fresh interpreters.
+        multiprocessing_context: how loader and decoding workers start: ``forkserver`` (the default
+            where the platform has one) forks them from a single-threaded server process, never
+            from the training process, whose threads can deadlock a forked child; ``fork`` forks
+            the training process; ``spawn`` (Windows' only method) starts fresh interpreters.
         augment: the training augmentation.
         augment_on: where it runs: ``loader``: in the DataLoader workers (OpenCV); ``device``:
             the loader yields the cached images as they are and the whole batch is augmented on
@@ -225,7 +225,7 @@ class GemDataModule(LightningDataModule):
             return
         for split in ("train", "test"):
             if (self.data_dir / split).is_dir():
-                self._disk_cache().fill(self._scan(split).records, self.num_workers)
+                self._disk_cache().fill(self._scan(split).records, self.num_workers, self.multiprocessing_context)
 
     def setup(self, stage: str) -> None:
         self._start_worker_server()
@@ -295,6 +295,7 @@ class GemDataModule(LightningDataModule):
             disk=self._disk_cache(),
             in_memory=self._fits_in_memory(len(scan.records)),
             num_workers=self.num_workers,
+            multiprocessing_context=self.multiprocessing_context,
         )
         scan.rejected += decode_failures
         scan.records = store.records

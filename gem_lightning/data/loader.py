@@ -54,7 +54,7 @@ class SignalSafeDataLoader(DataLoader):
     signals blocked and ignore them before running the loader's own ``worker_init_fn`` (the one
     given, or Lightning's seeding function, which is set by the time the workers start). Same
     arguments and behaviour as ``DataLoader`` otherwise; ``multiprocessing_context`` chooses another
-    start method (``fork`` starts workers faster, at the risk above).
+    start method (``fork``: at the risk above; measured no faster, ``benchmarks/worker_start.py``).
     """
 
     def __init__(self, *args, multiprocessing_context=None, **kwargs) -> None:
