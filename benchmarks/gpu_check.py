@@ -64,7 +64,7 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 import data_pipeline  # noqa: E402
 import predict_throughput  # noqa: E402
 import train_throughput  # noqa: E402
-from gem_lightning.cli import cli_main  # noqa: E402
+from gem_lightning.cli.app import cli_main  # noqa: E402
 from gem_lightning.data.datasets import find_predict_files  # noqa: E402
 
 CONFIGS = REPO / "configs"
@@ -194,7 +194,7 @@ def throughput_args(ctx: Context, **overrides) -> argparse.Namespace:
 
 def seed_flops(args: argparse.Namespace, class_names: list[str]) -> tuple:
     """The recipes entry of variants a and b: (px, batch, forward and training-step FLOPs per image)."""
-    from gem_lightning.module import GemClassifier
+    from gem_lightning.training.module import GemClassifier
 
     model = GemClassifier(class_names, args.image_size)
     return (args.image_size, args.batch_size, *train_throughput.flops_per_image(model, args.image_size, args.batch_size))

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from gem_lightning.data.datamodule import GemDataModule
-from gem_lightning.module import GemClassifier
+from gem_lightning.training.module import GemClassifier
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {"fp32": (False, False), "fp32+channels_last": (False, True), "bf16": (True, False), "bf16+channels_last": (True, True)}

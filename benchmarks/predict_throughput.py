@@ -23,7 +23,7 @@ Printed: seconds and images/s end to end (setup included) and, for trainer and p
 from the end of the first batch to the end of the last.
 
 The three alternate for ``--rounds`` rounds (median printed, ratios to plain). Then, in a fresh
-Python process each time: ``gem_lightning.api.load_model(ckpt)`` and its first ``classify`` (cold),
+Python process each time: ``gem_lightning.inference.api.load_model(ckpt)`` and its first ``classify`` (cold),
 and the median of ``--warm-calls`` further calls (warm), on one photo; ``--api-threads 2,1``
 alternates the probe's torch thread count.
 """
@@ -50,12 +50,12 @@ from lightning.pytorch import Callback, Trainer
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gem_lightning.cli import cli_main  # noqa: E402
+from gem_lightning.cli.app import cli_main  # noqa: E402
 from gem_lightning.data.cache import DecodeSettings  # noqa: E402
 from gem_lightning.data.datamodule import GemDataModule  # noqa: E402
 from gem_lightning.data.datasets import find_predict_files  # noqa: E402
 from gem_lightning.data.transforms import cache_size_for, eval_transform  # noqa: E402
-from gem_lightning.module import GemClassifier  # noqa: E402
+from gem_lightning.training.module import GemClassifier  # noqa: E402
 
 BATCH_SIZE = 32
 
@@ -66,7 +66,7 @@ if int(sys.argv[4]):
     torch.set_num_threads(int(sys.argv[4]))
 start = time.perf_counter()
 try:
-    from gem_lightning.api import load_model
+    from gem_lightning.inference.api import load_model
 except ImportError as error:
     print(json.dumps({"missing": str(error)})); sys.exit(0)
 imported = time.perf_counter()
@@ -218,10 +218,10 @@ def main(argv=None) -> None:
             print("median images/s after the first batch: " + ", ".join(f"{n} {v:.1f}" for n, v in inner.items())
                   + f"; trainer/plain {inner['trainer'] / inner['plain']:.3f}")
 
-        print(f"\ngem_lightning.api, fresh process each run, one photo ({files[0].name}):")
+        print(f"\ngem_lightning.inference.api, fresh process each run, one photo ({files[0].name}):")
         for run in api_latency(args, ckpt, files[0]):
             if "missing" in run:
-                print(f"  skipped: gem_lightning.api is not importable ({run['missing']})")
+                print(f"  skipped: gem_lightning.inference.api is not importable ({run['missing']})")
                 break
             cold = run["load_s"] + run["first_classify_s"]
             print(f"  {run['threads']} thread(s): import {run['import_s']:.2f} s, load_model {run['load_s']:.2f} s, first classify {run['first_classify_s'] * 1e3:.0f} ms "

@@ -48,8 +48,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gem_lightning.api import load_model  # noqa: E402
-from gem_lightning.module import GemClassifier  # noqa: E402
+from gem_lightning.inference.api import load_model  # noqa: E402
+from gem_lightning.training.module import GemClassifier  # noqa: E402
 
 STARTUP_S = 300
 

@@ -63,10 +63,10 @@ from torch.utils.flop_counter import FlopCounterMode
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gem_lightning.cli import cli_main  # noqa: E402
+from gem_lightning.cli.app import cli_main  # noqa: E402
 from gem_lightning.data.datamodule import GemDataModule  # noqa: E402
 from gem_lightning.data.transforms import Augmentation  # noqa: E402
-from gem_lightning.module import GemClassifier  # noqa: E402
+from gem_lightning.training.module import GemClassifier  # noqa: E402
 
 VARIANTS = ("a", "b", "b_default", "c_seed", "c")
 CONFIGS = {"c_seed": REPO / "configs" / "gemstones_seed.yaml", "c": REPO / "configs" / "gemstones.yaml"}

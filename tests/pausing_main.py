@@ -15,14 +15,14 @@ import sys
 import time
 from pathlib import Path
 
-from gem_lightning import signals
+from gem_lightning.resilience import signals
 
 signals.listen_for_requeue_signal()
 
 from lightning.pytorch import Callback  # noqa: E402
 
-import gem_lightning.cli as cli  # noqa: E402
-from gem_lightning import checkpoint_io  # noqa: E402
+import gem_lightning.cli.app as cli  # noqa: E402
+from gem_lightning.resilience import checkpoint_io  # noqa: E402
 
 RESTART = os.environ.get("SLURM_RESTART_COUNT", "0")
 PAUSE = json.loads(os.environ.get("GEM_TEST_PAUSES", "{}")).get(RESTART)

@@ -15,7 +15,7 @@ from gem_lightning.data.batch_augment import BatchAugment
 from gem_lightning.data.datamodule import GemDataModule
 from gem_lightning.data.transforms import Augmentation, cache_size_for, eval_transform, torchvision_transform, train_transform
 from gem_lightning.errors import UserInputError
-from gem_lightning.module import GemClassifier
+from gem_lightning.training.module import GemClassifier
 
 SIZE = 56
 CACHE = cache_size_for(SIZE)  # 65

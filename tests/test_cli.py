@@ -117,14 +117,14 @@ def test_console_script_is_main_py(tmp_path, cpu_env):
     import tomllib
 
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["gem-lightning"] == "gem_lightning.cli:main"
-    assert "from gem_lightning.cli import main" in (REPO / "main.py").read_text()
+    assert scripts["gem-lightning"] == "gem_lightning.cli.app:main"
+    assert "from gem_lightning.cli.app import main" in (REPO / "main.py").read_text()
     result = run_cli("prepare", "--source", str(tmp_path / "missing"), "--output", str(tmp_path / "out"), env=cpu_env, cwd=tmp_path, check=False)
     assert result.returncode == 2 and "missing" in result.stderr  # tools' exit status reaches the shell
 
 
 def test_cli_builds_without_running_for_scripts(tiny_dataset, tmp_path, monkeypatch, recwarn):
-    from gem_lightning.cli import cli_main
+    from gem_lightning.cli.app import cli_main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["main.py", "seeds", "--seeds", "0"])  # as when `seeds` calls it
@@ -135,7 +135,7 @@ def test_cli_builds_without_running_for_scripts(tiny_dataset, tmp_path, monkeypa
 
 
 def test_bad_model_setting_is_one_error_line(tiny_dataset, tmp_path, monkeypatch, capsys):
-    from gem_lightning.cli import cli_main
+    from gem_lightning.cli.app import cli_main
 
     monkeypatch.chdir(tmp_path)
     args = ["--config", str(REPO / "configs" / "gemstones.yaml"), "--data.data_dir", str(tiny_dataset), "--model.convs_per_block", "[1, 2]"]
@@ -145,28 +145,28 @@ def test_bad_model_setting_is_one_error_line(tiny_dataset, tmp_path, monkeypatch
     assert "error: VGGConfig: `convs_per_block` has 2 entries but `channels` has 5 blocks" in capsys.readouterr().err
 
 
-def test_commands_have_one_home_and_library_code_does_not_import_them():
+def test_commands_have_one_home_and_library_code_does_not_import_the_command_line():
     import ast
     import importlib
 
-    from gem_lightning.commands import COMMANDS
+    from gem_lightning.cli.commands import COMMANDS
 
     for name, module in COMMANDS.items():
-        assert module == f"gem_lightning.commands.{name}" and callable(importlib.import_module(module).main)
+        assert module == f"gem_lightning.cli.commands.{name}" and callable(importlib.import_module(module).main)
     package = REPO / "gem_lightning"
     for path in package.rglob("*.py"):
-        if path.parent.name == "commands" or path.name == "cli.py":
+        if (package / "cli") in path.parents:
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module:
-                assert not node.module.startswith("gem_lightning.commands"), f"{path} imports {node.module}"
+                assert not node.module.startswith("gem_lightning.cli"), f"{path} imports {node.module}"
 
 
 @pytest.mark.parametrize("native", [True, False])
 def test_bf16_on_a_cpu_that_emulates_it_warns_with_the_faster_setting(native, monkeypatch):
     from lightning.pytorch import Trainer
 
-    from gem_lightning import cli_errors
+    from gem_lightning.cli import errors as cli_errors
 
     monkeypatch.setattr(cli_errors, "cpu_has_bf16", lambda: native)
     trainer = Trainer(accelerator="cpu", precision="bf16-mixed", logger=False, enable_checkpointing=False)

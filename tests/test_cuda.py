@@ -32,7 +32,7 @@ TINY_MODEL = ["--model.channels", "[8, 16]", "--model.pools", "[max, max]", "--m
 
 def gpu_cli(*args: str, tmp_path: Path):
     """``main.py <args>`` in this process on the GPU, small images, quiet; the CLI object."""
-    from gem_lightning.cli import cli_main
+    from gem_lightning.cli.app import cli_main
 
     subcommand, *rest = args
     return cli_main([
@@ -72,7 +72,7 @@ def test_fit_validate_test_predict_on_the_gpu(precision, augment_on, tiny_datase
 
 
 def test_channels_last_reaches_the_convolutions_on_the_gpu():
-    from gem_lightning.module import GemClassifier
+    from gem_lightning.training.module import GemClassifier
 
     model = GemClassifier(["a", "b"], 32, channels=[8, 16], pools=["max", "max"], hidden_units=16).cuda()
     seen = []
@@ -118,10 +118,10 @@ def test_batch_augment_on_the_gpu_draws_the_cpu_distribution():
 def test_api_on_the_gpu_agrees_with_the_cpu(tmp_path):
     from lightning.pytorch import Trainer, seed_everything
 
-    from gem_lightning import api
+    from gem_lightning.inference import api
     from gem_lightning.data.datamodule import GemDataModule
     from gem_lightning.data.datasets import find_predict_files
-    from gem_lightning.module import GemClassifier
+    from gem_lightning.training.module import GemClassifier
 
     seed_everything(0)
     data = make_dataset(tmp_path / "gems")
@@ -149,7 +149,7 @@ import json, sys
 import torch
 import torch.distributed as dist
 from lightning.pytorch import Callback
-from gem_lightning.cli import cli_main
+from gem_lightning.cli.app import cli_main
 
 seen = {}
 class Probe(Callback):

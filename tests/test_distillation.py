@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from conftest import COLOURS, make_dataset
-from gem_lightning.api import load_model
-from gem_lightning.distillation import distillation_loss
+from gem_lightning.inference.api import load_model
+from gem_lightning.training.distillation import distillation_loss
 from test_cli import TINY_MODEL, common, run_cli
 
 
 def fit(data_dir, tmp_path, name: str, *extra: str) -> str:
     """Trains a tiny VGG in-process; returns its last checkpoint."""
-    from gem_lightning.cli import cli_main
+    from gem_lightning.cli.app import cli_main
 
     cli = cli_main(["fit", *common(tmp_path, name), "--data.data_dir", str(data_dir), *TINY_MODEL, "--trainer.max_epochs", "6",
                     "--model.optimizer.init_args.lr", "0.01", "--data.val_fraction", "0", *extra])  # fmt: skip
@@ -60,7 +60,7 @@ def test_teacher_with_other_classes_is_refused_in_one_line(tiny_dataset, tmp_pat
 @pytest.mark.parametrize("setting, value", [("backbone_lr_ratio", 0.0), ("distill_weight", 1.5), ("distill_temperature", 0.0)])
 def test_impossible_fine_tuning_and_distillation_settings_are_named(setting, value):
     from gem_lightning.errors import UserInputError
-    from gem_lightning.module import GemClassifier
+    from gem_lightning.training.module import GemClassifier
 
     with pytest.raises(UserInputError, match=f"model.{setting} must be"):
         GemClassifier(["a", "b"], 64, channels=[8, 16], pools=["max", "max"], hidden_units=16, **{setting: value})

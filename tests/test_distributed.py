@@ -80,7 +80,7 @@ def run_cli(args: list[str], env: dict[str, str], *, script: Path = MAIN, **kwar
 
 def run_cli_in_process(args: list, env: dict[str, str]) -> None:
     """``main.py <args>`` in this process (a cheaper single-process reference), restoring the environment."""
-    from gem_lightning.cli import cli_main
+    from gem_lightning.cli.app import cli_main
 
     saved = dict(os.environ)
     try:
@@ -273,9 +273,9 @@ def launcher_env(monkeypatch):
 
 def cli_trainer(tiny_dataset: Path, *extra: str):
     """The Trainer that ``main.py fit`` would build with these arguments, built in this process."""
-    from gem_lightning.cli import GemCLI
+    from gem_lightning.cli.app import GemCLI
     from gem_lightning.data.datamodule import GemDataModule
-    from gem_lightning.module import GemClassifier
+    from gem_lightning.training.module import GemClassifier
 
     class InProcessCLI(GemCLI):
         def before_instantiate_classes(self) -> None:

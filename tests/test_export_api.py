@@ -12,11 +12,11 @@ import torch
 from lightning.pytorch import Trainer, seed_everything
 
 from conftest import GEMSTONES, datamodule_kwargs, make_dataset, requires_gemstones
-from gem_lightning import api
-from gem_lightning.commands.export import main
+from gem_lightning.inference import api
+from gem_lightning.cli.commands.export import main
 from gem_lightning.data.datamodule import GemDataModule
-from gem_lightning.export import export_checkpoint
-from gem_lightning.module import GemClassifier
+from gem_lightning.inference.export import export_checkpoint
+from gem_lightning.training.module import GemClassifier
 
 TINY = dict(channels=[8, 16], pools=["max", "max"], hidden_units=16)
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")  # torch.jit and the legacy ONNX exporter

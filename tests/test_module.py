@@ -9,7 +9,7 @@ from torchmetrics.functional.classification import multiclass_accuracy, multicla
 
 from conftest import datamodule_kwargs
 from gem_lightning.data.datamodule import GemDataModule
-from gem_lightning.module import GemClassifier
+from gem_lightning.training.module import GemClassifier
 
 TINY = dict(channels=[8, 16], pools=["max", "max"], hidden_units=16)
 
@@ -119,7 +119,7 @@ def test_mixup_and_cutmix_train_on_soft_targets(tiny_dataset, isolated_cache, tm
 
 
 def test_warmup_cosine_follows_the_run_length(tiny_dataset, isolated_cache, tmp_path):
-    from gem_lightning.schedules import WarmupCosineLR
+    from gem_lightning.training.schedules import WarmupCosineLR
 
     datamodule = GemDataModule(str(tiny_dataset), **datamodule_kwargs(isolated_cache))
     model = tiny_model(
@@ -138,7 +138,7 @@ def test_warmup_cosine_follows_the_run_length(tiny_dataset, isolated_cache, tmp_
 def test_metric_collection_macro_f1_is_not_mixed_with_micro_accuracy():
     """torchmetrics' compute groups merged metrics whose states matched after the first batch, so a
     first batch that top-1 and top-5 got equally wrong made macro F1 report the top-5 states."""
-    from gem_lightning.metrics import classification_metrics
+    from gem_lightning.training.metrics import classification_metrics
 
     torch.manual_seed(0)
     targets = torch.arange(12).repeat_interleave(10)  # sorted by class, like an unshuffled test set

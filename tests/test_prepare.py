@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from conftest import write_image
-from gem_lightning.commands.prepare import main
-from gem_lightning.data.prepare import prepare_dataset
+from gem_lightning.cli.commands.prepare import main
+from gem_lightning.data.tools.prepare import prepare_dataset
 from gem_lightning.data.scan import DatasetLayoutError, check_dataset_dir, file_digest, iter_files
 
 CLASSES = {"Amber": ((230, 150, 30), 20), "Jade": ((40, 160, 80), 10), "Ruby": ((200, 20, 40), 7)}

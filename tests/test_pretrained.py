@@ -104,7 +104,7 @@ def test_fine_tune_freezes_then_trains_all_but_the_frozen_stages_and_predicts_wi
         "fit", *common(tmp_path, "ft"), "--data.data_dir", str(tiny_dataset), "--model.arch", LITE0, "--model.weights", str(weights),
         "--model.backbone_lr_ratio", "0.5", "--model.frozen_stages", "1", "--trainer.max_epochs", "2", "--checkpoint.save_top_k", "-1",
         "--checkpoint.filename", "epoch{epoch}", "--checkpoint.monitor", "null",
-        "--trainer.callbacks+=gem_lightning.callbacks.finetuning.FreezeBackbone", "--trainer.callbacks.epochs=1",
+        "--trainer.callbacks+=gem_lightning.training.callbacks.finetuning.FreezeBackbone", "--trainer.callbacks.epochs=1",
         env=env, cwd=tmp_path,
     )  # fmt: skip
     checkpoints = tmp_path / "runs" / "ft" / "version_0" / "checkpoints"
@@ -132,7 +132,7 @@ def test_fine_tune_freezes_then_trains_all_but_the_frozen_stages_and_predicts_wi
 
 
 def test_timm_backbone_takes_its_weights_normalisation_and_input_size(tiny_dataset, tmp_path, monkeypatch):
-    from gem_lightning.cli import cli_main
+    from gem_lightning.cli.app import cli_main
 
     lite0_file()
     monkeypatch.chdir(tmp_path)
@@ -144,7 +144,7 @@ def test_timm_backbone_takes_its_weights_normalisation_and_input_size(tiny_datas
 
 
 def test_backbone_learns_at_a_fraction_of_the_heads_rate(tiny_dataset, tmp_path, monkeypatch):
-    from gem_lightning.cli import cli_main
+    from gem_lightning.cli.app import cli_main
 
     monkeypatch.chdir(tmp_path)
     cli = cli_main(["--data.data_dir", str(tiny_dataset), "--model.backbone_lr_ratio", "0.25", "--model.optimizer.lr", "0.004"], run=False)
@@ -160,10 +160,10 @@ def test_fine_tuned_timm_checkpoint_exports_and_classifies_like_the_checkpoint(t
     import onnxruntime
     from lightning.pytorch import Trainer
 
-    from gem_lightning.api import load_model
+    from gem_lightning.inference.api import load_model
     from gem_lightning.data.datamodule import GemDataModule
-    from gem_lightning.export import export_checkpoint
-    from gem_lightning.module import GemClassifier
+    from gem_lightning.inference.export import export_checkpoint
+    from gem_lightning.training.module import GemClassifier
 
     lite0_file()
     datamodule = GemDataModule(str(tiny_dataset), image_size=64, batch_size=8, num_workers=0, val_fraction=0.3)

@@ -16,8 +16,8 @@ from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
 
 from conftest import GEMSTONES, datamodule_kwargs, make_dataset, requires_gemstones
-from gem_lightning.callbacks.prediction_writer import PredictionWriter
-from gem_lightning.callbacks.reports import (
+from gem_lightning.training.callbacks.prediction_writer import PredictionWriter
+from gem_lightning.training.callbacks.reports import (
     EvaluationReport,
     LearningCurves,
     SampleResult,
@@ -25,7 +25,7 @@ from gem_lightning.callbacks.reports import (
     write_prediction_grid,
 )
 from gem_lightning.data.datamodule import GemDataModule
-from gem_lightning.module import GemClassifier
+from gem_lightning.training.module import GemClassifier
 from gem_lightning.reports.preview import augmentation_preview
 
 TINY = dict(channels=[8, 16], pools=["max", "max"], hidden_units=16)

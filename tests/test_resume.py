@@ -26,7 +26,7 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from conftest import REPO, make_dataset
-from gem_lightning.checkpoint_io import (
+from gem_lightning.resilience.checkpoint_io import (
     AtomicCheckpointIO,
     ResumableModelCheckpoint,
     RNGState,
@@ -42,8 +42,8 @@ from pathlib import Path
 
 from lightning.pytorch import Callback
 
-import gem_lightning.cli as cli
-from gem_lightning import checkpoint_io
+import gem_lightning.cli.app as cli
+from gem_lightning.resilience import checkpoint_io
 
 
 class PauseForSignal(Callback):
@@ -311,7 +311,7 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 KILLED_WRITE = '''
 import os, signal, sys, torch
-from gem_lightning.checkpoint_io import AtomicCheckpointIO
+from gem_lightning.resilience.checkpoint_io import AtomicCheckpointIO
 
 target = sys.argv[1]
 real_save = torch.save

@@ -7,7 +7,7 @@ import csv
 import pytest
 
 from conftest import make_dataset
-from gem_lightning.commands.seeds import main, summarize
+from gem_lightning.cli.commands.seeds import main, summarize
 
 
 def test_summary_reports_mean_and_std_in_percent():
@@ -43,7 +43,7 @@ def test_seeds_resumes_from_the_rows_already_written(tmp_path, monkeypatch, caps
         trained.append(seed)
         return {"seed": seed, "fit_s": 80.0, "checkpoint": "b.ckpt", "test/acc": 0.7, "test/acc_top5": 1.0, "test/f1": 0.6}
 
-    monkeypatch.setattr("gem_lightning.commands.seeds.run_seed", fake_run_seed)
+    monkeypatch.setattr("gem_lightning.cli.commands.seeds.run_seed", fake_run_seed)
     rows = main(["--seeds", "0", "1", "--out", str(out)])
     assert trained == [1]
     assert [(row["seed"], row["test/acc"]) for row in rows] == [(0, 0.5), (1, 0.7)]
@@ -61,7 +61,7 @@ def test_default_csv_goes_to_the_first_seeds_run_folder(tmp_path, monkeypatch):
         checkpoints.mkdir(parents=True)
         return {"seed": seed, "fit_s": 1.0, "checkpoint": str(checkpoints / "best.ckpt"), "test/acc": 0.5, "test/acc_top5": 0.9, "test/f1": 0.4}
 
-    monkeypatch.setattr("gem_lightning.commands.seeds.run_seed", fake_run_seed)
+    monkeypatch.setattr("gem_lightning.cli.commands.seeds.run_seed", fake_run_seed)
     main(["--seeds", "3", "4"])
     assert [r["seed"] for r in csv.DictReader((tmp_path / "runs" / "gems" / "version_3" / "seeds.csv").open())] == ["3", "4"]
     assert earlier.read_text() == "results of an earlier run\n"

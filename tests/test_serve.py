@@ -21,9 +21,9 @@ from lightning.pytorch import Trainer, seed_everything
 from PIL import Image
 
 from conftest import REPO, datamodule_kwargs, make_dataset
-from gem_lightning.api import load_model
+from gem_lightning.inference.api import load_model
 from gem_lightning.data.datamodule import GemDataModule
-from gem_lightning.module import GemClassifier
+from gem_lightning.training.module import GemClassifier
 from serving import Server, alive, descendants, free_port, start_server
 
 pytestmark = pytest.mark.slow

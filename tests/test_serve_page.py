@@ -16,9 +16,9 @@ import pytest
 from lightning.pytorch import Trainer, seed_everything
 
 from conftest import GEMSTONES, REPO, requires_gemstones
-from gem_lightning.api import load_model
+from gem_lightning.inference.api import load_model
 from gem_lightning.data.datamodule import GemDataModule
-from gem_lightning.module import GemClassifier
+from gem_lightning.training.module import GemClassifier
 from serving import start_server
 
 CLASSES = ("Amethyst", "Emerald", "Ruby", "Sapphire Blue", "Turquoise")

@@ -20,8 +20,8 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.demos.boring_classes import BoringModel
 
 from conftest import REPO
-from gem_lightning.checkpoint_io import make_resumable
-from gem_lightning.signals import OwnProcessHandler
+from gem_lightning.resilience.checkpoint_io import make_resumable
+from gem_lightning.resilience.signals import OwnProcessHandler
 
 LOADER_SCRIPT = textwrap.dedent('''
     """Load 2 epochs through 2 workers while the whole process group gets SIGUSR1 and SIGTERM every 50 ms,
@@ -31,7 +31,7 @@ LOADER_SCRIPT = textwrap.dedent('''
     from torch.utils.data import Dataset
 
     from gem_lightning.data.loader import SignalSafeDataLoader
-    from gem_lightning.signals import install_handler
+    from gem_lightning.resilience.signals import install_handler
 
     method, handled = sys.argv[1], sys.argv[2]
 
@@ -125,7 +125,7 @@ def test_lightning_handlers_are_installed_for_the_trainer_process_only(tmp_path)
 
 @pytest.mark.parametrize("slurm", [True, False])
 def test_sigusr1_outside_training_is_recorded_under_slurm_and_fatal_elsewhere(tmp_path, slurm):
-    code = ("import os, signal\nfrom gem_lightning.signals import listen_for_requeue_signal, take_requeue_request\n"
+    code = ("import os, signal\nfrom gem_lightning.resilience.signals import listen_for_requeue_signal, take_requeue_request\n"
             "listen_for_requeue_signal()\nos.kill(os.getpid(), signal.SIGUSR1)\n"
             "assert take_requeue_request() and not take_requeue_request()\nprint('alive')\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
@@ -142,7 +142,7 @@ def test_sigusr1_outside_training_is_recorded_under_slurm_and_fatal_elsewhere(tm
 
 EXIT_SCRIPT = textwrap.dedent('''
     import time
-    from gem_lightning.signals import listen_for_requeue_signal
+    from gem_lightning.resilience.signals import listen_for_requeue_signal
     assert listen_for_requeue_signal()
     print("listening", flush=True)
     time.sleep(0.2)

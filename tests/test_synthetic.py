@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gem_lightning.data import synthetic
-from gem_lightning.data.synthetic import SYNTHETIC_CLASSES, generate_gem_dataset
+from gem_lightning.data.tools import synthetic
+from gem_lightning.data.tools.synthetic import SYNTHETIC_CLASSES, generate_gem_dataset
 
 SMALL = dict(num_classes=4, train_per_class=3, test_per_class=2, image_size=48)
 

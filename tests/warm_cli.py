@@ -2,7 +2,7 @@
 
 Most of a failing command's time is Python importing torch, Lightning and timm (about 10 s on
 2 cores); a user's mistake is found in well under a second after that. :func:`run_main` forks each
-run from a multiprocessing *forkserver* that has imported ``gem_lightning.cli`` once and has run
+run from a multiprocessing *forkserver* that has imported ``gem_lightning.cli.app`` once and has run
 nothing else (so forking it is safe). Every run is still a process of its own: its own arguments,
 environment, working directory, stdout, stderr and exit status, as ``python main.py`` would have.
 """
@@ -25,7 +25,7 @@ def _forkserver() -> multiprocessing.context.ForkServerContext:
     global _context
     if _context is None:
         _context = multiprocessing.get_context("forkserver")
-        _context.set_forkserver_preload(["gem_lightning.cli"])
+        _context.set_forkserver_preload(["gem_lightning.cli.app"])
     return _context
 
 
@@ -38,7 +38,7 @@ def _main_in_child(args: list[str], env: dict[str, str], cwd: str, stdout: str, 
     if env.get("PYTHONWARNINGS"):
         warnings.simplefilter(env["PYTHONWARNINGS"])
     sys.argv = [str(REPO / "main.py"), *args]  # launchers that re-run the script (DDP) find it
-    from gem_lightning.cli import main
+    from gem_lightning.cli.app import main
 
     try:
         status = main()

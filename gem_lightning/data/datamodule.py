@@ -36,7 +36,7 @@ from gem_lightning.data.scan import (
     scan_split,
 )
 from gem_lightning.data.split import stratified_split
-from gem_lightning.data.synthetic import SYNTHETIC_CLASSES, generate_gem_dataset, is_generated_dataset
+from gem_lightning.data.tools.synthetic import SYNTHETIC_CLASSES, generate_gem_dataset, is_generated_dataset
 from gem_lightning.errors import UserInputError
 from gem_lightning.data.transforms import Augmentation, cache_size_for, eval_transform, train_transform
 

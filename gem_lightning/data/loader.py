@@ -11,7 +11,7 @@ from multiprocessing.context import BaseContext
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from gem_lightning.signals import blocked_worker_signals, start_worker
+from gem_lightning.resilience.signals import blocked_worker_signals, start_worker
 
 DEFAULT_START_METHOD: str = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 """How loader workers start unless told otherwise: forked from a forkserver, never from the trainer.

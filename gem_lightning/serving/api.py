@@ -1,7 +1,7 @@
 """The LitServe ``LitAPI`` of a trained checkpoint: upload bytes in, top-k classes out.
 
 Each upload is decoded by the code that decodes a file for ``predict`` and ``GemModel.classify``
-(:meth:`gem_lightning.api.GemModel.preprocess`: the checkpoint's auto-crop, background and size),
+(:meth:`gem_lightning.inference.api.GemModel.preprocess`: the checkpoint's auto-crop, background and size),
 so the three answer the same for the same photo. LitServe fails a whole batch when one request
 raises, so a photo that cannot be decoded travels through the batch as an :class:`Unusable` and
 only its own answer is the error.
@@ -20,7 +20,7 @@ import litserve as ls
 import torch
 from starlette.responses import JSONResponse
 
-from gem_lightning.api import GemModel, load_model
+from gem_lightning.inference.api import GemModel, load_model
 from gem_lightning.data.images import BadImageError
 
 SCRATCH = "/dev/shm" if Path("/dev/shm").is_dir() else None

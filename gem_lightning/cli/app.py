@@ -17,13 +17,13 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from jsonargparse import lazy_instance
 
-from gem_lightning.callbacks.prediction_writer import PredictionWriter
-from gem_lightning.callbacks.reports import EvaluationReport, LearningCurves
-from gem_lightning.callbacks.timing import EpochTimer
-from gem_lightning.checkpoint_check import check_checkpoint_fits, checkpoint_hparams
-from gem_lightning.checkpoint_io import ResumableModelCheckpoint, make_resumable
-from gem_lightning.commands import COMMANDS
-from gem_lightning.cli_errors import (
+from gem_lightning.training.callbacks.prediction_writer import PredictionWriter
+from gem_lightning.training.callbacks.reports import EvaluationReport, LearningCurves
+from gem_lightning.training.callbacks.timing import EpochTimer
+from gem_lightning.inference.checkpoints import check_checkpoint_fits, checkpoint_hparams
+from gem_lightning.resilience.checkpoint_io import ResumableModelCheckpoint, make_resumable
+from gem_lightning.cli.commands import COMMANDS
+from gem_lightning.cli.errors import (
     ConciseErrorParser,
     check_config_files,
     check_trainer_runs_here,
@@ -32,10 +32,10 @@ from gem_lightning.cli_errors import (
 )
 from gem_lightning.data.datamodule import GemDataModule
 from gem_lightning.errors import UserInputError
-from gem_lightning.metrics import MONITOR
+from gem_lightning.training.metrics import MONITOR
 from gem_lightning.models.factory import default_normalization
-from gem_lightning.module import TRAINING_ONLY, GemClassifier
-from gem_lightning.signals import listen_for_requeue_signal
+from gem_lightning.training.module import TRAINING_ONLY, GemClassifier
+from gem_lightning.resilience.signals import listen_for_requeue_signal
 
 
 LINKED_FROM_DATA = {"class_names", "image_size", "preprocessing"}
@@ -115,7 +115,7 @@ class GemCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         """The trainer, with atomic checkpoint writes, random-generator states in checkpoints and a
-        checkpoint on SIGTERM and Ctrl-C (``gem_lightning.checkpoint_io``); refused, as a user error,
+        checkpoint on SIGTERM and Ctrl-C (``gem_lightning.resilience.checkpoint_io``); refused, as a user error,
         when the device or precision asked for cannot run here."""
         try:
             trainer = super().instantiate_trainer(**kwargs)
@@ -150,7 +150,7 @@ def cli_main(args: list[str] | None = None, *, run: bool = True) -> GemCLI | obj
     """Entry point of ``python main.py`` and the ``gem-lightning`` command.
 
     Mistakes in the user's input end the run with the error message and exit status 2
-    (``gem_lightning.cli_errors``).
+    (``gem_lightning.cli.errors``).
     """
     argv = sys.argv[1:] if args is None else list(args)
     with report_user_errors():

@@ -15,9 +15,9 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics import MeanMetric
 from torchvision.transforms import v2
 
-from gem_lightning.distillation import Teacher, distillation_loss
+from gem_lightning.training.distillation import Teacher, distillation_loss
 from gem_lightning.errors import UserInputError
-from gem_lightning.metrics import LOSS, MONITOR, SAMPLES, classification_metrics
+from gem_lightning.training.metrics import LOSS, MONITOR, SAMPLES, classification_metrics
 from gem_lightning.models.classifier import TTA, ImageClassifier
 from gem_lightning.models.factory import build_network, classifier_head, default_normalization
 from gem_lightning.models.vgg import HeadKind, PoolKind, VGGConfig
@@ -105,7 +105,7 @@ class GemClassifier(LightningModule):
         top_k: how many ranked classes ``predict`` reports per image.
         optimizer: the optimizer (``class_path`` and ``init_args`` in YAML); Adam, lr 1e-3.
         lr_scheduler: an optional LR scheduler, stepped per epoch, except ``OneCycleLR`` and
-            ``gem_lightning.schedules.WarmupCosineLR`` (sized to the run), stepped per batch.
+            ``gem_lightning.training.schedules.WarmupCosineLR`` (sized to the run), stepped per batch.
         mixup_alpha: MixUp on training batches (Beta(alpha, alpha) mixing weights); 0 is off.
         cutmix_alpha: CutMix on training batches; with both on, each batch uses one at random.
         teacher: a trained checkpoint with the same classes to distil from: the loss adds its soft
@@ -278,7 +278,7 @@ class GemClassifier(LightningModule):
         if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR) and self.hparams.backbone_lr_ratio != 1:
             raise UserInputError(
                 "OneCycleLR sets one max_lr for every layer, so model.backbone_lr_ratio would be lost: use "
-                "gem_lightning.schedules.WarmupCosineLR (warmup_fraction 0.3 is the one-cycle shape)."
+                "gem_lightning.training.schedules.WarmupCosineLR (warmup_fraction 0.3 is the one-cycle shape)."
             )
         if getattr(scheduler, "steps_per_run", False):
             scheduler.set_total_steps(self.trainer.estimated_stepping_batches)

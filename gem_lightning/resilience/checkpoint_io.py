@@ -46,7 +46,7 @@ uses :class:`ResumableModelCheckpoint` for its ``checkpoint`` options):
   also under DDP, where Lightning 2.6's own SIGTERM handler can crash the collectives; on SLURM it
   also turns the requeue signal (SIGUSR1) into a save at a batch or epoch end and a requeue.
 * :class:`OwnProcessSignalConnector`: Lightning's signal handlers, run only by the trainer's own
-  process, never by the loader workers that inherit them (``gem_lightning.signals``).
+  process, never by the loader workers that inherit them (``gem_lightning.resilience.signals``).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from gem_lightning.errors import disk_full_error, is_disk_full
-from gem_lightning.signals import OwnProcessHandler, install_handler, take_requeue_request
+from gem_lightning.resilience.signals import OwnProcessHandler, install_handler, take_requeue_request
 
 # Atomic writes ----------------------------------------------------------------------------------
 
@@ -331,9 +331,9 @@ class SaveOnSigterm(Callback):
     collectives included; this callback handles that signal the same way as SIGTERM, in one
     process or several (record, agree at a batch or epoch end, save ``last.ckpt``), and then global
     rank 0 requeues the job as Lightning would. A requeue signal recorded before training started
-    (``gem_lightning.signals.listen_for_requeue_signal``) is acted on after the first batch.
+    (``gem_lightning.resilience.signals.listen_for_requeue_signal``) is acted on after the first batch.
 
-    Every handler runs only in the process that installed it (``gem_lightning.signals``): loader
+    Every handler runs only in the process that installed it (``gem_lightning.resilience.signals``): loader
     workers started by ``fork`` (``data.multiprocessing_context``) inherit them but never act on them.
 
     Args:
@@ -544,7 +544,7 @@ class OwnProcessSignalConnector(_SignalConnector):
     Lightning's SIGTERM and SLURM-requeue handlers (``_HandlersCompose``) are inherited by any process
     forked from the trainer's (loader workers with ``data.multiprocessing_context: fork``), where
     they would save checkpoints, forward signals and run collectives on the trainer's behalf;
-    wrapped in :class:`~gem_lightning.signals.OwnProcessHandler` they do nothing there. The
+    wrapped in :class:`~gem_lightning.resilience.signals.OwnProcessHandler` they do nothing there. The
     handlers it restores at teardown are left as they were.
     """
 
@@ -582,6 +582,6 @@ def make_resumable(trainer: Trainer) -> Trainer:
     ):
         rank_zero_warn(
             "ModelCheckpoint(save_last=True, monitor=...) in Lightning 2.6 refreshes last.ckpt only when the monitored "
-            "metric improves; use gem_lightning.checkpoint_io.ResumableModelCheckpoint to resume from the latest epoch."
+            "metric improves; use gem_lightning.resilience.checkpoint_io.ResumableModelCheckpoint to resume from the latest epoch."
         )
     return trainer

@@ -1,6 +1,6 @@
 """Classify photos from Python with a trained checkpoint, no Trainer needed.
 
-    from gem_lightning.api import load_model
+    from gem_lightning.inference.api import load_model
     model = load_model("runs/gem/version_0/checkpoints/last.ckpt")
     model.classify("ruby.jpg")          # [("Ruby", 0.91), ("Spinel", 0.05), ...]
 
@@ -15,10 +15,10 @@ from typing import Sequence
 
 import torch
 
-from gem_lightning.checkpoint_check import load_checkpoint
+from gem_lightning.inference.checkpoints import load_checkpoint
 from gem_lightning.data.cache import DecodeSettings
 from gem_lightning.data.transforms import cache_size_for, eval_transform
-from gem_lightning.module import GemClassifier
+from gem_lightning.training.module import GemClassifier
 
 Ranked = list[tuple[str, float]]
 """``(class name, probability)`` pairs, most probable first."""

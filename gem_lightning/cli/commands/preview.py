@@ -13,7 +13,7 @@ from gem_lightning.reports.preview import augmentation_preview
 
 def main(argv: list[str]) -> list[Path]:
     """Set up the data module from ``argv`` (``fit`` options) and write the previews; returns their paths."""
-    from gem_lightning.cli import cli_main
+    from gem_lightning.cli.app import cli_main
 
     parser = argparse.ArgumentParser(prog="main.py preview", add_help=False)
     parser.add_argument("--out", type=Path, default=None, help="folder for the images (default: the run folder)")

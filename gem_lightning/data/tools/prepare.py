@@ -1,6 +1,6 @@
 """Split one folder-per-class collection into the ``train/`` and ``test/`` folders training expects.
 
-``python main.py prepare --source photos/ --output data/gems`` (:mod:`gem_lightning.commands.prepare`) turns
+``python main.py prepare --source photos/ --output data/gems`` (:mod:`gem_lightning.cli.commands.prepare`) turns
 ``photos/<Class>/*`` into ``data/gems/train/<Class>/*`` and ``data/gems/test/<Class>/*``, as the
 original notebook did with ``split-folders``, with three differences:
 

@@ -18,7 +18,7 @@ from lightning.pytorch.tuner import Tuner  # noqa: E402
 
 def main(argv: list[str]) -> float | None:
     """Run the range test with ``argv`` as ``fit`` options; returns the suggested learning rate."""
-    from gem_lightning.cli import cli_main
+    from gem_lightning.cli.app import cli_main
 
     parser = argparse.ArgumentParser(prog="main.py lr_find", description=__doc__.splitlines()[0], add_help=False)
     parser.add_argument("--min_lr", type=float, default=1e-6)

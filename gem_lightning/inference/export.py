@@ -19,11 +19,11 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from gem_lightning.checkpoint_check import load_checkpoint
+from gem_lightning.inference.checkpoints import load_checkpoint
 from gem_lightning.data.transforms import cache_size_for
 from gem_lightning.errors import UserInputError
 from gem_lightning.models.classifier import ImageClassifier
-from gem_lightning.module import GemClassifier
+from gem_lightning.training.module import GemClassifier
 
 FORMATS = ("torchscript", "onnx")
 ONNX_OPSET = 17

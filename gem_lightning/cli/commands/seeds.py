@@ -15,14 +15,14 @@ import statistics
 import time
 from pathlib import Path
 
-from gem_lightning.metrics import ACC, ACC_TOP5, F1
+from gem_lightning.training.metrics import ACC, ACC_TOP5, F1
 
 REPORTED = (f"test/{ACC}", f"test/{ACC_TOP5}", f"test/{F1}")
 
 
 def run_seed(fit_args: list[str], seed: int) -> dict[str, float]:
     """Fit with ``seed``, test the checkpoint validation chose; returns the test metrics and wall time."""
-    from gem_lightning.cli import cli_main
+    from gem_lightning.cli.app import cli_main
 
     start = time.perf_counter()
     cli = cli_main(["fit", *fit_args, "--seed_everything", str(seed)])

@@ -5,11 +5,11 @@ package and prints what it did. ``main(argv)`` is its entry point (``python main
 """
 
 COMMANDS: dict[str, str] = {
-    "prepare": "gem_lightning.commands.prepare",
-    "preview": "gem_lightning.commands.preview",
-    "lr_find": "gem_lightning.commands.lr_find",
-    "seeds": "gem_lightning.commands.seeds",
-    "export": "gem_lightning.commands.export",
-    "serve": "gem_lightning.commands.serve",
+    "prepare": "gem_lightning.cli.commands.prepare",
+    "preview": "gem_lightning.cli.commands.preview",
+    "lr_find": "gem_lightning.cli.commands.lr_find",
+    "seeds": "gem_lightning.cli.commands.seeds",
+    "export": "gem_lightning.cli.commands.export",
+    "serve": "gem_lightning.cli.commands.serve",
 }
 """Command name -> module whose ``main(argv)`` runs it (imported only when that command runs)."""

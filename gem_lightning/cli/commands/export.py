@@ -1,6 +1,6 @@
 """``python main.py export CKPT --out DIR --formats torchscript onnx``: TorchScript / ONNX files.
 
-The export itself is :func:`gem_lightning.export.export_checkpoint`.
+The export itself is :func:`gem_lightning.inference.export.export_checkpoint`.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-from gem_lightning.export import FORMATS, export_checkpoint
+from gem_lightning.inference.export import FORMATS, export_checkpoint
 
 
 def main(argv: Sequence[str] | None = None) -> int:

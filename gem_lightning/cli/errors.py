@@ -27,7 +27,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
-from gem_lightning.checkpoint_io import ctrl_c_checkpoint
+from gem_lightning.resilience.checkpoint_io import ctrl_c_checkpoint
 from gem_lightning.errors import UserInputError
 
 DEBUG_VARIABLE = "GEM_LIGHTNING_DEBUG"

@@ -22,7 +22,7 @@ class Teacher:
     """
 
     def __init__(self, ckpt_path: str, class_names: list[str], autocast: bool = True) -> None:
-        from gem_lightning.module import GemClassifier  # the module imports this file
+        from gem_lightning.training.module import GemClassifier  # the module imports this file
 
         if not Path(ckpt_path).is_file():
             raise UserInputError(f"model.teacher: {ckpt_path!r} does not exist; give the checkpoint of a trained model.")

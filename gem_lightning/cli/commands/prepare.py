@@ -1,6 +1,6 @@
 """``python main.py prepare --source photos/ --output data/gems``: one folder per class -> ``train/`` + ``test/``.
 
-The split itself is :func:`gem_lightning.data.prepare.prepare_dataset`.
+The split itself is :func:`gem_lightning.data.tools.prepare.prepare_dataset`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from gem_lightning.data.prepare import MODES, prepare_dataset
+from gem_lightning.data.tools.prepare import MODES, prepare_dataset
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:

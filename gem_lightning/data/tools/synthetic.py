@@ -246,7 +246,7 @@ def generate_gem_dataset(root: Path, *, num_classes: int = 12, train_per_class: 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: ``python -m gem_lightning.data.synthetic ROOT [options]``."""
+    """Command line: ``python -m gem_lightning.data.tools.synthetic ROOT [options]``."""
     parser = argparse.ArgumentParser(description="Generate the synthetic gem image-folder dataset.")
     parser.add_argument("root", type=Path)
     parser.add_argument("--num-classes", type=int, default=len(SYNTHETIC_CLASSES))

@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from gem_lightning.callbacks.reports import write_prediction_grid
+from gem_lightning.training.callbacks.reports import write_prediction_grid
 from gem_lightning.errors import UserInputError
 
 

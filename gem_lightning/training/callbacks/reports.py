@@ -27,7 +27,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from gem_lightning.data.images import load_rgb
-from gem_lightning.metrics import ACC, ACC_TOP5, F1, LOSS, SAMPLES
+from gem_lightning.training.metrics import ACC, ACC_TOP5, F1, LOSS, SAMPLES
 from gem_lightning.reports import render
 
 HEADLINE_METRICS = (ACC, ACC_TOP5, F1, LOSS, SAMPLES)
