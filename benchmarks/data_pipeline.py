@@ -38,8 +38,9 @@ from torchvision.transforms import v2
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from gem_lightning.data.augmentation import Augmentation  # noqa: E402
 from gem_lightning.data.datamodule import GemDataModule  # noqa: E402
-from gem_lightning.data.transforms import Augmentation, cache_size_for, torchvision_transform  # noqa: E402
+from gem_lightning.data.transforms import cache_size_for, torchvision_transform  # noqa: E402
 from gem_lightning.training.module import GemClassifier  # noqa: E402
 
 IMAGE_SIZE, BATCH_SIZE = 220, 32

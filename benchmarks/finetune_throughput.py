@@ -27,8 +27,9 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
-from gem_lightning.cli.app import cli_main  # noqa: E402
 from train_throughput import Run, StepClock, hidden_output, quiet  # noqa: E402
+
+from gem_lightning.cli.app import cli_main  # noqa: E402
 
 CONFIG = REPO / "configs" / "gemstones_finetune.yaml"
 

@@ -64,6 +64,7 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 import data_pipeline  # noqa: E402
 import predict_throughput  # noqa: E402
 import train_throughput  # noqa: E402
+
 from gem_lightning.cli.app import cli_main  # noqa: E402
 from gem_lightning.data.datasets import find_predict_files  # noqa: E402
 

@@ -3,7 +3,7 @@
 Run from the repository root (prints figures; not a test):
 
     python benchmarks/precision_speed.py [--data-dir ../shared/datasets/gemstones] [--steps 6] [--rounds 2] [--compile]
-        [--arch timm/tf_efficientnet_lite0 --image-size 160]
+        [--timm tf_efficientnet_lite0 --image-size 160]
 
 Each variant trains ``GemClassifier`` (the seed network by default, 220 px, batch 32, Adam) on the same
 batches of real photos from ``GemDataModule`` (warm decoded-image cache): fp32 or bf16 autocast,
@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from gem_lightning.data.datamodule import GemDataModule
+from gem_lightning.models import TimmSpec, VGGSpec
 from gem_lightning.training.module import GemClassifier
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,7 +58,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="also time bf16+channels_last under torch.compile")
-    parser.add_argument("--arch", default="vgg", help="model.arch, e.g. timm/tf_efficientnet_lite0 (depthwise convs)")
+    parser.add_argument("--timm", default=None, help="a timm model instead of the seed's VGG, e.g. tf_efficientnet_lite0 (depthwise convs)")
     parser.add_argument("--image-size", type=int, default=220)
     args = parser.parse_args()
     class_names, data = batches(args.data_dir, args.steps + 1, args.image_size)
@@ -68,7 +69,8 @@ def main() -> None:
     for round_ in range(args.rounds):
         for name, (bf16, channels_last) in variants.items():
             torch.manual_seed(0)
-            model = GemClassifier(class_names, args.image_size, arch=args.arch, channels_last=channels_last).train()
+            network = TimmSpec(args.timm) if args.timm else VGGSpec()
+            model = GemClassifier(class_names, args.image_size, network=network, channels_last=channels_last).train()
             if name.endswith("compile"):
                 start = time.perf_counter()
                 model.model = torch.compile(model.model)

@@ -59,10 +59,10 @@ def untrained_checkpoint(data_dir: Path, out: Path) -> Path:
     from lightning.pytorch import Trainer
 
     config = yaml.safe_load((REPO / "configs" / "gemstones.yaml").read_text())
-    network = {k: v for k, v in config["model"].items() if k not in ("optimizer", "lr_scheduler")}
+    settings = {k: v for k, v in config["model"].items() if k not in ("optimizer", "lr_scheduler")}
     names = sorted(p.name for p in (data_dir / "train").iterdir() if p.is_dir())
     preprocessing = {"autocrop": config["data"]["autocrop"], "background": [255, 255, 255]}
-    model = GemClassifier(names, config["data"]["image_size"], preprocessing=preprocessing, **network)
+    model = GemClassifier(names, config["data"]["image_size"], preprocessing=preprocessing, **settings)
     trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.strategy.connect(model)
     trainer.save_checkpoint(out)

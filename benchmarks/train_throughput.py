@@ -64,8 +64,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from gem_lightning.cli.app import cli_main  # noqa: E402
+from gem_lightning.data.augmentation import Augmentation  # noqa: E402
 from gem_lightning.data.datamodule import GemDataModule  # noqa: E402
-from gem_lightning.data.transforms import Augmentation  # noqa: E402
 from gem_lightning.training.module import GemClassifier  # noqa: E402
 
 VARIANTS = ("a", "b", "b_default", "c_seed", "c")

@@ -22,7 +22,7 @@ signals.listen_for_requeue_signal()
 from lightning.pytorch import Callback  # noqa: E402
 
 import gem_lightning.cli.app as cli  # noqa: E402
-from gem_lightning.resilience import checkpoint_io  # noqa: E402
+from gem_lightning.resilience import SaveOnSigterm  # noqa: E402
 
 RESTART = os.environ.get("SLURM_RESTART_COUNT", "0")
 PAUSE = json.loads(os.environ.get("GEM_TEST_PAUSES", "{}")).get(RESTART)
@@ -31,7 +31,7 @@ PAUSE = json.loads(os.environ.get("GEM_TEST_PAUSES", "{}")).get(RESTART)
 def hold(trainer=None, **where) -> None:
     marker = Path(os.environ["GEM_TEST_MARKERS"]) / f"{RESTART}-{PAUSE['at']}-{os.environ.get('SLURM_PROCID', '0')}.json"
     marker.write_text(json.dumps({"pid": os.getpid(), **where}))
-    stoppers = [cb for cb in trainer.callbacks if isinstance(cb, checkpoint_io.SaveOnSigterm)] if trainer else []
+    stoppers = [cb for cb in trainer.callbacks if isinstance(cb, SaveOnSigterm)] if trainer else []
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if any(cb.requested(trainer) for cb in stoppers) or signals._requeue_requested:

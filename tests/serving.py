@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,15 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from conftest import REPO
+from helpers import free_port
 
 STARTUP_S = 240.0
 """Worker processes import torch and load the model: tens of seconds on a busy 2-core machine."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

@@ -8,12 +8,14 @@ import math
 
 import pytest
 import torch
+from conftest import datamodule_kwargs
+from helpers import TINY_NETWORK
 from lightning.pytorch import Trainer
 
-from conftest import datamodule_kwargs
+from gem_lightning.data.augmentation import Augmentation
 from gem_lightning.data.batch_augment import BatchAugment
 from gem_lightning.data.datamodule import GemDataModule
-from gem_lightning.data.transforms import Augmentation, cache_size_for, eval_transform, torchvision_transform, train_transform
+from gem_lightning.data.transforms import cache_size_for, eval_transform, torchvision_transform, train_transform
 from gem_lightning.errors import UserInputError
 from gem_lightning.training.module import GemClassifier
 
@@ -224,7 +226,7 @@ def test_datamodule_augments_training_batches_on_the_device(tiny_dataset, isolat
     images, _, _ = next(iter(datamodule.train_dataloader()))
     assert images.shape[-2:] == (cache_size_for(32),) * 2 and images.dtype == torch.uint8  # un-augmented, cache size
 
-    model = Recorder(datamodule.class_names, 32, channels=[8, 16], pools=["max", "max"], hidden_units=16)
+    model = Recorder(datamodule.class_names, 32, network=TINY_NETWORK)
     model.seen = []
     # The model summary (on by default) sends the example input through the same hook.
     trainer = Trainer(accelerator="cpu", max_steps=2, val_check_interval=2, logger=False, enable_progress_bar=False, default_root_dir=tmp_path)

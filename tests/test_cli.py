@@ -3,33 +3,14 @@
 from __future__ import annotations
 
 import csv
-import subprocess
 import sys
 import warnings
 from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO
-
-TINY_MODEL = ["--model.channels", "[8, 16]", "--model.pools", "[max, max]", "--model.hidden_units", "16"]
-
-
-def run_cli(*args: str, env: dict, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, str(REPO / "main.py"), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
-    if check and result.returncode != 0:
-        raise AssertionError(f"main.py {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
-    return result
-
-
-def read_metrics(run_dir: Path) -> dict[str, float]:
-    """Last logged value of every column of a CSVLogger metrics.csv."""
-    values: dict[str, float] = {}
-    with (run_dir / "metrics.csv").open() as file:
-        for row in csv.DictReader(file):
-            values.update({k: float(v) for k, v in row.items() if v not in ("", None)})
-    return values
+from helpers import TINY_MODEL, read_metrics, run_cli
 
 
 def common(tmp_path: Path, name: str) -> list[str]:
@@ -50,7 +31,7 @@ def test_fit_validate_test_predict(tiny_dataset, tmp_path, cpu_env, isolated_cac
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert "last.ckpt" in checkpoints and any(name.startswith("best-") for name in checkpoints)
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert config["data"]["data_dir"] == str(tiny_dataset) and config["model"]["channels"] == [8, 16]
+    assert config["data"]["data_dir"] == str(tiny_dataset) and config["model"]["network"]["init_args"]["channels"] == [8, 16]
     hparams = yaml.safe_load((run_dir / "hparams.yaml").read_text())
     assert hparams["class_names"] == ["Blue Stone", "Green Stone", "Red Stone"] and hparams["image_size"] == 32
     fit_metrics = read_metrics(run_dir)
@@ -138,11 +119,11 @@ def test_bad_model_setting_is_one_error_line(tiny_dataset, tmp_path, monkeypatch
     from gem_lightning.cli.app import cli_main
 
     monkeypatch.chdir(tmp_path)
-    args = ["--config", str(REPO / "configs" / "gemstones.yaml"), "--data.data_dir", str(tiny_dataset), "--model.convs_per_block", "[1, 2]"]
+    args = ["--config", str(REPO / "configs" / "gemstones.yaml"), "--data.data_dir", str(tiny_dataset), "--model.network.convs_per_block", "[1, 2]"]
     with pytest.raises(SystemExit) as exit_info:
         cli_main(args, run=False)
     assert exit_info.value.code == 2
-    assert "error: VGGConfig: `convs_per_block` has 2 entries but `channels` has 5 blocks" in capsys.readouterr().err
+    assert "error: model.network: `convs_per_block` has 2 entries but `channels` has 5 blocks" in capsys.readouterr().err
 
 
 def test_commands_have_one_home_and_library_code_does_not_import_the_command_line():

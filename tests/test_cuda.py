@@ -14,20 +14,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import helpers
 import pytest
 import torch
-
 from conftest import REPO, datamodule_kwargs, make_dataset
 from test_batch_augment import OFF, SIZE, assert_same_distribution, gradient_image, line_image, moments
+
+from gem_lightning.data.augmentation import Augmentation
 from gem_lightning.data.batch_augment import BatchAugment
-from gem_lightning.data.transforms import Augmentation
 
 pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run these with `python -m pytest -m cuda` on one)"),
 ]
 
-TINY_MODEL = ["--model.channels", "[8, 16]", "--model.pools", "[max, max]", "--model.hidden_units", "16", "--model.batch_norm", "true"]
+TINY_MODEL = [*helpers.TINY_MODEL, "--model.network.batch_norm", "true"]
 
 
 def gpu_cli(*args: str, tmp_path: Path):
@@ -74,7 +75,7 @@ def test_fit_validate_test_predict_on_the_gpu(precision, augment_on, tiny_datase
 def test_channels_last_reaches_the_convolutions_on_the_gpu():
     from gem_lightning.training.module import GemClassifier
 
-    model = GemClassifier(["a", "b"], 32, channels=[8, 16], pools=["max", "max"], hidden_units=16).cuda()
+    model = GemClassifier(["a", "b"], 32, network=helpers.TINY_NETWORK).cuda()
     seen = []
     first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     first_conv.register_forward_hook(lambda module, inputs, output: seen.append((inputs[0], output)))
@@ -118,15 +119,15 @@ def test_batch_augment_on_the_gpu_draws_the_cpu_distribution():
 def test_api_on_the_gpu_agrees_with_the_cpu(tmp_path):
     from lightning.pytorch import Trainer, seed_everything
 
-    from gem_lightning.inference import api
     from gem_lightning.data.datamodule import GemDataModule
     from gem_lightning.data.datasets import find_predict_files
+    from gem_lightning.inference import api
     from gem_lightning.training.module import GemClassifier
 
     seed_everything(0)
     data = make_dataset(tmp_path / "gems")
     datamodule = GemDataModule(str(data), **datamodule_kwargs(tmp_path / "cache"))
-    model = GemClassifier(datamodule.class_names, 32, channels=[8, 16], pools=["max", "max"], hidden_units=16)
+    model = GemClassifier(datamodule.class_names, 32, network=helpers.TINY_NETWORK)
     trainer = Trainer(max_epochs=2, accelerator="gpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     trainer.fit(model, datamodule=datamodule)
     ckpt = tmp_path / "model.ckpt"

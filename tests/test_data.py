@@ -8,15 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import COLOURS, datamodule_kwargs, make_dataset, write_image
 from torchvision.transforms import v2
 
-from conftest import COLOURS, datamodule_kwargs, make_dataset, write_image
+from gem_lightning.data.augmentation import Augmentation
 from gem_lightning.data.cache import DecodeSettings, DiskCache
 from gem_lightning.data.datamodule import BadFilesError, GemDataModule
 from gem_lightning.data.scan import DatasetLayoutError, ImageRecord, scan_split
 from gem_lightning.data.split import stratified_split
+from gem_lightning.data.transforms import eval_transform, torchvision_transform, train_transform
 from gem_lightning.errors import UserInputError
-from gem_lightning.data.transforms import Augmentation, eval_transform, torchvision_transform, train_transform
 
 
 def fitted(data_dir: Path, cache_root: Path, **overrides) -> GemDataModule:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import COLOURS, make_dataset
+from helpers import TINY_MODEL, TINY_NETWORK, run_cli
+from test_cli import common
+
 from gem_lightning.inference.api import load_model
 from gem_lightning.training.distillation import distillation_loss
-from test_cli import TINY_MODEL, common, run_cli
 
 
 def fit(data_dir, tmp_path, name: str, *extra: str) -> str:
@@ -34,8 +35,8 @@ def test_student_learns_what_the_teacher_says_not_only_the_labels(tmp_path, monk
     # The teacher learnt a rotated mapping: blue photos are "Green Stone", green ones "Red Stone", ...
     rotated = dict(zip(names, [COLOURS[names[(i + 2) % 3]] for i in range(3)]))
     teacher = fit(make_dataset(tmp_path / "rotated", train_per_class=12, test_per_class=0, classes=rotated), tmp_path, "teacher")
-    student = fit(truth, tmp_path, "student", "--model.teacher", teacher, "--model.distill_weight", "1.0")
-    without = fit(truth, tmp_path, "alone", "--model.teacher", teacher, "--model.distill_weight", "0.0")
+    student = fit(truth, tmp_path, "student", "--model.distillation.teacher", teacher, "--model.distillation.weight", "1.0")
+    without = fit(truth, tmp_path, "alone", "--model.distillation.teacher", teacher, "--model.distillation.weight", "0.0")
 
     photos = sorted((truth / "test").rglob("*.jpg"))
     teacher_says = [ranked[0][0] for ranked in load_model(teacher).classify_many(photos)]
@@ -50,18 +51,33 @@ def test_teacher_with_other_classes_is_refused_in_one_line(tiny_dataset, tmp_pat
     monkeypatch.chdir(tmp_path)
     other = make_dataset(tmp_path / "other", 4, 0, classes={"Cat": (1, 2, 3), "Dog": (200, 100, 0)})
     teacher = fit(other, tmp_path, "other")
-    args = ["fit", *common(tmp_path, "student"), "--data.data_dir", str(tiny_dataset), *TINY_MODEL, "--model.teacher", teacher]
+    args = ["fit", *common(tmp_path, "student"), "--data.data_dir", str(tiny_dataset), *TINY_MODEL, "--model.distillation.teacher", teacher]
     result = run_cli(*args, env=cpu_env, cwd=tmp_path, check=False)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr
     assert teacher in errors[0] and "trained on 2 classes (Cat, Dog" in errors[0]
 
 
-@pytest.mark.parametrize("setting, value", [("backbone_lr_ratio", 0.0), ("distill_weight", 1.5), ("distill_temperature", 0.0)])
-def test_impossible_fine_tuning_and_distillation_settings_are_named(setting, value):
+def test_impossible_fine_tuning_setting_is_named():
     from gem_lightning.errors import UserInputError
     from gem_lightning.training.module import GemClassifier
 
-    with pytest.raises(UserInputError, match=f"model.{setting} must be"):
-        GemClassifier(["a", "b"], 64, channels=[8, 16], pools=["max", "max"], hidden_units=16, **{setting: value})
+    with pytest.raises(UserInputError, match="model.backbone_lr_ratio must be"):
+        GemClassifier(["a", "b"], 64, network=TINY_NETWORK, backbone_lr_ratio=0.0)
+
+
+@pytest.mark.parametrize("setting, value, message", [
+    ("weight", 1.5, "model.distillation.weight must be from 0 to 1"),
+    ("temperature", 0.0, "model.distillation.temperature must be above 0"),
+    ("teacher", None, "model.distillation.teacher is not set"),
+    ("teacher", "nowhere.ckpt", "'nowhere.ckpt' does not exist"),
+])
+def test_impossible_distillation_settings_are_named(setting, value, message, tmp_path):
+    from gem_lightning.errors import UserInputError
+    from gem_lightning.training.distillation import Distillation
+
+    teacher = tmp_path / "teacher.ckpt"
+    teacher.write_bytes(b"")
+    with pytest.raises(UserInputError, match=message):
+        Distillation(**{"teacher": str(teacher), setting: value}).check()
 

@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import REPO, make_dataset, write_image
+from helpers import TINY_MODEL, TINY_NETWORK, read_metrics
 from torch.utils.data import DistributedSampler
 
-from conftest import REPO, make_dataset, write_image
 from gem_lightning.data.samplers import FitEpochDistributedSampler
 
 MAIN = REPO / "main.py"
-TINY_MODEL = ["--model.channels", "[8,16]", "--model.pools", "[max,max]", "--model.hidden_units", "16"]
 SEVEN_COLOURS = {
     "Amber": (230, 150, 30),
     "Azure": (40, 120, 230),
@@ -97,17 +97,6 @@ def ddp_args(processes: int) -> list[str]:
     return ["--config", REPO / "configs" / "ddp_cpu.yaml", "--trainer.devices", str(processes)]
 
 
-def read_metrics(save_dir: Path) -> dict[str, float]:
-    """The last logged value of every metric in the one ``metrics.csv`` under ``save_dir``."""
-    files = sorted(save_dir.rglob("metrics.csv"))
-    assert len(files) == 1, f"expected exactly one metrics.csv under {save_dir}, found {[str(f) for f in files]}"
-    values: dict[str, float] = {}
-    with files[0].open() as file:
-        for row in csv.DictReader(file):
-            values.update({key: float(value) for key, value in row.items() if value not in ("", None)})
-    return values
-
-
 # A trained checkpoint and a dataset whose evaluation splits do not divide evenly -----------------
 
 EVAL_BATCH = 5
@@ -134,7 +123,7 @@ def ddp_fit(tmp_path_factory, request):
         "trainer": {"precision": "32-true", "enable_progress_bar": False, "log_every_n_steps": 1,
                     "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
                                "init_args": {"save_dir": str(root / "fit"), "name": "gem"}}},
-        "model": {"channels": [8, 16], "pools": ["max", "max"], "hidden_units": 16,
+        "model": {"network": TINY_NETWORK.to_config(),
                   "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.01}}},
         "data": {"data_dir": str(data), "image_size": 32, "batch_size": EVAL_BATCH, "num_workers": 0,
                  "val_fraction": 0.375, "seed": 3},

@@ -9,16 +9,16 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import GEMSTONES, datamodule_kwargs, make_dataset, requires_gemstones
+from helpers import TINY_NETWORK
 from lightning.pytorch import Trainer, seed_everything
 
-from conftest import GEMSTONES, datamodule_kwargs, make_dataset, requires_gemstones
-from gem_lightning.inference import api
 from gem_lightning.cli.commands.export import main
 from gem_lightning.data.datamodule import GemDataModule
+from gem_lightning.inference import api
 from gem_lightning.inference.export import export_checkpoint
 from gem_lightning.training.module import GemClassifier
 
-TINY = dict(channels=[8, 16], pools=["max", "max"], hidden_units=16)
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")  # torch.jit and the legacy ONNX exporter
 
 
@@ -28,7 +28,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("export")
     seed_everything(0)
     datamodule = GemDataModule(str(make_dataset(root / "gems")), **datamodule_kwargs(root / "cache"))
-    model = GemClassifier(datamodule.class_names, 32, **TINY)
+    model = GemClassifier(datamodule.class_names, 32, network=TINY_NETWORK)
     trainer = Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, datamodule=datamodule)
     checkpoint = root / "model.ckpt"

@@ -10,7 +10,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import REPO, make_dataset
 from test_distributed import clean_launch_env
 

@@ -379,6 +379,58 @@ def test_decode_resized_with_autocrop_zooms_on_the_gem(tmp_path):
     assert_close(array[32, 56], (200, 30, 40), tolerance=30)
 
 
+# --------------------------------------------------------------------------- bytes (uploads)
+
+
+def half_transparent_png(path: Path) -> Path:
+    rgba = np.zeros((30, 40, 4), dtype=np.uint8)
+    rgba[..., 0] = 200
+    rgba[..., 3] = np.linspace(0, 255, 40, dtype=np.uint8)  # transparent left, opaque right
+    return save(Image.fromarray(rgba), path, "PNG")
+
+
+IMAGE_KINDS = {
+    "JPEG turned by EXIF": lambda tmp: oriented_jpeg(tmp / "rot.jpg", (400, 200), orientation=6),
+    "PNG with alpha": lambda tmp: half_transparent_png(tmp / "alpha.png"),
+    "grayscale PNG": lambda tmp: save(Image.new("L", (30, 20), 77), tmp / "gray.png", "PNG"),
+    "16-bit grayscale PNG": lambda tmp: save(Image.new("I;16", (30, 20), 40000), tmp / "gray16.png", "PNG"),
+}
+
+
+@pytest.mark.parametrize("kind", IMAGE_KINDS)
+def test_bytes_decode_exactly_as_the_file(tmp_path, kind):
+    path = IMAGE_KINDS[kind](tmp_path)
+    data = path.read_bytes()
+    assert probe_image(data) == probe_image(path)
+    green = (0, 128, 0)
+    assert np.array_equal(np.asarray(load_rgb(data, background=green)), np.asarray(load_rgb(path, background=green)))
+    assert np.array_equal(decode_resized(data, 24), decode_resized(path, 24))  # the JPEG takes the draft path
+    assert np.array_equal(decode_resized(data, 24, autocrop=True), decode_resized(path, 24, autocrop=True))
+
+
+@pytest.mark.parametrize(
+    "reason, damage",
+    [(CORRUPT, lambda data: data[: len(data) // 2]), (NOT_AN_IMAGE, lambda data: b"<!DOCTYPE html><p>403 Forbidden</p>"), (EMPTY, lambda data: b"")],
+)
+def test_bad_bytes_fail_as_the_file_does_and_name_the_upload(tmp_path, reason, damage):
+    path = tmp_path / "bad.jpg"
+    path.write_bytes(damage(noisy_jpeg(tmp_path / "full.jpg").read_bytes()))
+    from_file = expect_bad(reason, load_rgb, path)
+    from_bytes = expect_bad(reason, load_rgb, path.read_bytes())
+    assert str(from_file).startswith(f"{path}: {reason}")
+    assert str(from_bytes) == str(from_file).replace(str(path), "the uploaded image", 1)
+    assert (from_bytes.path, from_bytes.detail) == ("the uploaded image", from_file.detail)
+    named = expect_bad(reason, decode_resized, path.read_bytes(), 16, name="ruby.jpg")
+    assert str(named).startswith(f"ruby.jpg: {reason}")
+
+
+def test_oversized_bytes_are_refused_before_decoding(tmp_path, monkeypatch):
+    data = save(Image.new("RGB", (40, 30)), tmp_path / "big.png", "PNG").read_bytes()
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 1000)
+    error = expect_bad(TOO_LARGE, probe_image, data)
+    assert str(error).startswith("the uploaded image: decompression-bomb size (40x30")
+
+
 # --------------------------------------------------------------------------- autocrop
 
 

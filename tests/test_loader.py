@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import datamodule_kwargs
 from lightning.pytorch import seed_everything
 from torch.utils.data import Dataset
 
-from conftest import datamodule_kwargs
 from gem_lightning.data.datamodule import GemDataModule
 from gem_lightning.data.loader import DEFAULT_START_METHOD, SignalSafeDataLoader
 from gem_lightning.errors import UserInputError

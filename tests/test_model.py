@@ -1,4 +1,4 @@
-"""The VGG-style network and the network factory."""
+"""The VGG-style network and the network specs."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from gem_lightning.models.factory import build_network
-from gem_lightning.models.vgg import VGG, VGGConfig
+from gem_lightning.models import NetworkSpec, TorchvisionSpec, spec_from_config
+from gem_lightning.models.vgg import VGG, VGGSpec
 
 
 def count(module: nn.Module) -> int:
@@ -38,26 +38,26 @@ def test_too_small_image_is_refused_with_the_minimum():
 
 def test_mismatched_table_is_refused():
     with pytest.raises(ValueError, match="one pool kind per block"):
-        VGGConfig(channels=(8, 16), pools=("max",))
+        VGGSpec(channels=(8, 16), pools=("max",))
     with pytest.raises(ValueError, match="one number, or one per block"):
-        VGGConfig(channels=(8, 16), pools=("max", "max"), convs_per_block=(1, 2, 2))
+        VGGSpec(channels=(8, 16), pools=("max", "max"), convs_per_block=(1, 2, 2))
     with pytest.raises(ValueError, match=">= 1 in every block"):
-        VGGConfig(channels=(8, 16), pools=("max", "max"), convs_per_block=(1, 0))
+        VGGSpec(channels=(8, 16), pools=("max", "max"), convs_per_block=(1, 0))
 
 
 def test_convs_per_block_sets_each_block_depth():
-    def conv_widths(config: VGGConfig) -> list[int]:
+    def conv_widths(config: VGGSpec) -> list[int]:
         network = VGG(num_classes=3, image_size=32, config=config)
         return [m.out_channels for m in network.features if isinstance(m, nn.Conv2d)]
 
-    vgg11_layout = VGGConfig(channels=(8, 16, 32), pools=("max",) * 3, convs_per_block=(1, 1, 2))
+    vgg11_layout = VGGSpec(channels=(8, 16, 32), pools=("max",) * 3, convs_per_block=(1, 1, 2))
     assert conv_widths(vgg11_layout) == [8, 16, 32, 32]
-    assert conv_widths(VGGConfig(channels=(8, 16), pools=("max",) * 2, convs_per_block=2)) == [8, 8, 16, 16]
+    assert conv_widths(VGGSpec(channels=(8, 16), pools=("max",) * 2, convs_per_block=2)) == [8, 8, 16, 16]
 
 
 @pytest.mark.parametrize(
     "config",
-    [VGGConfig(), VGGConfig(batch_norm=True, head="gap", convs_per_block=(1, 1, 2, 2, 1)), VGGConfig(hidden_units=0, channels=(8, 8), pools=("max", "none"))],
+    [VGGSpec(), VGGSpec(batch_norm=True, head="gap", convs_per_block=(1, 1, 2, 2, 1)), VGGSpec(hidden_units=0, channels=(8, 8), pools=("max", "none"))],
 )
 def test_gradients_reach_every_parameter(config):
     model = VGG(num_classes=5, image_size=48, config=config)
@@ -69,26 +69,29 @@ def test_gradients_reach_every_parameter(config):
 
 
 def test_gap_head_is_independent_of_input_size():
-    config = VGGConfig(head="gap", batch_norm=True)
+    config = VGGSpec(head="gap", batch_norm=True)
     assert count(VGG(num_classes=10, image_size=64, config=config)) == count(VGG(num_classes=10, image_size=220, config=config))
     assert sum(isinstance(m, nn.BatchNorm2d) for m in VGG(num_classes=10, image_size=64, config=config).modules()) == 5
 
 
 def test_torchvision_architecture_from_scratch():
-    network = build_network("resnet18", num_classes=6, image_size=64, vgg=VGGConfig())
+    network = TorchvisionSpec("resnet18").build(num_classes=6, image_size=64)
     assert network(torch.randn(1, 3, 64, 64)).shape == (1, 6)
 
 
 def test_unknown_architecture_lists_choices():
     with pytest.raises(ValueError, match="resnet18"):
-        build_network("not-a-net", num_classes=3, image_size=64, vgg=VGGConfig())
+        TorchvisionSpec("not-a-net")
 
 
 def test_local_weights_file_loads_features_and_replaces_classifier(tmp_path):
-    source = build_network("resnet18", num_classes=1000, image_size=64, vgg=VGGConfig())
+    source = TorchvisionSpec("resnet18").build(num_classes=1000, image_size=64)
     weights = tmp_path / "resnet18.pt"
     torch.save(source.state_dict(), weights)
-    network = build_network("resnet18", num_classes=4, image_size=64, vgg=VGGConfig(), weights=str(weights))
+    spec = TorchvisionSpec("resnet18", weights=str(weights))
+    network = spec.build(num_classes=4, image_size=64)
+    assert not torch.equal(network.conv1.weight, source.conv1.weight)  # built fresh; fit loads the weights
+    spec.load_pretrained(network)
     assert torch.equal(network.conv1.weight, source.conv1.weight)
     assert network.fc.out_features == 4
 
@@ -96,5 +99,23 @@ def test_local_weights_file_loads_features_and_replaces_classifier(tmp_path):
 def test_weights_of_another_architecture_are_refused(tmp_path):
     weights = tmp_path / "vgg.pt"
     torch.save(VGG(num_classes=3, image_size=32).state_dict(), weights)
+    spec = TorchvisionSpec("resnet18", weights=str(weights))
     with pytest.raises(ValueError, match="does not fit"):
-        build_network("resnet18", num_classes=3, image_size=32, vgg=VGGConfig(), weights=str(weights))
+        spec.load_pretrained(spec.build(num_classes=3, image_size=32))
+
+
+@pytest.mark.parametrize("spec", [VGGSpec(channels=(8, 16), pools=("max", "avg"), convs_per_block=(1, 2)), TorchvisionSpec("resnet18", weights="w.pt")])
+def test_a_spec_round_trips_through_its_plain_config(spec):
+    config = spec.to_config()
+    assert spec_from_config(config) == spec
+    assert all(isinstance(v, (str, int, float, bool, list, dict, type(None))) for v in config["init_args"].values())
+
+
+def test_only_loaded_network_spec_classes_are_resolved():
+    with pytest.raises(ValueError, match="is not a network spec that is loaded here"):
+        spec_from_config({"class_path": "os.system", "init_args": {}})
+    with pytest.raises(ValueError, match="is not a network spec that is loaded here"):
+        spec_from_config({"class_path": "some_module_never_imported.Spec", "init_args": {}})
+    with pytest.raises(ValueError, match="do not fit"):
+        spec_from_config({"class_path": "gem_lightning.models.vgg.VGGSpec", "init_args": {"depth": 3}})
+    assert issubclass(VGGSpec, NetworkSpec)

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import datamodule_kwargs
+from helpers import TINY_NETWORK
 from lightning.pytorch import Trainer
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
 
-from conftest import datamodule_kwargs
 from gem_lightning.data.datamodule import GemDataModule
 from gem_lightning.training.module import GemClassifier
 
-TINY = dict(channels=[8, 16], pools=["max", "max"], hidden_units=16)
-
 
 def tiny_model(class_names, **overrides) -> GemClassifier:
-    return GemClassifier(class_names, 32, **{**TINY, **overrides})
+    return GemClassifier(class_names, 32, **{"network": TINY_NETWORK, **overrides})
 
 
 def trainer(tmp_path, **overrides) -> Trainer:
@@ -79,7 +78,7 @@ def test_checkpoint_alone_rebuilds_the_model(tiny_dataset, isolated_cache, tmp_p
     fit.save_checkpoint(path)
     hparams = torch.load(path, weights_only=True)["hyper_parameters"]
     assert hparams["class_names"] == ["Blue Stone", "Green Stone", "Red Stone"]
-    assert hparams["image_size"] == 32 and hparams["mean"] == (0.5, 0.5, 0.5) and hparams["channels"] == [8, 16]
+    assert hparams["image_size"] == 32 and hparams["mean"] == (0.5, 0.5, 0.5) and hparams["network"]["init_args"]["channels"] == [8, 16]
     restored = GemClassifier.load_from_checkpoint(path).eval()
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     assert torch.allclose(restored(images), model.eval()(images))

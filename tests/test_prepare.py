@@ -7,11 +7,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import write_image
+
 from gem_lightning.cli.commands.prepare import main
-from gem_lightning.data.tools.prepare import prepare_dataset
 from gem_lightning.data.scan import DatasetLayoutError, check_dataset_dir, file_digest, iter_files
+from gem_lightning.data.tools.prepare import prepare_dataset
 
 CLASSES = {"Amber": ((230, 150, 30), 20), "Jade": ((40, 160, 80), 10), "Ruby": ((200, 20, 40), 7)}
 

@@ -7,14 +7,25 @@ import logging
 
 import pytest
 import torch
+from helpers import run_cli
+from test_cli import common
 
 from gem_lightning.errors import UserInputError
-from gem_lightning.models.factory import build_network, classifier_head
+from gem_lightning.models import TimmSpec, TorchvisionSpec
 from gem_lightning.models.pretrained import NAMED_WEIGHTS, load_weights, read_state_dict
-from gem_lightning.models.vgg import VGG, VGGConfig
-from test_cli import common, run_cli
+from gem_lightning.models.spec import classifier_head
+from gem_lightning.models.vgg import VGG
 
-LITE0 = "timm/tf_efficientnet_lite0"
+LITE0 = "tf_efficientnet_lite0"
+LITE0_NETWORK = ["--model.network", "TimmSpec", "--model.network.name", LITE0]
+
+
+def lite0(num_classes: int, image_size: int, **settings):
+    """EfficientNet-Lite0 as ``fit`` starts it: built, then given its pretrained weights."""
+    spec = TimmSpec(LITE0, **settings)
+    network = spec.build(num_classes, image_size)
+    spec.load_pretrained(network)
+    return network
 
 
 def lite0_file():
@@ -27,7 +38,7 @@ def test_lite0_mapping_gives_the_reference_implementations_imagenet_logits():
     path = lite0_file()
     reference = reference_package.EfficientNet.from_name("efficientnet-lite0")
     reference.load_state_dict(read_state_dict(path))  # strict: the file is in the reference's own key names
-    ours = build_network(LITE0, num_classes=1000, image_size=224, vgg=VGGConfig(), weights="efficientnet-lite0")
+    ours = lite0(1000, 224, weights="efficientnet-lite0")
     images = torch.rand(3, 3, 224, 224, generator=torch.Generator().manual_seed(0)) * 2 - 1
     with torch.no_grad():
         expected, actual = reference.eval()(images), ours.eval()(images)
@@ -39,8 +50,8 @@ def test_lite0_mapping_gives_the_reference_implementations_imagenet_logits():
 def test_weights_fill_all_but_the_new_classifier_and_say_which_stay_random(caplog):
     lite0_file()
     caplog.set_level(logging.WARNING, logger="gem_lightning.models.pretrained")  # whatever earlier tests set
-    fresh = build_network(LITE0, num_classes=5, image_size=64, vgg=VGGConfig())
-    loaded = build_network(LITE0, num_classes=5, image_size=64, vgg=VGGConfig(), weights="efficientnet-lite0")
+    fresh = lite0(5, 64)
+    loaded = lite0(5, 64, weights="efficientnet-lite0")
     assert classifier_head(loaded).out_features == 5
     assert not torch.equal(fresh.conv_stem.weight, loaded.conv_stem.weight)
     assert "left at random initialisation: classifier.weight, classifier.bias" in caplog.text
@@ -66,7 +77,7 @@ def bad_weights(tmp_path, kind: str) -> str:
     if kind == "another architecture":
         torch.save(VGG(num_classes=3, image_size=32).state_dict(), path)
     elif kind == "truncated":
-        torch.save(build_network("resnet18", num_classes=3, image_size=32, vgg=VGGConfig()).state_dict(), path)
+        torch.save(TorchvisionSpec("resnet18").build(3, 32).state_dict(), path)
         path.write_bytes(path.read_bytes()[:5000])
     elif kind == "not a state dict":
         torch.save([1, 2, 3], path)
@@ -84,7 +95,7 @@ def bad_weights(tmp_path, kind: str) -> str:
 )
 def test_bad_weights_are_one_error_line_before_training(kind, message, tiny_dataset, tmp_path, cpu_env):
     weights = bad_weights(tmp_path, kind)
-    args = ["fit", *common(tmp_path, "bad"), "--data.data_dir", str(tiny_dataset), "--model.arch", "resnet18", "--model.weights", weights]
+    args = ["fit", *common(tmp_path, "bad"), "--data.data_dir", str(tiny_dataset), "--model.network", "TorchvisionSpec", "--model.network.name", "resnet18", "--model.network.weights", weights]
     result = run_cli(*args, env=cpu_env, cwd=tmp_path, check=False)
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -98,11 +109,11 @@ def test_fine_tune_freezes_then_trains_all_but_the_frozen_stages_and_predicts_wi
 
     lite0_file()
     weights = tmp_path / "lite0.safetensors"  # a local copy in timm's key names, removed before predict
-    save_file(build_network(LITE0, num_classes=1000, image_size=224, vgg=VGGConfig(), weights="efficientnet-lite0").state_dict(), weights)
+    save_file(lite0(1000, 224, weights="efficientnet-lite0").state_dict(), weights)
     env = dict(cpu_env, GEM_LIGHTNING_CACHE=str(isolated_cache))
     run_cli(
-        "fit", *common(tmp_path, "ft"), "--data.data_dir", str(tiny_dataset), "--model.arch", LITE0, "--model.weights", str(weights),
-        "--model.backbone_lr_ratio", "0.5", "--model.frozen_stages", "1", "--trainer.max_epochs", "2", "--checkpoint.save_top_k", "-1",
+        "fit", *common(tmp_path, "ft"), "--data.data_dir", str(tiny_dataset), *LITE0_NETWORK, "--model.network.weights", str(weights),
+        "--model.backbone_lr_ratio", "0.5", "--model.network.frozen_stages", "1", "--trainer.max_epochs", "2", "--checkpoint.save_top_k", "-1",
         "--checkpoint.filename", "epoch{epoch}", "--checkpoint.monitor", "null",
         "--trainer.callbacks+=gem_lightning.training.callbacks.finetuning.FreezeBackbone", "--trainer.callbacks.epochs=1",
         env=env, cwd=tmp_path,
@@ -136,7 +147,7 @@ def test_timm_backbone_takes_its_weights_normalisation_and_input_size(tiny_datas
 
     lite0_file()
     monkeypatch.chdir(tmp_path)
-    cli = cli_main(["--data.data_dir", str(tiny_dataset), "--model.arch", LITE0, "--model.weights", "efficientnet-lite0"], run=False)
+    cli = cli_main(["--data.data_dir", str(tiny_dataset), *LITE0_NETWORK, "--model.network.weights", "efficientnet-lite0"], run=False)
     assert cli.datamodule.image_size == cli.model.hparams.image_size == 224
     assert cli.model.hparams.mean == cli.model.hparams.std == (0.5, 0.5, 0.5)
     cli = cli_main(["--data.data_dir", str(tiny_dataset)], run=False)  # the VGG keeps the seed's defaults
@@ -160,14 +171,14 @@ def test_fine_tuned_timm_checkpoint_exports_and_classifies_like_the_checkpoint(t
     import onnxruntime
     from lightning.pytorch import Trainer
 
-    from gem_lightning.inference.api import load_model
     from gem_lightning.data.datamodule import GemDataModule
+    from gem_lightning.inference.api import load_model
     from gem_lightning.inference.export import export_checkpoint
     from gem_lightning.training.module import GemClassifier
 
     lite0_file()
     datamodule = GemDataModule(str(tiny_dataset), image_size=64, batch_size=8, num_workers=0, val_fraction=0.3)
-    model = GemClassifier(datamodule.class_names, 64, arch=LITE0, weights="efficientnet-lite0")
+    model = GemClassifier(datamodule.class_names, 64, network=TimmSpec(LITE0, weights="efficientnet-lite0"))
     trainer = Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, datamodule=datamodule)
     checkpoint = tmp_path / "lite0.ckpt"
@@ -188,13 +199,34 @@ def test_fine_tuned_timm_checkpoint_exports_and_classifies_like_the_checkpoint(t
     assert [name for name, _ in ranked] and abs(sum(p for _, p in ranked) - 1) < 1e-4
 
 
-def test_frozen_stages_freeze_the_stem_and_first_stages_and_are_refused_where_they_do_not_apply():
-    network = build_network(LITE0, num_classes=3, image_size=64, vgg=VGGConfig(), frozen_stages=2)
+def test_frozen_stages_freeze_the_stem_and_first_stages_and_are_refused_beyond_the_last_stage():
+    network = TimmSpec(LITE0, frozen_stages=2).build(3, 64)
     trainable = {name.split(".")[0] + (f".{name.split('.')[1]}" if name.startswith("blocks.") else "")
                  for name, p in network.named_parameters() if p.requires_grad}
     assert not trainable & {"conv_stem", "bn1", "blocks.0", "blocks.1"} and {"blocks.2", "classifier"} <= trainable
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in network.blocks[1].modules())  # statistics frozen too
-    with pytest.raises(UserInputError, match="model.frozen_stages applies to timm"):
-        build_network("vgg", num_classes=3, image_size=64, vgg=VGGConfig(), frozen_stages=1)
-    with pytest.raises(UserInputError, match="model.frozen_stages must be between 0 and 7"):
-        build_network(LITE0, num_classes=3, image_size=64, vgg=VGGConfig(), frozen_stages=8)
+    with pytest.raises(UserInputError, match="model.network.frozen_stages must be between 0 and 7"):
+        TimmSpec(LITE0, frozen_stages=8).build(3, 64)
+
+
+def test_evaluating_with_the_training_config_restated_reads_neither_weights_nor_teacher(tiny_dataset, tmp_path, monkeypatch):
+    """``test --config <fine-tune config> --ckpt_path <ckpt>`` where the config's weights file and teacher are gone."""
+    import yaml
+
+    from gem_lightning.cli.app import cli_main
+
+    monkeypatch.chdir(tmp_path)
+    weights = tmp_path / "start.pt"
+    torch.save(TimmSpec("test_efficientnet").build(1000, 32).state_dict(), weights)
+    config = tmp_path / "finetune.yaml"
+    config.write_text(yaml.safe_dump({"model": {
+        "network": {"class_path": "gem_lightning.models.TimmSpec", "init_args": {"name": "test_efficientnet", "weights": str(weights)}},
+    }}))
+    run = [*common(tmp_path, "ft"), "--data.data_dir", str(tiny_dataset), "--config", str(config)]
+    fitted = cli_main(["fit", *run, "--trainer.max_steps", "1"])
+    checkpoint = fitted.trainer.checkpoint_callback.last_model_path
+    weights.unlink()
+    restated = [*run, "--model.distillation.teacher", str(tmp_path / "gone.ckpt"), "--ckpt_path", checkpoint]
+    tested = cli_main(["test", *restated])
+    assert 0.0 <= tested.trainer.callback_metrics["test/acc"] <= 1.0
+    assert tested.model.teacher is None and tested.model.network_spec.weights == str(weights)

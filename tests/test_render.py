@@ -1,4 +1,4 @@
-"""Tests for gem_lightning.reports.render: files are real PNG/CSV/Markdown and numbers are right."""
+"""Tests for gem_lightning.reports: files are real PNG/CSV/Markdown and numbers are right."""
 
 from __future__ import annotations
 
@@ -10,13 +10,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torchmetrics.functional.classification import (
-    multiclass_f1_score,
-    multiclass_precision,
-    multiclass_recall,
-)
+from torchmetrics.functional.classification import multiclass_f1_score, multiclass_precision, multiclass_recall
 
-from gem_lightning.reports import render
+from gem_lightning.reports import confusion, confusion_figure, curves, grids, markdown, tables
 
 
 # --------------------------------------------------------------------------- helpers
@@ -52,7 +48,7 @@ SMALL_EXPECTED = [
 
 # --------------------------------------------------------------------------- metrics
 def test_per_class_metrics_hand_computed():
-    rows = render.per_class_metrics(SMALL_CM, ["a", "b", "c"])
+    rows = confusion.per_class_metrics(SMALL_CM, ["a", "b", "c"])
     assert [r["class"] for r in rows] == ["a", "b", "c"]
     for row, (p, r, f, s) in zip(rows, SMALL_EXPECTED):
         assert row["precision"] == pytest.approx(p)
@@ -60,7 +56,7 @@ def test_per_class_metrics_hand_computed():
         assert row["f1"] == pytest.approx(f)
         assert row["support"] == s
     # Without names, the class is the index.
-    assert [r["class"] for r in render.per_class_metrics(SMALL_CM)] == [0, 1, 2]
+    assert [r["class"] for r in confusion.per_class_metrics(SMALL_CM)] == [0, 1, 2]
 
 
 def test_per_class_metrics_match_torchmetrics():
@@ -70,7 +66,7 @@ def test_per_class_metrics_match_torchmetrics():
     preds = np.where(rng.random(400) < 0.6, target, rng.integers(0, num_classes, size=400))
     preds[preds == 5] = 4  # class 5 is never predicted -> zero_division path
     cm = _confusion_from(preds, target, num_classes)
-    rows = render.per_class_metrics(cm)
+    rows = confusion.per_class_metrics(cm)
 
     p_t, t_t = torch.as_tensor(preds), torch.as_tensor(target)
     kwargs = dict(num_classes=num_classes, average=None)
@@ -87,7 +83,7 @@ def test_per_class_metrics_match_torchmetrics():
 
 def test_per_class_csv_round_trips(tmp_path):
     names = ["Alpha", "Beta, with comma", "Gamma"]
-    out = render.write_per_class_csv(SMALL_CM, names, tmp_path / "sub" / "per_class.csv")
+    out = tables.write_per_class_csv(SMALL_CM, names, tmp_path / "sub" / "per_class.csv")
     assert out == tmp_path / "sub" / "per_class.csv"
     with out.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -102,9 +98,9 @@ def test_per_class_csv_round_trips(tmp_path):
 
 def test_name_count_mismatch_raises(tmp_path):
     with pytest.raises(ValueError, match="class names"):
-        render.write_per_class_csv(SMALL_CM, ["a", "b"], tmp_path / "x.csv")
+        tables.write_per_class_csv(SMALL_CM, ["a", "b"], tmp_path / "x.csv")
     with pytest.raises(ValueError, match="square"):
-        render.per_class_metrics(np.zeros((2, 3)))
+        confusion.per_class_metrics(np.zeros((2, 3)))
 
 
 def test_most_confused_pairs_order():
@@ -116,7 +112,7 @@ def test_most_confused_pairs_order():
             [0, 0, 0, 7],
         ]
     )
-    pairs = render.most_confused_pairs(cm, ["a", "b", "c", "d"], k=10)
+    pairs = confusion.most_confused_pairs(cm, ["a", "b", "c", "d"], k=10)
     assert [(t, p, c) for t, p, c, _ in pairs] == [
         ("c", "a", 4),
         ("b", "c", 3),
@@ -125,8 +121,8 @@ def test_most_confused_pairs_order():
     ]
     assert pairs[0][3] == pytest.approx(4 / 24)
     assert pairs[1][3] == pytest.approx(3 / 9)
-    assert render.most_confused_pairs(cm, ["a", "b", "c", "d"], k=2) == pairs[:2]
-    assert render.most_confused_pairs(np.diag([3, 4]), ["x", "y"]) == []
+    assert confusion.most_confused_pairs(cm, ["a", "b", "c", "d"], k=2) == pairs[:2]
+    assert confusion.most_confused_pairs(np.diag([3, 4]), ["x", "y"]) == []
 
 
 # --------------------------------------------------------------------------- ordering
@@ -136,7 +132,7 @@ def test_cluster_order_puts_mutually_confused_classes_together():
     cm[0, 7] = cm[7, 0] = 6  # 0 and 7 confuse each other a lot
     cm[2, 3] = 1  # a little unrelated noise
     cm[9, 4] = 1
-    order = render.cluster_order(cm)
+    order = confusion.cluster_order(cm)
     assert sorted(order.tolist()) == list(range(n))
     pos = {c: i for i, c in enumerate(order.tolist())}
     assert abs(pos[0] - pos[7]) == 1
@@ -147,10 +143,10 @@ def test_cluster_order_keeps_chains_in_sequence_and_identity_when_no_confusion()
     cm = np.diag(np.full(8, 10))
     for a, b in [(1, 5), (5, 6)]:  # chain 1 <-> 5 <-> 6
         cm[a, b] = cm[b, a] = 3
-    order = render.cluster_order(cm).tolist()
+    order = confusion.cluster_order(cm).tolist()
     i = order.index(5)
     assert {order[i - 1], order[i + 1]} == {1, 6}
-    assert render.cluster_order(np.diag([5, 5, 5, 5])).tolist() == [0, 1, 2, 3]
+    assert confusion.cluster_order(np.diag([5, 5, 5, 5])).tolist() == [0, 1, 2, 3]
 
 
 # --------------------------------------------------------------------------- confusion PNG
@@ -159,11 +155,11 @@ def test_confusion_png_88_classes_is_large_and_3_classes_is_small(tmp_path):
     n = 88
     cm = np.diag(rng.integers(5, 15, size=n)) + (rng.random((n, n)) < 0.02)
     names = [f"Class name {i:02d}" for i in range(n)]
-    big = render.confusion_matrix_png(cm, names, tmp_path / "cm88.png", title="Test")
+    big = confusion_figure.confusion_matrix_png(cm, names, tmp_path / "cm88.png", title="Test")
     w_big, h_big = _png_size(big)
     assert w_big >= 1500 and h_big >= 1500
 
-    small = render.confusion_matrix_png(SMALL_CM, ["a", "b", "c"], tmp_path / "out" / "cm3.png")
+    small = confusion_figure.confusion_matrix_png(SMALL_CM, ["a", "b", "c"], tmp_path / "out" / "cm3.png")
     w_small, h_small = _png_size(small)
     assert w_small < 1500 and h_small < 1500
     assert w_small < w_big
@@ -171,7 +167,7 @@ def test_confusion_png_88_classes_is_large_and_3_classes_is_small(tmp_path):
 
 def test_confusion_png_survives_empty_rows(tmp_path):
     cm = np.array([[0, 0], [1, 3]])  # class 0 has no samples
-    _png_size(render.confusion_matrix_png(cm, ["x", "y"], tmp_path / "cm.png"))
+    _png_size(confusion_figure.confusion_matrix_png(cm, ["x", "y"], tmp_path / "cm.png"))
 
 
 # --------------------------------------------------------------------------- image grids
@@ -188,17 +184,17 @@ def test_misclassified_gallery(tmp_path):
         with Image.open(path) as im:
             return im.convert("RGB")
 
-    out = render.misclassified_gallery_png(items, tmp_path / "g" / "gallery.png", image_loader=loader)
+    out = grids.misclassified_gallery_png(items, tmp_path / "g" / "gallery.png", image_loader=loader)
     width, height = _png_size(out)
     assert width > 400 and height > 300
     assert calls == [Path(p) for p, *_ in items]
 
-    limited = render.misclassified_gallery_png(items, tmp_path / "two.png", max_images=2)
+    limited = grids.misclassified_gallery_png(items, tmp_path / "two.png", max_images=2)
     assert _png_size(limited)[0] < width
 
 
 def test_misclassified_gallery_empty(tmp_path):
-    out = render.misclassified_gallery_png([], tmp_path / "empty.png")
+    out = grids.misclassified_gallery_png([], tmp_path / "empty.png")
     width, height = _png_size(out)
     assert 50 < width < 1000 and height < 400
 
@@ -207,9 +203,9 @@ def test_prediction_grid(tmp_path):
     photos = [_photo(tmp_path / f"{i}.png", (200, 30 * i, 10)) for i in range(7)]
     items = [(p, "Ruby", "Ruby" if i % 2 else "Garnet Red", 0.5) for i, p in enumerate(photos)]
     items.append((photos[0], "Onyx Black", None, 0.99))
-    out = render.prediction_grid_png(items, tmp_path / "pred.png")
+    out = grids.prediction_grid_png(items, tmp_path / "pred.png")
     assert _png_size(out)[0] > 300
-    _png_size(render.prediction_grid_png([], tmp_path / "none.png"))
+    _png_size(grids.prediction_grid_png([], tmp_path / "none.png"))
 
 
 def test_image_grid(tmp_path):
@@ -217,11 +213,11 @@ def test_image_grid(tmp_path):
     images = [rng.integers(0, 256, size=(64, 48, 3), dtype=np.uint8) for _ in range(5)]
     images.append(rng.random((32, 32)))  # greyscale float in [0, 1] is accepted
     titles = ["original"] + [f"augmented {i}" for i in range(1, 6)]
-    out = render.image_grid_png(images, titles, tmp_path / "grid.png", ncols=3, title="Augmentations")
+    out = grids.image_grid_png(images, titles, tmp_path / "grid.png", ncols=3, title="Augmentations")
     width, height = _png_size(out)
     assert width > height  # 3 columns x 2 rows
     with pytest.raises(ValueError, match="titles"):
-        render.image_grid_png(images, titles[:2], tmp_path / "bad.png")
+        grids.image_grid_png(images, titles[:2], tmp_path / "bad.png")
 
 
 # --------------------------------------------------------------------------- learning curves
@@ -243,41 +239,41 @@ SPARSE_METRICS = """epoch,step,lr-Adam,train/loss_step,train/acc,train/loss,val/
 def test_read_epoch_curves_uses_epoch_level_columns(tmp_path):
     csv_path = tmp_path / "metrics.csv"
     csv_path.write_text(SPARSE_METRICS)
-    curves = render.read_epoch_curves(csv_path)
-    epochs, loss = curves["train/loss"]
+    epoch_curves = curves.read_epoch_curves(csv_path)
+    epochs, loss = epoch_curves["train/loss"]
     assert epochs.tolist() == [0, 1, 2]
     np.testing.assert_allclose(loss, [2.2, 1.4, 0.95])  # not the step-level values
-    np.testing.assert_allclose(curves["val/acc"][1], [0.41, 0.62, 0.70])
+    np.testing.assert_allclose(epoch_curves["val/acc"][1], [0.41, 0.62, 0.70])
 
     # train/loss_epoch is preferred over train/loss when both exist.
     both = tmp_path / "both.csv"
     both.write_text("epoch,step,train/loss,train/loss_epoch\n0,9,5.0,\n0,9,,1.5\n")
-    np.testing.assert_allclose(render.read_epoch_curves(both)["train/loss"][1], [1.5])
+    np.testing.assert_allclose(curves.read_epoch_curves(both)["train/loss"][1], [1.5])
 
 
 def test_learning_curves_png(tmp_path):
     csv_path = tmp_path / "logs" / "metrics.csv"
     csv_path.parent.mkdir()
     csv_path.write_text(SPARSE_METRICS)
-    out = render.learning_curves_png(csv_path, tmp_path / "curves.png")
+    out = curves.learning_curves_png(csv_path, tmp_path / "curves.png")
     width, height = _png_size(out)
     assert width > height > 200
 
     # Only val loss logged (e.g. a one-epoch smoke run): still a picture.
     only_val = tmp_path / "only_val.csv"
     only_val.write_text("epoch,step,val/loss\n0,5,1.0\n")
-    _png_size(render.learning_curves_png(only_val, tmp_path / "only_val.png"))
+    _png_size(curves.learning_curves_png(only_val, tmp_path / "only_val.png"))
 
 
 def test_learning_curves_without_metric_columns_raises(tmp_path):
     csv_path = tmp_path / "no_metrics.csv"
     csv_path.write_text("epoch,step,lr-Adam\n0,10,0.001\n1,20,0.001\n")
     with pytest.raises(ValueError, match="no_metrics.csv"):
-        render.learning_curves_png(csv_path, tmp_path / "x.png")
+        curves.learning_curves_png(csv_path, tmp_path / "x.png")
     empty_cols = tmp_path / "empty_cols.csv"
     empty_cols.write_text("epoch,step,val/loss\n0,10,\n")
     with pytest.raises(ValueError, match="empty_cols.csv"):
-        render.learning_curves_png(empty_cols, tmp_path / "y.png")
+        curves.learning_curves_png(empty_cols, tmp_path / "y.png")
     assert not (tmp_path / "x.png").exists()
 
 
@@ -287,13 +283,13 @@ def test_markdown_report_links_and_tables(tmp_path):
     figures = report_dir / "figures"
     names = ["Alpha", "Beta", "Gamma"]
     files = {
-        "Confusion matrix": render.confusion_matrix_png(SMALL_CM, names, figures / "confusion matrix.png"),
-        "Per-class metrics (CSV)": render.write_per_class_csv(SMALL_CM, names, report_dir / "per_class.csv"),
-        "Outside file": render.misclassified_gallery_png([], tmp_path / "elsewhere" / "gallery.png"),
+        "Confusion matrix": confusion_figure.confusion_matrix_png(SMALL_CM, names, figures / "confusion matrix.png"),
+        "Per-class metrics (CSV)": tables.write_per_class_csv(SMALL_CM, names, report_dir / "per_class.csv"),
+        "Outside file": grids.misclassified_gallery_png([], tmp_path / "elsewhere" / "gallery.png"),
     }
-    rows = render.per_class_metrics(SMALL_CM, names)
-    pairs = render.most_confused_pairs(SMALL_CM, names)
-    md_path = render.write_markdown_report(
+    rows = confusion.per_class_metrics(SMALL_CM, names)
+    pairs = confusion.most_confused_pairs(SMALL_CM, names)
+    md_path = markdown.write_markdown_report(
         report_dir / "report.md",
         title="Gemstones | test set",
         metrics={"test/acc": 5 / 9, "test/loss": 0.91234567},

@@ -11,11 +11,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import GEMSTONES, datamodule_kwargs, make_dataset, requires_gemstones
+from helpers import TINY_NETWORK
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
 
-from conftest import GEMSTONES, datamodule_kwargs, make_dataset, requires_gemstones
+from gem_lightning.data.datamodule import GemDataModule
+from gem_lightning.reports.preview import augmentation_preview
 from gem_lightning.training.callbacks.prediction_writer import PredictionWriter
 from gem_lightning.training.callbacks.reports import (
     EvaluationReport,
@@ -24,16 +27,13 @@ from gem_lightning.training.callbacks.reports import (
     misclassified_items,
     write_prediction_grid,
 )
-from gem_lightning.data.datamodule import GemDataModule
 from gem_lightning.training.module import GemClassifier
-from gem_lightning.reports.preview import augmentation_preview
 
-TINY = dict(channels=[8, 16], pools=["max", "max"], hidden_units=16)
 REPORT_FILES = ("confusion_matrix.png", "misclassified.png", "misclassified.csv", "per_class.csv", "confused_pairs.csv", "metrics.json", "report.md")
 
 
 def tiny_model(class_names: list[str]) -> GemClassifier:
-    return GemClassifier(class_names, 32, **TINY)
+    return GemClassifier(class_names, 32, network=TINY_NETWORK)
 
 
 def cpu_trainer(root: Path, callbacks: list, **overrides) -> Trainer:

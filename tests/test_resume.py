@@ -20,20 +20,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, make_dataset
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-
-from conftest import REPO, make_dataset
-from gem_lightning.resilience.checkpoint_io import (
-    AtomicCheckpointIO,
-    ResumableModelCheckpoint,
-    RNGState,
-    SaveOnSigterm,
-    make_resumable,
-)
 from test_distributed import TINY_MODEL, run_command, subprocess_env
+
+from gem_lightning.resilience import AtomicCheckpointIO, ResumableModelCheckpoint, RNGState, SaveOnSigterm, make_resumable
 
 SHIM = '''
 """main.py that pauses where GEM_TEST_PAUSE=<epoch>:<batch>:<marker> says."""
@@ -43,7 +37,7 @@ from pathlib import Path
 from lightning.pytorch import Callback
 
 import gem_lightning.cli.app as cli
-from gem_lightning.resilience import checkpoint_io
+from gem_lightning.resilience import SaveOnSigterm
 
 
 class PauseForSignal(Callback):
@@ -56,7 +50,7 @@ class PauseForSignal(Callback):
             return
         Path(self.marker).write_text(json.dumps({"epoch": trainer.current_epoch, "global_step": trainer.global_step}))
         deadline = time.monotonic() + 120
-        stoppers = [cb for cb in trainer.callbacks if isinstance(cb, checkpoint_io.SaveOnSigterm)]
+        stoppers = [cb for cb in trainer.callbacks if isinstance(cb, SaveOnSigterm)]
         while time.monotonic() < deadline and not any(cb.requested(trainer) for cb in stoppers):
             time.sleep(0.02)
 
@@ -311,7 +305,7 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 KILLED_WRITE = '''
 import os, signal, sys, torch
-from gem_lightning.resilience.checkpoint_io import AtomicCheckpointIO
+from gem_lightning.resilience import AtomicCheckpointIO
 
 target = sys.argv[1]
 real_save = torch.save

@@ -2,33 +2,42 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import csv
+import inspect
 import io
 import json
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import typing
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
+from conftest import REPO, datamodule_kwargs, make_dataset
+from helpers import TINY_NETWORK
 from lightning.pytorch import Trainer, seed_everything
 from PIL import Image
-
-from conftest import REPO, datamodule_kwargs, make_dataset
-from gem_lightning.inference.api import load_model
-from gem_lightning.data.datamodule import GemDataModule
-from gem_lightning.training.module import GemClassifier
 from serving import Server, alive, descendants, free_port, start_server
+from starlette.datastructures import Headers
+from starlette.requests import Request
+
+from gem_lightning.data.datamodule import GemDataModule
+from gem_lightning.inference.api import load_model
+from gem_lightning.serving.api import GemLitAPI, Unusable
+from gem_lightning.serving.gate import GateMiddleware, Limits, Upload, checked_upload
+from gem_lightning.training.module import GemClassifier
 
 pytestmark = pytest.mark.slow
 API_KEY = "s3cret-key"
-TINY = dict(channels=[8, 16], pools=["max", "max"], hidden_units=16)
 
 
 def server_env(tmp: Path, api_key: str | None = None) -> dict:
@@ -46,7 +55,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     seed_everything(0)
     data_dir = make_dataset(root / "gems")
     datamodule = GemDataModule(str(data_dir), **datamodule_kwargs(root / "cache"))
-    model = GemClassifier(datamodule.class_names, 32, **TINY)
+    model = GemClassifier(datamodule.class_names, 32, network=TINY_NETWORK)
     trainer = Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, datamodule=datamodule)
     checkpoint = root / "model.ckpt"
@@ -206,3 +215,52 @@ def test_serve_refuses_a_missing_or_foreign_checkpoint_or_a_busy_port_in_one_lin
                 env=server_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=120,
             )
             assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def through_gate(body: bytes, content_type: str, query: str = "") -> dict:
+    """What the app behind the gate sees of one ``POST /predict``: the upload, and the request's own body and type."""
+    seen: dict = {}
+
+    async def app(scope, receive, send) -> None:
+        seen["upload"] = Request(scope).state.upload
+        seen["content-type"] = Headers(scope=scope)["content-type"]
+        seen["body"] = (await receive())["body"]
+
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    scope = {"type": "http", "method": "POST", "scheme": "http", "path": "/predict", "root_path": "", "query_string": query.encode(),
+             "headers": [(b"content-type", content_type.encode())], "server": ("127.0.0.1", 8000)}  # fmt: skip
+    asyncio.run(GateMiddleware(app, Limits(max_body_bytes=2**20, num_classes=3))(scope, receive, None))
+    return seen
+
+
+def test_the_gate_hands_the_api_the_image_bytes_as_sent():
+    """Raw, multipart and JSON bodies reach ``decode_request`` as the image file's bytes: no base64 on the way."""
+    image = b"\xff\xd8\xff" + bytes(range(256))
+    multipart = b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n\r\n' + image + b"\r\n--b--\r\n"
+    as_json = json.dumps({"image": "data:image/jpeg;base64," + base64.b64encode(image).decode()}).encode()
+    for body, content_type in ((image, "image/jpeg"), (multipart, "multipart/form-data; boundary=b"), (as_json, "application/json")):
+        seen = through_gate(body, content_type, "top_k=2")
+        assert seen["upload"] == Upload(image, 2), content_type
+        assert (seen["body"], seen["content-type"]) == (body, content_type)  # the request itself passes unchanged
+    # LitServe registers decode_request's annotation as the route's parameter: an object, not a string.
+    annotation = inspect.signature(GemLitAPI.decode_request).parameters["request"].annotation
+    assert typing.get_args(annotation)[1].dependency is checked_upload
+
+
+def test_the_api_decodes_uploads_in_memory_as_predict_decodes_files(trained, monkeypatch):
+    api = GemLitAPI(trained.checkpoint, model_id={}, max_batch_size=8)
+    api.model = load_model(trained.checkpoint)  # what setup() loads, without its SIGINT handler
+
+    def no_temporary_file(*args, **kwargs):
+        raise AssertionError("the API wrote the upload to a temporary file")
+
+    for name in ("NamedTemporaryFile", "TemporaryFile", "SpooledTemporaryFile", "mkstemp"):
+        monkeypatch.setattr(tempfile, name, no_temporary_file)
+    photo = trained.photos[0]
+    image, top_k = api.decode_request(Upload(photo.read_bytes(), 2))
+    assert top_k == 2 and torch.equal(image, api.model.preprocess(photo))
+    assert api.decode_request(Upload(b"no pixels here", 1)) == (Unusable("not an image (format not recognised)"), 1)

@@ -13,13 +13,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-from lightning.pytorch import Trainer, seed_everything
-
 from conftest import GEMSTONES, REPO, requires_gemstones
-from gem_lightning.inference.api import load_model
-from gem_lightning.data.datamodule import GemDataModule
-from gem_lightning.training.module import GemClassifier
+from lightning.pytorch import Trainer, seed_everything
 from serving import start_server
+
+from gem_lightning.data.datamodule import GemDataModule
+from gem_lightning.inference.api import load_model
+from gem_lightning.models import VGGSpec
+from gem_lightning.training.module import GemClassifier
 
 CLASSES = ("Amethyst", "Emerald", "Ruby", "Sapphire Blue", "Turquoise")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -42,7 +43,7 @@ def real_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (root / "gems" / "train" / name).symlink_to(GEMSTONES / "train" / name)
     seed_everything(0)
     datamodule = GemDataModule(str(root / "gems"), image_size=64, batch_size=16, num_workers=0, cache_dir=str(root / "cache"), autocrop=True)
-    model = GemClassifier(datamodule.class_names, 64, preprocessing=datamodule.preprocessing, channels=[8, 16, 32], pools=["max"] * 3, hidden_units=32)
+    model = GemClassifier(datamodule.class_names, 64, preprocessing=datamodule.preprocessing, network=VGGSpec(channels=(8, 16, 32), pools=("max",) * 3, hidden_units=32))
     trainer = Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, datamodule=datamodule)
     trainer.save_checkpoint(root / "gems.ckpt")

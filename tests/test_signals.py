@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from conftest import REPO
-from gem_lightning.resilience.checkpoint_io import make_resumable
+from gem_lightning.resilience import make_resumable
 from gem_lightning.resilience.signals import OwnProcessHandler
 
 LOADER_SCRIPT = textwrap.dedent('''

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, make_dataset, sigkill_all
 from slurm_cluster import ClusterUnavailable, SlurmCluster
 from test_distributed import TINY_MODEL, clean_launch_env

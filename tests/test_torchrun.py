@@ -7,7 +7,6 @@ the run completes every epoch.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -15,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, make_dataset, sigkill_all
+from helpers import free_port
 from test_distributed import TINY_MODEL, subprocess_env
 from test_resume import wait
 
@@ -24,12 +23,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 EPOCHS = 8
 TIMEOUT = 300
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def process_tree(root: int) -> list[int]:

@@ -23,13 +23,12 @@ from typing import Callable
 
 import pytest
 import torch
-
 from conftest import REPO, make_dataset, write_image
+from helpers import TINY_MODEL
 from warm_cli import run_main
 
 pytestmark = pytest.mark.slow  # each row starts the CLI: seconds of imports
 
-TINY_MODEL = ["--model.channels", "[8, 16]", "--model.pools", "[max, max]", "--model.hidden_units", "16"]
 
 
 def cli(*args: str, env: dict, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -191,7 +190,7 @@ MISTAKES = [
             ("old.ckpt", "class_names")),
     Mistake("checkpoint weights do not fit its settings", lambda t, tmp: predict(tweaked_checkpoint(t, tmp / "edited.ckpt", reshape_a_weight), t),
             ("edited.ckpt", "does not fit")),
-    Mistake("resume with other model settings", lambda t, tmp: fit(t, tmp, t.data, "--model.hidden_units", "32", "--ckpt_path", t.ckpt),
+    Mistake("resume with other model settings", lambda t, tmp: fit(t, tmp, t.data, "--model.network.hidden_units", "32", "--ckpt_path", t.ckpt),
             ("last.ckpt", "does not fit", "same model settings")),
     Mistake("resume from a text file", lambda t, tmp: fit(t, tmp, t.data, "--ckpt_path", a_file(tmp / "x.ckpt")), ("x.ckpt", "not a checkpoint")),
     Mistake("export a file that is not a checkpoint", lambda t, tmp: ["export", a_file(tmp / "model.ckpt"), "--out", tmp / "out"],
@@ -206,8 +205,8 @@ MISTAKES = [
     Mistake("batch_size 0", lambda t, tmp: fit(t, tmp, t.data, "--data.batch_size", "0"), ("data.batch_size", "0")),
     Mistake("val_fraction 1.5", lambda t, tmp: fit(t, tmp, t.data, "--data.val_fraction", "1.5"), ("data.val_fraction", "1.5")),
     Mistake("image_size below the minimum", lambda t, tmp: fit(t, tmp, t.data, "--data.image_size", "16"), ("data.image_size", "16")),
-    Mistake("image_size the network cannot take", lambda t, tmp: fit(t, tmp, t.data, "--model.channels", "[4, 4, 4, 4, 4, 4]",
-                                                                      "--model.pools", "[max, max, max, max, max, max]"),
+    Mistake("image_size the network cannot take", lambda t, tmp: fit(t, tmp, t.data, "--model.network.channels", "[4, 4, 4, 4, 4, 4]",
+                                                                      "--model.network.pools", "[max, max, max, max, max, max]"),
             ("image_size=32", "64")),
     Mistake("negative epochs", lambda t, tmp: fit(t, tmp, t.data, "--trainer.max_epochs", "-3"), ("max_epochs", "-3")),
     Mistake("negative learning rate", lambda t, tmp: fit(t, tmp, t.data, "--model.optimizer.init_args.lr", "-0.1"),
@@ -215,7 +214,11 @@ MISTAKES = [
     Mistake("top_k 0", lambda t, tmp: fit(t, tmp, t.data, "--model.top_k", "0"), ("model.top_k",)),
     Mistake("distillation config without a teacher", lambda t, tmp: ["fit", "--config", REPO / "configs" / "gemstones_distill.yaml",
                                                                            *fit(t, tmp, t.data)[1:]],
-            ("model.distill_weight and model.distill_temperature are set but model.teacher is not", "--model.teacher")),
+            ("model.distillation.teacher is not set", "--model.distillation.teacher")),
+    Mistake("a model setting of an earlier version", lambda t, tmp: fit(t, tmp, t.data, "--model.arch", "timm/resnet18"),
+            ("model.arch is now model.network", "TimmSpec")),
+    Mistake("a class path of an earlier version", lambda t, tmp: fit(t, tmp, t.data, "--trainer.callbacks+=gem_lightning.callbacks.finetuning.FreezeBackbone"),
+            ("gem_lightning.callbacks.finetuning.FreezeBackbone moved to gem_lightning.training.callbacks.finetuning.FreezeBackbone",)),
     Mistake("start method the platform lacks", lambda t, tmp: fit(t, tmp, t.data, "--data.multiprocessing_context", "threads"),
             ("data.multiprocessing_context", "threads")),
     # data

@@ -10,47 +10,31 @@ from __future__ import annotations
 import importlib
 import sys
 
+from jsonargparse import Namespace, lazy_instance
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
-from jsonargparse import lazy_instance
 
+from gem_lightning.cli.commands import COMMANDS
+from gem_lightning.cli.errors import ConciseErrorParser, check_config_files, check_trainer_runs_here, hardware_hint, report_user_errors
+from gem_lightning.cli.moved import check_moved_settings
+from gem_lightning.data.datamodule import GemDataModule
+from gem_lightning.errors import UserInputError
+from gem_lightning.models import spec_from_config
+from gem_lightning.resilience import ResumableModelCheckpoint, make_resumable
+from gem_lightning.resilience.signals import listen_for_requeue_signal
 from gem_lightning.training.callbacks.prediction_writer import PredictionWriter
 from gem_lightning.training.callbacks.reports import EvaluationReport, LearningCurves
 from gem_lightning.training.callbacks.timing import EpochTimer
-from gem_lightning.inference.checkpoints import check_checkpoint_fits, checkpoint_hparams
-from gem_lightning.resilience.checkpoint_io import ResumableModelCheckpoint, make_resumable
-from gem_lightning.cli.commands import COMMANDS
-from gem_lightning.cli.errors import (
-    ConciseErrorParser,
-    check_config_files,
-    check_trainer_runs_here,
-    hardware_hint,
-    report_user_errors,
-)
-from gem_lightning.data.datamodule import GemDataModule
-from gem_lightning.errors import UserInputError
+from gem_lightning.training.checkpoints import check_checkpoint_fits, checkpoint_hparams
 from gem_lightning.training.metrics import MONITOR
-from gem_lightning.models.factory import default_normalization
-from gem_lightning.training.module import TRAINING_ONLY, GemClassifier
-from gem_lightning.resilience.signals import listen_for_requeue_signal
-
+from gem_lightning.training.module import GemClassifier
 
 LINKED_FROM_DATA = {"class_names", "image_size", "preprocessing"}
 CHOSEN_AT_INFERENCE = {"tta", "top_k", "channels_last", "compile"}
 """Model options a user may change when evaluating or predicting with a trained checkpoint."""
-
-
-def check_distillation_has_teacher(model_config) -> None:
-    """Distillation settings without a teacher would train without distillation, silently: refuse them."""
-    given = [f"model.{key}" for key in ("distill_weight", "distill_temperature") if model_config.get(key) is not None]
-    if given and not model_config.get("teacher"):
-        raise UserInputError(
-            f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} set but model.teacher is not: distillation needs "
-            "--model.teacher <checkpoint of a trained model with the same classes> (configs/gemstones_distill.yaml says how to train one)."
-        )
 
 
 class GemCLI(LightningCLI):
@@ -85,14 +69,14 @@ class GemCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config  # None: cli_main(args, run=False)
         if subcommand in (None, "fit"):
-            check_distillation_has_teacher(config.model)
             if config.data.image_size is None:
-                config.data.image_size = default_normalization(config.model.arch, config.model.weights)[2]
+                config.data.image_size = spec_from_config(config.model.network.as_dict()).normalization().input_size
             return
         hparams = checkpoint_hparams(config.get("ckpt_path"))  # checked: one error line for a bad file
         for key, value in hparams.items():
-            if key in config.model and key not in LINKED_FROM_DATA | CHOSEN_AT_INFERENCE | set(TRAINING_ONLY):
-                config.model[key] = value
+            if key in config.model and key not in LINKED_FROM_DATA | CHOSEN_AT_INFERENCE:
+                config.model[key] = Namespace(class_path=value["class_path"], init_args=Namespace(value["init_args"])) if key == "network" else value
+        config.model.distillation = None  # training only: a restated teacher is neither needed nor read
         if "image_size" in hparams:
             config.data.image_size = hparams["image_size"]
         for key, value in (hparams.get("preprocessing") or {}).items():
@@ -115,7 +99,7 @@ class GemCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         """The trainer, with atomic checkpoint writes, random-generator states in checkpoints and a
-        checkpoint on SIGTERM and Ctrl-C (``gem_lightning.resilience.checkpoint_io``); refused, as a user error,
+        checkpoint on SIGTERM and Ctrl-C (``gem_lightning.resilience``); refused, as a user error,
         when the device or precision asked for cannot run here."""
         try:
             trainer = super().instantiate_trainer(**kwargs)
@@ -136,6 +120,8 @@ class GemCLI(LightningCLI):
                 "evaluate on a folder with the same class folders."
             )
         check_checkpoint_fits(self.model, config.get("ckpt_path"), fitting=subcommand == "fit")
+        if subcommand == "fit":
+            self.model.prepare_training(from_scratch=not config.get("ckpt_path"))
 
 
 DESCRIPTION = """gem-lightning: train, evaluate and serve image classifiers on folder-per-class photo sets.
@@ -155,6 +141,7 @@ def cli_main(args: list[str] | None = None, *, run: bool = True) -> GemCLI | obj
     argv = sys.argv[1:] if args is None else list(args)
     with report_user_errors():
         check_config_files(argv)
+        check_moved_settings(argv)
         if run and argv and argv[0] in COMMANDS:
             return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
         return GemCLI(

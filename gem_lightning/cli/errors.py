@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Iterator
 
 import yaml
-
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.accelerators import CPUAccelerator
@@ -27,8 +26,8 @@ from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
-from gem_lightning.resilience.checkpoint_io import ctrl_c_checkpoint
 from gem_lightning.errors import UserInputError
+from gem_lightning.resilience import interrupted_by_ctrl_c
 
 DEBUG_VARIABLE = "GEM_LIGHTNING_DEBUG"
 USER_ERROR_STATUS = 2
@@ -62,7 +61,7 @@ def report_user_errors() -> Iterator[None]:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(USER_ERROR_STATUS) from None
     except SIGTERMException:
-        stopped, saved = ctrl_c_checkpoint()
+        stopped, saved = interrupted_by_ctrl_c()
         if not stopped:
             raise  # SIGTERM: Lightning's clean stop (status 0), the checkpoint already saved and logged
         if saved:

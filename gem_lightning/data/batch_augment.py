@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from gem_lightning.data.geometry import uniform, sample_crop_boxes, sample_theta
-from gem_lightning.data.transforms import Augmentation
+from gem_lightning.data.augmentation import Augmentation
+from gem_lightning.data.geometry import sample_crop_boxes, sample_theta, uniform
 from gem_lightning.errors import UserInputError
 
 GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights

@@ -10,7 +10,6 @@ the reason, so all ranks agree on which images exist without decoding them again
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +17,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from gem_lightning.data.images import BadImageError, decode_resized
+from gem_lightning.data.images import BadImageError, ImageSource, decode_resized
 from gem_lightning.data.loader import SignalSafeDataLoader
 from gem_lightning.data.scan import ImageRecord, Rejected
+from gem_lightning.files import atomic_write
 
 
 def default_cache_dir() -> str:
@@ -29,6 +29,9 @@ def default_cache_dir() -> str:
         return os.environ["GEM_LIGHTNING_CACHE"]
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "gem-lightning")
+
+
+_DISK_FULL_ADVICE = "Free some space, or set data.cache_dir to a folder on another disk (null: decode into memory only), and run again."
 
 
 @dataclass(frozen=True)
@@ -45,8 +48,9 @@ class DecodeSettings:
         background = "".join(f"{c:02x}" for c in self.background)
         return f"v1-{self.size}px{crop}-bg{background}"
 
-    def decode(self, path: Path) -> np.ndarray:
-        image = decode_resized(path, self.size, background=self.background, autocrop=self.autocrop)
+    def decode(self, source: ImageSource) -> np.ndarray:
+        """The image (a path, or the file's bytes) as the cache stores it; raises BadImageError."""
+        image = decode_resized(source, self.size, background=self.background, autocrop=self.autocrop)
         return np.require(image, requirements=["C", "W"])
 
 
@@ -106,10 +110,20 @@ class DiskCache:
         return np.load(self._path(record.digest, ".npy"))
 
     def store(self, record: ImageRecord, image: np.ndarray | None, reason: str | None) -> None:
+        """Write the decoded image, or the reason it has none, all or nothing.
+
+        Not fsynced: an entry lost to a power cut is decoded again. A full disk raises
+        :class:`~gem_lightning.errors.DiskFullError` and leaves no partial entry.
+        """
         if image is not None:
-            _atomic_write(self._path(record.digest, ".npy"), lambda f: np.save(f, image))
+            with self._write(record.digest, ".npy") as file:
+                np.save(file, image)
         else:
-            _atomic_write(self._path(record.digest, ".bad"), lambda f: f.write(str(reason).encode()))
+            with self._write(record.digest, ".bad") as file:
+                file.write(str(reason).encode())
+
+    def _write(self, digest: str, suffix: str):
+        return atomic_write(self._path(digest, suffix), durable=False, what="the cache entry", advice=_DISK_FULL_ADVICE)
 
     def fill(self, records: list[ImageRecord], num_workers: int, multiprocessing_context: str | None = None) -> int:
         """Decode the records not yet cached; returns how many were decoded."""
@@ -117,18 +131,6 @@ class DiskCache:
         for index, image, reason in decode_all(missing, self.settings, num_workers, multiprocessing_context):
             self.store(missing[index], image, reason)
         return len(missing)
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ImageStore:

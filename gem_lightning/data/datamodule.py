@@ -20,8 +20,9 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
+from gem_lightning.data.augmentation import Augmentation
 from gem_lightning.data.batch_augment import BatchAugment
-from gem_lightning.data.cache import DecodeSettings, default_cache_dir, DiskCache, ImageStore, build_store, estimated_bytes
+from gem_lightning.data.cache import DecodeSettings, DiskCache, ImageStore, build_store, default_cache_dir, estimated_bytes
 from gem_lightning.data.datasets import CachedImageDataset, PredictDataset, collate_channels_last, collate_predictions, find_predict_files
 from gem_lightning.data.loader import DEFAULT_START_METHOD, SignalSafeDataLoader, start_worker_server
 from gem_lightning.data.samplers import FitEpochDistributedSampler
@@ -37,8 +38,8 @@ from gem_lightning.data.scan import (
 )
 from gem_lightning.data.split import stratified_split
 from gem_lightning.data.tools.synthetic import SYNTHETIC_CLASSES, generate_gem_dataset, is_generated_dataset
+from gem_lightning.data.transforms import cache_size_for, eval_transform, train_transform
 from gem_lightning.errors import UserInputError
-from gem_lightning.data.transforms import Augmentation, cache_size_for, eval_transform, train_transform
 
 
 class BadFilesError(UserInputError):
@@ -84,8 +85,8 @@ class GemDataModule(LightningDataModule):
             first use (for the quickstart; nothing is downloaded), if ``data_dir`` is absent or
             empty; a ``data_dir`` that already holds ``train/`` is trained on as it is.
         image_size: side, in pixels, of the square images the model sees; default: the input size
-            the pretrained weights expect (``main.py`` resolves it from ``model.weights`` and
-            ``model.arch``), else 220 px, the seed's.
+            the network's pretrained weights expect (``main.py`` asks ``model.network``), else
+            220 px, the seed's.
         val_fraction: share of each class of ``train/`` held out for validation.
         seed: seed of the train/validation split (independent of the training seed).
         batch_size: images per batch, per process.

@@ -12,8 +12,8 @@ from torch.utils.data._utils.collate import default_collate
 
 from gem_lightning.data.cache import DecodeSettings, ImageStore
 from gem_lightning.data.images import BadImageError
-from gem_lightning.errors import UserInputError
 from gem_lightning.data.scan import is_hidden, iter_files
+from gem_lightning.errors import UserInputError
 
 
 class CachedImageDataset(Dataset):

@@ -11,12 +11,10 @@ normalised to [-1, 1] with ``align_corners=False``.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:
-    from gem_lightning.data.transforms import Augmentation
+from gem_lightning.data.augmentation import Augmentation
 
 
 def uniform(n: int, low: float, high: float, device: torch.device | str) -> torch.Tensor:

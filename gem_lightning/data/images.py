@@ -1,4 +1,4 @@
-"""Decode any image file found in a scraped folder into correct RGB, or say exactly why not.
+"""Decode any image file found in a scraped folder (or its bytes) into correct RGB, or say exactly why not.
 
 Folders of photos collected from the web hold more than clean RGB JPEGs: PNGs named
 ``.jpg``, palette GIFs with transparency, CMYK JPEGs, 16-bit grayscale PNGs, photos stored
@@ -6,6 +6,8 @@ sideways with an EXIF orientation tag, half-downloaded files, and stray ``.DS_St
 ``Thumbs.db`` files. Everything here turns such a file into an upright 8-bit RGB picture
 that looks the way a viewer would show it, or raises :class:`BadImageError` carrying a
 short, fixed reason a report can group by ("empty file (0 bytes)", "not an image", ...).
+Every public function takes a path or the file's bytes (an HTTP upload): both pass the same
+checks, and an error names the file, or for bytes ``the uploaded image`` (or the caller's name).
 
 Nothing here changes PIL's global state: ``ImageFile.LOAD_TRUNCATED_IMAGES`` is left alone,
 so a truncated file fails loudly instead of being silently padded with grey.
@@ -13,8 +15,10 @@ so a truncated file fails loudly instead of being silently padded with grey.
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +31,9 @@ __all__ = [
     "NOT_AN_IMAGE",
     "TOO_LARGE",
     "UNREADABLE",
+    "UPLOADED",
     "BadImageError",
+    "ImageSource",
     "decode_resized",
     "load_rgb",
     "probe_image",
@@ -46,6 +52,11 @@ MAX_IMAGE_PIXELS: int = 80_000_000
 
 Background = tuple[int, int, int]
 WHITE: Background = (255, 255, 255)
+
+ImageSource = Path | str | bytes
+"""An image file's path, or the file's bytes."""
+UPLOADED = "the uploaded image"
+"""How errors name an image given as bytes, unless the caller names it."""
 
 # First bytes of the formats people actually scrape. A file that starts like one of these but
 # that PIL cannot identify is a damaged image, not a stray non-image file.
@@ -68,13 +79,14 @@ _WIDE_MODES = frozenset({"I", "F"})
 class BadImageError(ValueError):
     """A file that cannot be used as a training image, with the category of the problem.
 
+    ``path`` is the file, or the name of an image given as bytes (``the uploaded image``);
     ``reason`` is one of the module's constants (``NOT_AN_IMAGE``, ``EMPTY``, ``CORRUPT``,
     ``UNREADABLE``, ``TOO_LARGE``), so callers can count and report failures by kind;
     ``detail`` keeps the underlying message for whoever has to look at the file.
     """
 
     def __init__(self, path: Path | str, reason: str, detail: str = "") -> None:
-        self.path = Path(path)
+        self.path = path
         self.reason = reason
         self.detail = detail
         message = f"{self.path}: {reason}"
@@ -89,8 +101,9 @@ class BadImageError(ValueError):
 # --------------------------------------------------------------------------- public API
 
 
-def probe_image(path: Path) -> tuple[int, int]:
-    """Check from the header alone that ``path`` is an image of acceptable size.
+def probe_image(source: ImageSource, *, name: str = UPLOADED) -> tuple[int, int]:
+    """Check from the header alone that ``source`` (a path, or bytes that errors call ``name``) is
+    an image of acceptable size.
 
     Cheap enough to run over a whole dataset before training: it identifies the file by its
     content (a PNG named ``.jpg`` passes, a ``.txt`` or ``Thumbs.db`` does not) but decodes no
@@ -99,16 +112,16 @@ def probe_image(path: Path) -> tuple[int, int]:
     is with EXIF orientation applied (a portrait photo stored sideways reports portrait).
     Raises :class:`BadImageError` for empty, unreadable, non-image and oversized files.
     """
-    path = Path(path)
-    with _open_checked(path) as image:
+    with _open_checked(_Source.of(source, name)) as image:
         width, height = image.size
         if _orientation_swaps_axes(image):
             width, height = height, width
         return width, height
 
 
-def load_rgb(path: Path, background: Background = WHITE) -> Image.Image:
-    """Fully decode ``path`` into an upright 8-bit RGB image that looks as a viewer shows it.
+def load_rgb(source: ImageSource, background: Background = WHITE, *, name: str = UPLOADED) -> Image.Image:
+    """Fully decode ``source`` (a path, or bytes that errors call ``name``) into an upright 8-bit RGB
+    image that looks as a viewer shows it.
 
     EXIF orientation is applied; every PIL mode is converted faithfully (16-bit and float
     grayscale are rescaled rather than clipped to white, CMYK is converted, palettes are
@@ -117,17 +130,19 @@ def load_rgb(path: Path, background: Background = WHITE) -> Image.Image:
     truncated or corrupt file raises :class:`BadImageError` (``CORRUPT``) now rather than
     later inside a training step.
     """
-    return _decode(Path(path), background, draft_size=None)
+    return _decode(_Source.of(source, name), background, draft_size=None)
 
 
 def decode_resized(
-    path: Path,
+    source: ImageSource,
     size: int,
     *,
     background: Background = WHITE,
     autocrop: bool = False,
+    name: str = UPLOADED,
 ) -> np.ndarray:
-    """Decode ``path`` to a ``size x size`` RGB array (HxWx3, uint8, C-contiguous, writable).
+    """Decode ``source`` (a path, or bytes that errors call ``name``) to a ``size x size`` RGB array
+    (HxWx3, uint8, C-contiguous, writable).
 
     The picture is squeezed to a square, ignoring its aspect ratio, as the original notebook
     did, with an antialiased bilinear resize. With ``autocrop`` it is first cropped to the
@@ -137,10 +152,9 @@ def decode_resized(
     """
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
-    path = Path(path)
     # A crop keeps only part of the picture, so decode with headroom to avoid upsampling it.
     draft_size = size * 2 if autocrop else size
-    image = _decode(path, background, draft_size=draft_size)
+    image = _decode(_Source.of(source, name), background, draft_size=draft_size)
     if autocrop:
         from gem_lightning.data.autocrop import autocrop as crop_to_gem
 
@@ -155,53 +169,78 @@ def decode_resized(
 # --------------------------------------------------------------------------- opening
 
 
-def _open_checked(path: Path) -> Image.Image:
-    """Open ``path`` lazily (header only) and enforce the size limit, or raise BadImageError."""
-    _check_not_empty(path)
+@dataclass(frozen=True)
+class _Source:
+    """An image file, or its bytes, with the name its errors carry (the path, for a file)."""
+
+    content: Path | bytes
+    label: Path | str
+
+    @staticmethod
+    def of(source: ImageSource, name: str) -> _Source:
+        """A path (``str`` or ``Path``) names itself; bytes are called ``name``."""
+        if isinstance(source, bytes):
+            return _Source(source, name)
+        return _Source(Path(source), Path(source))
+
+    def open(self) -> Image.Image:
+        """PIL's lazy open: the header only."""
+        return Image.open(io.BytesIO(self.content) if isinstance(self.content, bytes) else self.content)
+
+    def byte_count(self) -> int:
+        """The file's size; a file that cannot be stat'ed is UNREADABLE."""
+        if isinstance(self.content, bytes):
+            return len(self.content)
+        try:
+            return os.stat(self.content).st_size
+        except OSError as err:
+            raise BadImageError(self.label, UNREADABLE, _describe(err)) from err
+
+    def head(self) -> bytes:
+        """The first bytes, where a format's signature sits (none if the file cannot be read)."""
+        if isinstance(self.content, bytes):
+            return self.content[:16]
+        try:
+            with open(self.content, "rb") as handle:
+                return handle.read(16)
+        except OSError:
+            return b""
+
+
+def _open_checked(source: _Source) -> Image.Image:
+    """Open ``source`` lazily (header only) and enforce the size limit, or raise BadImageError."""
+    if source.byte_count() == 0:
+        raise BadImageError(source.label, EMPTY)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = source.open()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise BadImageError(path, TOO_LARGE, str(err)) from err
+        raise BadImageError(source.label, TOO_LARGE, str(err)) from err
     except UnidentifiedImageError as err:
-        reason = CORRUPT if _has_image_signature(path) else NOT_AN_IMAGE
-        raise BadImageError(path, reason, "format not recognised") from err
+        reason = CORRUPT if _has_image_signature(source.head()) else NOT_AN_IMAGE
+        raise BadImageError(source.label, reason, "format not recognised") from err
     except OSError as err:  # permission denied, missing, a directory, I/O error, broken header
         reason = UNREADABLE if err.errno is not None else CORRUPT  # PIL's own errors carry no errno
-        raise BadImageError(path, reason, _describe(err)) from err
+        raise BadImageError(source.label, reason, _describe(err)) from err
     except Exception as err:  # a plugin recognised the format, then choked on its header
-        raise BadImageError(path, CORRUPT, _describe(err)) from err
+        raise BadImageError(source.label, CORRUPT, _describe(err)) from err
     try:
-        _check_pixel_count(path, image)
+        _check_pixel_count(source.label, image)
     except BadImageError:
         image.close()
         raise
     return image
 
 
-def _check_not_empty(path: Path) -> None:
-    try:
-        size = os.stat(path).st_size
-    except OSError as err:
-        raise BadImageError(path, UNREADABLE, _describe(err)) from err
-    if size == 0:
-        raise BadImageError(path, EMPTY)
-
-
-def _check_pixel_count(path: Path, image: Image.Image) -> None:
+def _check_pixel_count(label: Path | str, image: Image.Image) -> None:
     width, height = image.size
     if width * height > MAX_IMAGE_PIXELS:
         detail = f"{width}x{height} = {width * height:,} pixels > limit {MAX_IMAGE_PIXELS:,}"
-        raise BadImageError(path, TOO_LARGE, detail)
+        raise BadImageError(label, TOO_LARGE, detail)
 
 
-def _has_image_signature(path: Path) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(16)
-    except OSError:
-        return False
+def _has_image_signature(head: bytes) -> bool:
     if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
         return True
     return head.startswith(_IMAGE_SIGNATURES)
@@ -215,21 +254,21 @@ def _describe(err: BaseException) -> str:
 # --------------------------------------------------------------------------- decoding
 
 
-def _decode(path: Path, background: Background, draft_size: int | None) -> Image.Image:
+def _decode(source: _Source, background: Background, draft_size: int | None) -> Image.Image:
     """Open, optionally JPEG-draft, decode every pixel, orient and convert to RGB."""
-    with _open_checked(path) as image:
+    with _open_checked(source) as image:
         if draft_size is not None and image.format in ("JPEG", "MPO"):
             # Square target, so EXIF rotation cannot make the draft too small.
             image.draft("RGB", (draft_size, draft_size))
         try:
             image.load()
         except Exception as err:  # OSError("image file is truncated"), SyntaxError, zlib...
-            raise BadImageError(path, CORRUPT, _describe(err)) from err
+            raise BadImageError(source.label, CORRUPT, _describe(err)) from err
         upright = _apply_orientation(image)
         try:
             return _to_rgb(upright, background)
         except ValueError as err:  # a colour mode PIL cannot convert (e.g. LAB)
-            raise BadImageError(path, CORRUPT, _describe(err)) from err
+            raise BadImageError(source.label, CORRUPT, _describe(err)) from err
 
 
 _EXIF_ORIENTATION = 0x0112

@@ -8,13 +8,13 @@ model, on the device, so batches cross to an accelerator at a quarter of the byt
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
 from torchvision.transforms import v2
 
+from gem_lightning.data.augmentation import Augmentation
 from gem_lightning.data.geometry import pixel_map, sample_crop_boxes, sample_theta
 
 cv2.setNumThreads(1)  # one thread per DataLoader worker, as torch does in its workers
@@ -25,43 +25,6 @@ CACHE_MARGIN = 1.15
 
 def cache_size_for(image_size: int) -> int:
     return int(math.ceil(image_size * CACHE_MARGIN))
-
-
-@dataclass(frozen=True)
-class Augmentation:
-    """Training augmentation; the defaults are the seed notebook's ``ImageDataGenerator`` settings.
-
-    Args:
-        rotation: maximum rotation in degrees (either way).
-        rotate90: also turn by a random multiple of 90 degrees (exact on a square crop: no corners
-            to fill; for subjects with no "up", such as gems).
-        zoom: scale range ``1 +- zoom``.
-        shift: maximum horizontal and vertical shift, as a fraction of the image side.
-        shear: maximum shear angle in degrees (Keras' ``shear_range`` is in degrees).
-        hflip: flip left-right with probability 0.5.
-        vflip: flip top-bottom with probability 0.5 (a gem photo has no "up").
-        crop_scale: if set, a random-resized crop covering this range of the image area replaces
-            the affine zoom and shift (e.g. ``[0.35, 1.0]``).
-        brightness: brightness jitter factor range ``1 +- brightness``.
-        contrast: contrast jitter, as brightness.
-        saturation: saturation jitter, as brightness.
-        hue: hue jitter in [0, 0.5]; off by default because colour is what tells many gems apart.
-        fill: colour of the areas the affine warp uncovers.
-    """
-
-    rotation: float = 25.0
-    rotate90: bool = False
-    zoom: float = 0.1
-    shift: float = 0.1
-    shear: float = 0.2
-    hflip: bool = True
-    vflip: bool = False
-    crop_scale: tuple[float, float] | None = None
-    brightness: float = 0.0
-    contrast: float = 0.0
-    saturation: float = 0.0
-    hue: float = 0.0
-    fill: tuple[int, int, int] = (255, 255, 255)
 
 
 class TrainAugment(torch.nn.Module):

@@ -1,0 +1,1 @@
+"""Inference from a trained checkpoint: the Python API and export."""

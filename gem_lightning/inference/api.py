@@ -15,9 +15,9 @@ from typing import Sequence
 
 import torch
 
-from gem_lightning.inference.checkpoints import load_checkpoint
 from gem_lightning.data.cache import DecodeSettings
 from gem_lightning.data.transforms import cache_size_for, eval_transform
+from gem_lightning.training.checkpoints import load_checkpoint
 from gem_lightning.training.module import GemClassifier
 
 Ranked = list[tuple[str, float]]
@@ -45,13 +45,14 @@ class GemModel:
         )
         self.transform = eval_transform(self.image_size)
 
-    def preprocess(self, image_path: str | Path) -> torch.Tensor:
-        """One photo as the ``(3, S, S)`` uint8 tensor that ``predict`` would feed the model.
+    def preprocess(self, image_path: str | Path | bytes) -> torch.Tensor:
+        """One photo (its path, or the file's bytes) as the ``(3, S, S)`` uint8 tensor that ``predict``
+        would feed the model.
 
         Raises:
             BadImageError: the file cannot be read as an image (the reason is in the message).
         """
-        image = torch.from_numpy(self.settings.decode(Path(image_path))).permute(2, 0, 1)
+        image = torch.from_numpy(self.settings.decode(image_path)).permute(2, 0, 1)
         return self.transform(image)
 
     def classify(self, image_path: str | Path, top_k: int = 5) -> Ranked:

@@ -19,10 +19,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from gem_lightning.inference.checkpoints import load_checkpoint
 from gem_lightning.data.transforms import cache_size_for
 from gem_lightning.errors import UserInputError
 from gem_lightning.models.classifier import ImageClassifier
+from gem_lightning.training.checkpoints import load_checkpoint
 from gem_lightning.training.module import GemClassifier
 
 FORMATS = ("torchscript", "onnx")

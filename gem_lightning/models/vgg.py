@@ -3,6 +3,7 @@
 Each block is ``conv 3x3 (same padding) -> [batch norm] -> ReLU -> pool``; the head is either the
 seed's ``flatten -> dropout -> dense -> ReLU -> dense`` or a global-average-pooling head.
 The flatten size is derived from the input size, so any ``image_size`` from 32 px up works.
+:class:`VGGSpec` is the table (``model.network``, the default); :class:`VGG` the network it builds.
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ import torch
 from torch import nn
 
 from gem_lightning.errors import UserInputError
+from gem_lightning.models.spec import NetworkSpec
 
 PoolKind = Literal["max", "avg", "none"]
 HeadKind = Literal["flatten", "gap"]
 
 
 @dataclass(frozen=True)
-class VGGConfig:
-    """Architecture of the VGG-style network; the defaults are the seed notebook's.
+class VGGSpec(NetworkSpec):
+    """The VGG-style network, trained from scratch; the defaults are the seed notebook's.
 
     Args:
         channels: output channels of each 3x3 conv block.
@@ -44,22 +46,29 @@ class VGGConfig:
     dropout: float = 0.5
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "channels", tuple(self.channels))
+        object.__setattr__(self, "pools", tuple(self.pools))
         if len(self.channels) != len(self.pools):
             raise UserInputError(
-                f"VGGConfig: `channels` has {len(self.channels)} blocks but `pools` has "
+                f"model.network: `channels` has {len(self.channels)} blocks but `pools` has "
                 f"{len(self.pools)}; give one pool kind per block."
             )
         if not self.channels:
-            raise UserInputError("VGGConfig: `channels` must list at least one block.")
+            raise UserInputError("model.network: `channels` must list at least one block.")
         blocks = self.convs_per_block
         object.__setattr__(self, "convs_per_block", (blocks,) * len(self.channels) if isinstance(blocks, int) else tuple(blocks))
         if len(self.convs_per_block) != len(self.channels):
             raise UserInputError(
-                f"VGGConfig: `convs_per_block` has {len(self.convs_per_block)} entries but `channels` has "
+                f"model.network: `convs_per_block` has {len(self.convs_per_block)} entries but `channels` has "
                 f"{len(self.channels)} blocks; give one number, or one per block."
             )
         if min(self.convs_per_block) < 1:
-            raise UserInputError(f"VGGConfig: `convs_per_block` must be >= 1 in every block, got {list(self.convs_per_block)}.")
+            raise UserInputError(f"model.network: `convs_per_block` must be >= 1 in every block, got {list(self.convs_per_block)}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserInputError(f"model.network: `dropout` must be at least 0 and below 1, got {self.dropout}.")
+
+    def build(self, num_classes: int, image_size: int) -> nn.Module:
+        return VGG(num_classes=num_classes, image_size=image_size, config=self)
 
 
 def _pool(kind: PoolKind) -> nn.Module:
@@ -88,7 +97,7 @@ class VGG(nn.Module):
         config: the architecture table.
     """
 
-    def __init__(self, *, num_classes: int, image_size: int, config: VGGConfig = VGGConfig()) -> None:
+    def __init__(self, *, num_classes: int, image_size: int, config: VGGSpec = VGGSpec()) -> None:
         super().__init__()
         final_size = _feature_size(image_size, config.pools)
         if final_size < 1:
@@ -101,7 +110,7 @@ class VGG(nn.Module):
         self.head = self._make_head(config, num_classes, final_size)
 
     @staticmethod
-    def _make_features(config: VGGConfig) -> nn.Sequential:
+    def _make_features(config: VGGSpec) -> nn.Sequential:
         layers: list[nn.Module] = []
         in_channels = 3
         for out_channels, pool, convs in zip(config.channels, config.pools, config.convs_per_block):
@@ -115,7 +124,7 @@ class VGG(nn.Module):
         return nn.Sequential(*layers)
 
     @staticmethod
-    def _make_head(config: VGGConfig, num_classes: int, final_size: int) -> nn.Sequential:
+    def _make_head(config: VGGSpec, num_classes: int, final_size: int) -> nn.Sequential:
         channels = config.channels[-1]
         if config.head == "gap":
             layers: list[nn.Module] = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]

@@ -17,7 +17,7 @@ import torch
 
 from gem_lightning.data.datamodule import GemDataModule
 from gem_lightning.data.datasets import CachedImageDataset
-from gem_lightning.reports.render import image_grid_png
+from gem_lightning.reports.grids import image_grid_png
 
 
 def augmentation_preview(

@@ -10,8 +10,8 @@ or ``forkserver`` has the default actions instead, and SIGUSR1 or SIGTERM kill i
 fails with "DataLoader worker exited unexpectedly". Hence:
 
 * :class:`OwnProcessHandler` wraps a handler so that it runs only in the process that installed it;
-  every handler of the trainer (Lightning's, through ``checkpoint_io.OwnProcessSignalConnector``,
-  and ``SaveOnSigterm``'s) is installed that way.
+  every handler of the trainer (Lightning's, through ``signal_connector.OwnProcessSignalConnector``,
+  and ``preemption.SaveOnSigterm``'s) is installed that way.
 * :func:`blocked_worker_signals` and :func:`start_worker` make loader workers ignore SIGUSR1,
   SIGINT and any SIGTERM but their loader's from their first instruction, whatever the start
   method: the signals are blocked in the loader's process while it starts workers (the mask is inherited

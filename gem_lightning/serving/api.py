@@ -1,30 +1,28 @@
 """The LitServe ``LitAPI`` of a trained checkpoint: upload bytes in, top-k classes out.
 
-Each upload is decoded by the code that decodes a file for ``predict`` and ``GemModel.classify``
-(:meth:`gem_lightning.inference.api.GemModel.preprocess`: the checkpoint's auto-crop, background and size),
-so the three answer the same for the same photo. LitServe fails a whole batch when one request
-raises, so a photo that cannot be decoded travels through the batch as an :class:`Unusable` and
-only its own answer is the error.
+Each upload is decoded from its bytes, in memory, by the code that decodes a file for ``predict``
+and ``GemModel.classify`` (:meth:`gem_lightning.inference.api.GemModel.preprocess`: the checkpoint's
+auto-crop, background and size), so the three answer the same for the same photo. LitServe fails a
+whole batch when one request raises, so a photo that cannot be decoded travels through the batch
+as an :class:`Unusable` and only its own answer is the error.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: LitServe reads ``decode_request``'s annotation as an
+# object (the FastAPI dependency that hands it the upload), not as a string.
 
-import base64
 import signal
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import litserve as ls
 import torch
+from fastapi import Depends
 from starlette.responses import JSONResponse
 
-from gem_lightning.inference.api import GemModel, load_model
 from gem_lightning.data.images import BadImageError
-
-SCRATCH = "/dev/shm" if Path("/dev/shm").is_dir() else None
-"""Uploads are decoded from a memory-backed temporary file where there is one."""
+from gem_lightning.inference.api import GemModel, load_model
+from gem_lightning.serving.gate import Upload, checked_upload
 
 
 @dataclass(frozen=True)
@@ -68,19 +66,16 @@ class GemLitAPI(ls.LitAPI):
             torch.set_num_threads(self.threads)
         self.model: GemModel = load_model(self.ckpt_path, device=device)
 
-    def decode_request(self, request) -> Decoded:
-        """``{"image": <base64>, "top_k": k}``, already checked by :mod:`gem_lightning.serving.gate`."""
-        return self.decode_bytes(base64.b64decode(request["image"])), int(request["top_k"])
+    def decode_request(self, request: Annotated[Upload, Depends(checked_upload)]) -> Decoded:
+        """The upload that :mod:`gem_lightning.serving.gate` checked: the image file's bytes, as sent, and ``top_k``."""
+        return self.decode_bytes(request.image), request.top_k
 
     def decode_bytes(self, data: bytes) -> torch.Tensor | Unusable:
-        """The photo as ``predict`` would feed it to the model, via a temporary file read by the same decoder."""
-        with tempfile.NamedTemporaryFile(dir=SCRATCH, prefix="gem-upload-") as file:
-            file.write(data)
-            file.flush()
-            try:
-                return self.model.preprocess(file.name)
-            except BadImageError as error:
-                return Unusable(f"{error.reason} ({error.detail})" if error.detail else error.reason)
+        """The photo as ``predict`` would feed it to the model, decoded from its bytes by the same decoder."""
+        try:
+            return self.model.preprocess(data)
+        except BadImageError as error:
+            return Unusable(f"{error.reason} ({error.detail})" if error.detail else error.reason)
 
     def batch(self, inputs: list[Decoded]) -> list[Decoded]:
         return inputs

@@ -5,8 +5,11 @@ that fails there with a 500; and in a batch, one request's error would be every 
 So every ``POST /predict`` is checked here, in the HTTP process, before it is queued: the API
 key (401), the body size (413), the content type (415), JSON and base64 (400), ``top_k`` (400).
 The three accepted bodies (raw image bytes, multipart field ``file``, JSON ``{"image": base64}``)
-leave as one JSON form, ``{"image": <base64>, "top_k": k}``, which is all the LitAPI sees.
-Whether the bytes are an image is decided by the same decoder as ``predict``, in the worker.
+become one :class:`Upload`: the image file's bytes, as sent, and ``top_k``. The LitAPI's
+``decode_request`` receives it through the FastAPI dependency :func:`checked_upload` (LitServe
+queues whatever FastAPI resolves for that parameter's annotation), so the image crosses to the
+worker as bytes, with no JSON or base64 envelope. Whether the bytes are an image is decided by the
+same decoder as ``predict``, in the worker.
 """
 
 from __future__ import annotations
@@ -44,6 +47,19 @@ class RequestProblem(Exception):
 
 
 @dataclass(frozen=True)
+class Upload:
+    """A ``POST /predict`` that passed the gate: the image file's bytes and how many classes to answer."""
+
+    image: bytes
+    top_k: int
+
+
+async def checked_upload(request: Request) -> Upload:
+    """The :class:`Upload` the gate made of ``request``; the LitAPI's ``decode_request`` depends on it."""
+    return request.state.upload
+
+
+@dataclass(frozen=True)
 class Limits:
     """What one ``POST /predict`` may carry.
 
@@ -78,11 +94,13 @@ class GateMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        request = Request(scope)
         try:
-            self._check_api_key(Request(scope))
+            self._check_api_key(request)
             if scope["path"] == self.predict_path and scope["method"] == "POST":
-                body = json.dumps(await self._predict_payload(scope, receive)).encode()
-                scope = _as_json_request(scope, body)
+                top_k = self._top_k(request)
+                body = await self._read_body(request, receive)
+                request.state.upload = Upload(await _image(request, body), top_k)
                 receive = _replay(body, receive)
         except RequestProblem as problem:
             await problem.response()(scope, receive, send)
@@ -97,29 +115,6 @@ class GateMiddleware:
             raise RequestProblem(401, f"missing API key: send it in the {API_KEY_HEADER} header.")
         if not secrets.compare_digest(given.encode(), self.api_key.encode()):
             raise RequestProblem(401, f"wrong API key in the {API_KEY_HEADER} header.")
-
-    async def _predict_payload(self, scope: Scope, receive: Receive) -> dict:
-        """``{"image": <base64>, "top_k": k}`` from any accepted body, or a RequestProblem."""
-        request = Request(scope)
-        top_k = self._top_k(request)
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        body = await self._read_body(request, receive)
-        if not body:
-            raise RequestProblem(400, "the request body is empty: send the image's bytes (or a multipart field 'file', or JSON {\"image\": <base64>}).")
-        if content_type.startswith(RAW_TYPES):
-            image = base64.b64encode(body).decode("ascii")
-        elif content_type == "multipart/form-data":
-            image = base64.b64encode(await _multipart_file(scope, body)).decode("ascii")
-        elif content_type == "application/json":
-            image = _json_image(body)
-        else:
-            raise RequestProblem(
-                415,
-                f"unsupported Content-Type {content_type or '(none)'!r}: send the image with Content-Type image/jpeg, "
-                "image/png, ... (or application/octet-stream), as multipart/form-data field 'file', or as "
-                'application/json {"image": "<base64>"}.',
-            )
-        return {"image": image, "top_k": top_k}
 
     def _top_k(self, request: Request) -> int:
         values = parse_qs(request.url.query).get("top_k")
@@ -156,6 +151,25 @@ class GateMiddleware:
         return b"".join(chunks)
 
 
+async def _image(request: Request, body: bytes) -> bytes:
+    """The image file's bytes from any accepted body, or a RequestProblem."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not body:
+        raise RequestProblem(400, "the request body is empty: send the image's bytes (or a multipart field 'file', or JSON {\"image\": <base64>}).")
+    if content_type.startswith(RAW_TYPES):
+        return body
+    if content_type == "multipart/form-data":
+        return await _multipart_file(request.scope, body)
+    if content_type == "application/json":
+        return _json_image(body)
+    raise RequestProblem(
+        415,
+        f"unsupported Content-Type {content_type or '(none)'!r}: send the image with Content-Type image/jpeg, "
+        "image/png, ... (or application/octet-stream), as multipart/form-data field 'file', or as "
+        'application/json {"image": "<base64>"}.',
+    )
+
+
 async def _multipart_file(scope: Scope, body: bytes) -> bytes:
     try:
         form = await Request(scope, _replay(body, None)).form()
@@ -168,8 +182,8 @@ async def _multipart_file(scope: Scope, body: bytes) -> bytes:
     return await upload.read()
 
 
-def _json_image(body: bytes) -> str:
-    """The validated base64 text of ``{"image": "<base64>"}`` (a ``data:`` URL prefix is allowed)."""
+def _json_image(body: bytes) -> bytes:
+    """The image file sent as ``{"image": "<base64>"}`` (a ``data:`` URL prefix is allowed)."""
     try:
         document = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -185,13 +199,7 @@ def _json_image(body: bytes) -> str:
         raise RequestProblem(400, f'"image" is not valid base64 ({error}).') from None
     if not decoded:
         raise RequestProblem(400, '"image" is empty: it must hold the base64 of the image file.')
-    return text
-
-
-def _as_json_request(scope: Scope, body: bytes) -> Scope:
-    headers = [(name, value) for name, value in scope["headers"] if name not in (b"content-type", b"content-length")]
-    headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    return {**scope, "headers": headers}
+    return decoded
 
 
 def _replay(body: bytes, receive: Receive | None) -> Receive:

@@ -23,11 +23,9 @@ from starlette.routing import Route
 
 from gem_lightning.serving.api import GemLitAPI
 from gem_lightning.serving.gate import GateMiddleware, Limits
+from gem_lightning.training.checkpoints import upgrade_hparams
 
 ENDPOINTS = "POST /predict, GET /info, GET /health, GET / (the web page)"
-NETWORK_KEYS = ("arch", "weights", "tta")
-VGG_KEYS = (*NETWORK_KEYS, "channels", "pools", "convs_per_block", "batch_norm", "head", "hidden_units", "dropout")
-"""The checkpoint's hyperparameters that ``GET /info`` reports as its architecture."""
 
 
 @dataclass(frozen=True)
@@ -52,13 +50,12 @@ def describe_checkpoint(ckpt_path: str | Path) -> dict:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # not a zip/pickle file, truncated, or objects of unknown classes
         raise ValueError(f"torch cannot read it as a checkpoint ({type(error).__name__}: {error})") from None
-    hparams = dict(checkpoint.get("hyper_parameters", {}))
+    hparams = upgrade_hparams(dict(checkpoint.get("hyper_parameters", {})))
     metrics: dict = {"epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step")}
     for state in checkpoint.get("callbacks", {}).values():
         if isinstance(state, dict) and state.get("monitor") and state.get("best_model_score") is not None:
             metrics[f"best {state['monitor']}"] = float(state["best_model_score"])
-    keys = VGG_KEYS if hparams.get("arch", "vgg") == "vgg" else NETWORK_KEYS
-    architecture = {key: hparams[key] for key in keys if key in hparams}
+    architecture = describe_network(hparams["network"], hparams.get("tta", "none"))
     return {
         "checkpoint": path.name,  # not the server's folders
         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
@@ -68,6 +65,13 @@ def describe_checkpoint(ckpt_path: str | Path) -> dict:
         "architecture": architecture,
         "metrics": metrics,
     }
+
+
+def describe_network(network: dict, tta: str) -> dict:
+    """The network spec's settings, with ``arch``: the library model's name, or ``vgg``."""
+    init_args = dict(network.get("init_args") or {})
+    spec = network["class_path"].rpartition(".")[2]
+    return {"arch": init_args.pop("name", None) or spec.removesuffix("Spec").lower(), "spec": network["class_path"], **init_args, "tta": tta}
 
 
 def build_server(ckpt_path: str | Path, options: ServeOptions = ServeOptions()) -> ls.LitServer:

@@ -1,0 +1,1 @@
+"""Training: the LightningModule, distillation, schedules, metric names and the callbacks."""

@@ -6,6 +6,7 @@ so the checkpoint alone (class names, image size, normalisation, architecture) i
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -15,19 +16,12 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics import MeanMetric
 from torchvision.transforms import v2
 
-from gem_lightning.training.distillation import Teacher, distillation_loss
 from gem_lightning.errors import UserInputError
-from gem_lightning.training.metrics import LOSS, MONITOR, SAMPLES, classification_metrics
+from gem_lightning.models import NetworkSpec, VGGSpec, spec_from_config
 from gem_lightning.models.classifier import TTA, ImageClassifier
-from gem_lightning.models.factory import build_network, classifier_head, default_normalization
-from gem_lightning.models.vgg import HeadKind, PoolKind, VGGConfig
-
-DEFAULT_DISTILL_TEMPERATURE = 2.0
-DEFAULT_DISTILL_WEIGHT = 0.5
-
-TRAINING_ONLY = ("weights", "teacher")
-"""Hyperparameters that only shape training; a checkpoint holds their effect, so loading one ignores them
-(a fine-tuned checkpoint predicts where its weights file or its teacher does not exist)."""
+from gem_lightning.training.checkpoints import checkpoint_hparams
+from gem_lightning.training.distillation import Distillation, Teacher
+from gem_lightning.training.metrics import LOSS, MONITOR, SAMPLES, classification_metrics
 
 
 def batch_mixing(num_classes: int, mixup_alpha: float, cutmix_alpha: float) -> v2.Transform | None:
@@ -42,21 +36,14 @@ def batch_mixing(num_classes: int, mixup_alpha: float, cutmix_alpha: float) -> v
     return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
 
 
-def check_model_settings(*, top_k: int, dropout: float, label_smoothing: float, mixup_alpha: float,
-                         cutmix_alpha: float, backbone_lr_ratio: float, distill_weight: float | None,
-                         distill_temperature: float | None) -> None:
+def check_training_settings(*, top_k: int, label_smoothing: float, mixup_alpha: float, cutmix_alpha: float,
+                            backbone_lr_ratio: float) -> None:
     """Refuse values that cannot work, naming the setting, before anything is built."""
     problems = []
     if not 0.0 < backbone_lr_ratio <= 1.0:
         problems.append(f"model.backbone_lr_ratio must be above 0 and at most 1, got {backbone_lr_ratio}")
-    if distill_weight is not None and not 0.0 <= distill_weight <= 1.0:
-        problems.append(f"model.distill_weight must be from 0 to 1, got {distill_weight}")
-    if distill_temperature is not None and distill_temperature <= 0:
-        problems.append(f"model.distill_temperature must be above 0, got {distill_temperature}")
     if top_k < 1:
         problems.append(f"model.top_k must be at least 1, got {top_k}")
-    if not 0.0 <= dropout < 1.0:
-        problems.append(f"model.dropout must be at least 0 and below 1, got {dropout}")
     if not 0.0 <= label_smoothing < 1.0:
         problems.append(f"model.label_smoothing must be at least 0 and below 1, got {label_smoothing}")
     for name, alpha in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
@@ -67,35 +54,27 @@ def check_model_settings(*, top_k: int, dropout: float, label_smoothing: float, 
 
 
 class GemClassifier(LightningModule):
-    """Classifies square RGB images into ``class_names``.
+    """Classifies square RGB images into ``class_names`` with the network ``network`` builds.
 
     Args:
         class_names: class names in label order; linked from the data module by the CLI.
         image_size: side of the square input; linked from the data module by the CLI.
         preprocessing: how photos were decoded for training (auto-crop, background colour);
             linked from the data module, kept so that serving decodes photos the same way.
-        arch: ``vgg`` (the seed's CNN, shaped by the arguments below), ``timm/<name>`` (any timm
-            model) or a torchvision model name.
-        weights: pretrained weights for a timm or torchvision ``arch``: a local state-dict file
-            (``.pth``, ``.pt``, ``.bin``, ``.safetensors``) or ``efficientnet-lite0`` (shipped by the
-            ``pretrained`` extra, for ``timm/tf_efficientnet_lite0``). Nothing is downloaded.
-            Default: from scratch.
-        backbone_kwargs: extra ``timm.create_model`` arguments, e.g. ``{drop_rate: 0.2, drop_path_rate: 0.1}``.
-        frozen_stages: timm models: the stem and this many stages after it stay frozen for the whole
-            run, batch-norm statistics included (the classifier and later stages train).
+        network: the network spec (``class_path`` and ``init_args`` in YAML):
+            ``gem_lightning.models.VGGSpec`` (the seed's CNN, the default), ``TimmSpec`` (any timm
+            model, with pretrained weights from local files), ``TorchvisionSpec``, or your own
+            ``gem_lightning.models.NetworkSpec`` subclass.
+        mean: per-channel mean used to normalise inputs scaled to [0, 1]; default: what the
+            network's weights expect (``network.normalization()``), else ImageNet's.
+        std: per-channel standard deviation used to normalise inputs; default as ``mean``.
         backbone_lr_ratio: the backbone's learning rate as a fraction of the classifier head's
             (discriminative fine-tuning); 1 trains all layers at one rate.
-        channels: VGG: output channels of each conv block.
-        pools: VGG: pooling after each block (``max``, ``avg`` or ``none``).
-        convs_per_block: VGG: 3x3 convs per block: one number for all, or one per block.
-        batch_norm: VGG: batch norm after every conv.
-        head: VGG: ``flatten`` (the seed's) or ``gap`` (global average pooling).
-        hidden_units: VGG: width of the hidden dense layer (0: none).
-        dropout: VGG: dropout before the dense layers.
-        mean: per-channel mean used to normalise inputs scaled to [0, 1]; default: what the
-            weights expect (timm's pretrained config), else ImageNet's.
-        std: per-channel standard deviation used to normalise inputs; default as ``mean``.
         label_smoothing: cross-entropy label smoothing.
+        mixup_alpha: MixUp on training batches (Beta(alpha, alpha) mixing weights); 0 is off.
+        cutmix_alpha: CutMix on training batches; with both on, each batch uses one at random.
+        distillation: distil a trained teacher's soft predictions (``teacher``, ``weight``,
+            ``temperature``, ``autocast``); training only: the checkpoint predicts alone.
         channels_last: run convolutions in channels-last memory format (faster on CPUs with
             AMX/AVX-512 and on tensor-core GPUs, especially under bf16).
         compile: run the network under ``torch.compile`` (the first steps pay the compile time).
@@ -106,15 +85,6 @@ class GemClassifier(LightningModule):
         optimizer: the optimizer (``class_path`` and ``init_args`` in YAML); Adam, lr 1e-3.
         lr_scheduler: an optional LR scheduler, stepped per epoch, except ``OneCycleLR`` and
             ``gem_lightning.training.schedules.WarmupCosineLR`` (sized to the run), stepped per batch.
-        mixup_alpha: MixUp on training batches (Beta(alpha, alpha) mixing weights); 0 is off.
-        cutmix_alpha: CutMix on training batches; with both on, each batch uses one at random.
-        teacher: a trained checkpoint with the same classes to distil from: the loss adds its soft
-            predictions on the same augmented batch (run in inference mode, at the trainer's
-            precision, resized to the teacher's image size). The student's checkpoint predicts alone.
-        teacher_autocast: run the teacher at the trainer's mixed precision (``False``: float32).
-        distill_temperature: softmax temperature of the distillation term (with a teacher only; 2.0 when unset).
-        distill_weight: weight of the distillation term; the hard-label loss gets ``1 - distill_weight``
-            (with a teacher only; 0.5 when unset).
     """
 
     def __init__(
@@ -123,31 +93,18 @@ class GemClassifier(LightningModule):
         image_size: int = 220,
         preprocessing: dict | None = None,
         *,
-        arch: str = "vgg",
-        weights: str | None = None,
-        backbone_kwargs: dict | None = None,
-        backbone_lr_ratio: float = 1.0,
-        frozen_stages: int = 0,
-        channels: list[int] = [32, 64, 128, 128, 128],
-        pools: list[PoolKind] = ["max", "max", "max", "avg", "max"],
-        convs_per_block: int | list[int] = 1,
-        batch_norm: bool = False,
-        head: HeadKind = "flatten",
-        hidden_units: int = 256,
-        dropout: float = 0.5,
+        network: NetworkSpec = VGGSpec(),
         mean: tuple[float, float, float] | None = None,
         std: tuple[float, float, float] | None = None,
+        backbone_lr_ratio: float = 1.0,
         label_smoothing: float = 0.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        distillation: Distillation | None = None,
         channels_last: bool = True,
         compile: bool = False,
         tta: TTA = "none",
         top_k: int = 5,
-        mixup_alpha: float = 0.0,
-        cutmix_alpha: float = 0.0,
-        teacher: str | None = None,
-        teacher_autocast: bool = True,
-        distill_temperature: float | None = None,
-        distill_weight: float | None = None,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
@@ -157,24 +114,27 @@ class GemClassifier(LightningModule):
                 f"model.class_names needs at least two classes, got {class_names!r}: give --data.data_dir (a folder "
                 "of train/<Class>/ images) or, to evaluate or predict, --ckpt_path <a trained checkpoint>."
             )
-        check_model_settings(top_k=top_k, dropout=dropout, label_smoothing=label_smoothing, mixup_alpha=mixup_alpha,
-                             cutmix_alpha=cutmix_alpha, backbone_lr_ratio=backbone_lr_ratio,
-                             distill_weight=distill_weight, distill_temperature=distill_temperature)
+        check_training_settings(top_k=top_k, label_smoothing=label_smoothing, mixup_alpha=mixup_alpha,
+                                cutmix_alpha=cutmix_alpha, backbone_lr_ratio=backbone_lr_ratio)
+        self.network_spec = spec_from_config(network)  # a dict when Lightning rebuilds from a checkpoint outside the CLI
+        self.distillation = Distillation(**distillation) if isinstance(distillation, dict) else distillation
+        if self.distillation is not None:
+            self.distillation.check()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        default_mean, default_std, _ = default_normalization(arch, weights)
-        self.hparams.mean, self.hparams.std = tuple(mean or default_mean), tuple(std or default_std)  # saved resolved
+        # Saved as plain, resolved values: the checkpoint alone rebuilds the network (and loads with weights_only).
+        self.hparams.network = self.network_spec.to_config()
+        self.hparams.distillation = dataclasses.asdict(self.distillation) if self.distillation else None
+        if mean is None or std is None:
+            normalization = self.network_spec.normalization()
+            mean, std = mean or normalization.mean, std or normalization.std
+        self.hparams.mean, self.hparams.std = tuple(mean), tuple(std)
         self.class_names = list(class_names)
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
-        vgg = VGGConfig(tuple(channels), tuple(pools), convs_per_block, batch_norm, head, hidden_units, dropout)
-        network = build_network(
-            arch, num_classes=self.num_classes, image_size=image_size, vgg=vgg, weights=weights, backbone_kwargs=backbone_kwargs,
-            frozen_stages=frozen_stages,
-        )
-        self.model = ImageClassifier(network, self.hparams.mean, self.hparams.std, channels_last=channels_last, tta=tta)
-        self.teacher = Teacher(teacher, self.class_names, teacher_autocast) if teacher else None
-        self.distill_temperature = DEFAULT_DISTILL_TEMPERATURE if distill_temperature is None else distill_temperature
-        self.distill_weight = DEFAULT_DISTILL_WEIGHT if distill_weight is None else distill_weight
+        network_module = self.network_spec.build(self.num_classes, image_size)
+        self.model = ImageClassifier(network_module, self.hparams.mean, self.hparams.std, channels_last=channels_last, tta=tta)
+        self.teacher: Teacher | None = None
+        self.pretrained_loaded = False
         if compile:
             self.model.compile()  # in place: parameter names, hence checkpoints, stay the same
         self.batch_mix = batch_mixing(self.num_classes, mixup_alpha, cutmix_alpha)
@@ -190,10 +150,26 @@ class GemClassifier(LightningModule):
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs):
-        """Lightning's, without re-reading the pretrained weights or the teacher (``TRAINING_ONLY``):
-        the checkpoint's own tensors replace them."""
-        kwargs = {**dict.fromkeys(TRAINING_ONLY), **kwargs}
+        """Lightning's, for checkpoints of every gem-lightning version (their hyperparameters brought
+        to today's shape first), without distillation: the student predicts alone."""
+        hparams = checkpoint_hparams(checkpoint_path)
+        kwargs = {"network": hparams["network"], "distillation": None, **kwargs}
         return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file, strict=strict, **kwargs)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.prepare_training(from_scratch=self.trainer.ckpt_path is None)
+
+    def prepare_training(self, *, from_scratch: bool) -> None:
+        """Read, once, what only training needs: the network's pretrained weights (from scratch only: a
+        resumed run takes every weight from its checkpoint) and the distillation teacher. Evaluation
+        and prediction need neither. The CLI calls it before the data is read, so that a bad weights
+        file or teacher stops the run at once."""
+        if from_scratch and not self.pretrained_loaded:
+            self.network_spec.load_pretrained(self.model.network)
+            self.pretrained_loaded = True
+        if self.distillation is not None and self.teacher is None:
+            self.teacher = self.distillation.load_teacher(self)
 
     @property
     def num_classes(self) -> int:
@@ -217,9 +193,8 @@ class GemClassifier(LightningModule):
         logits = self(images)
         loss = F.cross_entropy(logits.float(), soft_targets, label_smoothing=self.hparams.label_smoothing)
         if self.teacher is not None:
-            distill = distillation_loss(logits, self.teacher.logits(images), self.distill_temperature)
+            loss, distill = self.distillation.mix(loss, logits, self.teacher.logits(images))
             self.log("train/distill_loss", distill, on_step=False, on_epoch=True, batch_size=len(targets))
-            loss = (1 - self.distill_weight) * loss + self.distill_weight * distill
         self.train_metrics.update(logits.detach(), targets)
         self.log(f"train/{LOSS}", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(targets))
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=len(targets))
@@ -259,7 +234,7 @@ class GemClassifier(LightningModule):
     def parameter_groups(self) -> list[dict[str, Any]]:
         """The backbone's parameters, then the classifier head's: two optimizer groups, so the
         backbone can learn at ``backbone_lr_ratio`` times the head's rate."""
-        head = {id(p) for p in classifier_head(self.model.network).parameters()}
+        head = {id(p) for p in self.network_spec.classifier(self.model.network).parameters()}
         backbone = [p for p in self.parameters() if id(p) not in head]
         return [{"params": backbone, "name": "backbone"}, {"params": [p for p in self.parameters() if id(p) in head], "name": "head"}]
 

@@ -1,0 +1,1 @@
+"""Callbacks: cross-cutting concerns of a run (predictions, reports, timing, backbone freezing)."""

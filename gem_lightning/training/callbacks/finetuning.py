@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from typing_extensions import override
 
-from gem_lightning.models.factory import classifier_head
+from gem_lightning.models.spec import classifier_head
 
 
 class FreezeBackbone(Callback):
@@ -19,7 +19,7 @@ class FreezeBackbone(Callback):
     neither updated nor replaced by batch statistics. The state follows ``trainer.current_epoch``,
     so a resumed run freezes exactly as an uninterrupted one.
 
-    Parameters the model keeps frozen itself (``model.frozen_stages``) stay frozen afterwards.
+    Parameters the model keeps frozen itself (``model.network.frozen_stages``) stay frozen afterwards.
     Under DDP the backbone keeps ``requires_grad`` (DDP fixes the parameters it synchronises when it
     wraps the model) and its gradients are dropped before each optimizer step instead.
 

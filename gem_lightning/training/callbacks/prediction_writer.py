@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,8 +12,9 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from gem_lightning.training.callbacks.reports import write_prediction_grid
 from gem_lightning.errors import UserInputError
+from gem_lightning.files import atomic_write
+from gem_lightning.training.callbacks.reports import write_prediction_grid
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -114,8 +114,7 @@ class PredictionWriter(BasePredictionWriter):
         trainer.strategy.barrier()
 
     def _write_predictions(self, rows: list[dict]) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with tmp.open("w", newline="") as file:
+        with atomic_write(self.path, "w", what="the predictions", newline="") as file:
             if self.format == "jsonl":
                 for row in rows:
                     file.write(json.dumps({k: row[k] for k in ("path", "classes", "probs")}) + "\n")
@@ -127,7 +126,6 @@ class PredictionWriter(BasePredictionWriter):
                 for row in rows:
                     ranked = [value for pair in zip(row["classes"], (f"{p:.6f}" for p in row["probs"])) for value in pair]
                     writer.writerow([row["path"], row["classes"][0], f"{row['probs'][0]:.6f}", *ranked])
-        os.replace(tmp, self.path)
 
     def _write_rejects(self, rejects: list[dict]) -> None:
         if not rejects:

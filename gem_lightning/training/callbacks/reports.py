@@ -7,7 +7,8 @@
   at the end of ``fit``.
 * :func:`write_prediction_grid` draws a grid of predicted photos from a predictions CSV.
 
-The drawing itself lives in :mod:`gem_lightning.reports.render`; this module only gathers the
+The numbers, figures and files themselves come from :mod:`gem_lightning.reports` (``confusion``,
+``confusion_figure``, ``grids``, ``curves``, ``tables``, ``markdown``); this module only gathers the
 numbers (exactly, across DDP processes) and decides where the files go.
 """
 
@@ -15,8 +16,9 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -27,8 +29,13 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from gem_lightning.data.images import load_rgb
+from gem_lightning.reports.confusion import most_confused_pairs, per_class_metrics
+from gem_lightning.reports.confusion_figure import confusion_matrix_png
+from gem_lightning.reports.curves import learning_curves_png
+from gem_lightning.reports.grids import misclassified_gallery_png, prediction_grid_png
+from gem_lightning.reports.markdown import write_markdown_report
+from gem_lightning.reports.tables import write_per_class_csv
 from gem_lightning.training.metrics import ACC, ACC_TOP5, F1, LOSS, SAMPLES
-from gem_lightning.reports import render
 
 HEADLINE_METRICS = (ACC, ACC_TOP5, F1, LOSS, SAMPLES)
 """Logged metrics (without the ``<stage>/`` prefix) that ``metrics.json`` and ``report.md`` show."""
@@ -221,23 +228,23 @@ def write_evaluation_report(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pairs = render.most_confused_pairs(confusion, class_names, k=top_pairs)
-    files = {"Confusion matrix": render.confusion_matrix_png(confusion, class_names, out_dir / "confusion_matrix.png", title=f"Confusion matrix ({stage})")}
+    pairs = most_confused_pairs(confusion, class_names, k=top_pairs)
+    files = {"Confusion matrix": confusion_matrix_png(confusion, class_names, out_dir / "confusion_matrix.png", title=f"Confusion matrix ({stage})")}
     if misclassified is not None:
-        files["Misclassified images"] = render.misclassified_gallery_png(
+        files["Misclassified images"] = misclassified_gallery_png(
             misclassified, out_dir / "misclassified.png", max_images=max_gallery, image_loader=load_rgb
         )
         files["Every misclassified image (CSV)"] = _write_misclassified_csv(misclassified, out_dir / "misclassified.csv")
-    files["Per-class metrics (CSV)"] = render.write_per_class_csv(confusion, class_names, out_dir / "per_class.csv")
+    files["Per-class metrics (CSV)"] = write_per_class_csv(confusion, class_names, out_dir / "per_class.csv")
     files["Most confused pairs (CSV)"] = _write_pairs_csv(pairs, out_dir / "confused_pairs.csv")
     files["Headline metrics (JSON)"] = _write_json({"stage": stage, **metrics}, out_dir / "metrics.json")
-    files["Report"] = render.write_markdown_report(
+    files["Report"] = write_markdown_report(
         out_dir / "report.md",
         title=f"Evaluation report: {stage}",
         metrics=metrics,
         files=files,
         confused_pairs=pairs,
-        per_class_rows=render.per_class_metrics(confusion, class_names),
+        per_class_rows=per_class_metrics(confusion, class_names),
     )
     return files
 
@@ -284,7 +291,7 @@ class LearningCurves(Callback):
         logger.save()  # CSVLogger buffers rows until it saves
         metrics_csv = Path(logger.experiment.metrics_file_path)
         try:
-            path = render.learning_curves_png(metrics_csv, metrics_csv.with_name("learning_curves.png"))
+            path = learning_curves_png(metrics_csv, metrics_csv.with_name("learning_curves.png"))
         except (FileNotFoundError, ValueError) as error:  # e.g. a fit that ran no epoch
             rank_zero_warn(f"LearningCurves: no learning curves drawn: {error}")
             return
@@ -315,7 +322,7 @@ def write_prediction_grid(predictions_csv: Path, out_png: Path, class_names: Seq
         (Path(row["path"]), row["prediction"], _folder_class(row["path"], known), float(row["probability"]))
         for row in _evenly_spaced(rows, max_images)
     ]
-    return render.prediction_grid_png(items, Path(out_png), max_images=max_images, image_loader=load_rgb)
+    return prediction_grid_png(items, Path(out_png), max_images=max_images, image_loader=load_rgb)
 
 
 def _folder_class(path: str, class_names: set[str]) -> str | None:

@@ -1,4 +1,5 @@
-"""Check a checkpoint file before anything is built from it, and say plainly what is wrong with it.
+"""Read a checkpoint file before anything is built from it: say plainly what is wrong with it, and
+bring the hyperparameters of earlier versions to today's shape (:func:`upgrade_hparams`).
 
 ``torch.load`` answers a missing, empty, truncated or foreign file with an ``EOFError``, a
 ``KeyError`` from the unpickler or a zip-reader ``RuntimeError``; a checkpoint whose weights do not
@@ -101,10 +102,41 @@ def _check_contents(checkpoint: Any, name: str) -> None:
 
 
 def checkpoint_hparams(ckpt_path: str | Path | None) -> dict[str, Any]:
-    """The model hyperparameters saved in a checkpoint, or ``{}`` without one (checked first)."""
+    """The model hyperparameters saved in a checkpoint, in today's shape, or ``{}`` without one (checked first)."""
     if not ckpt_path:
         return {}
-    return dict(load_checkpoint(ckpt_path).get("hyper_parameters") or {})
+    return upgrade_hparams(dict(load_checkpoint(ckpt_path).get("hyper_parameters") or {}))
+
+
+VGG_KEYS = ("channels", "pools", "convs_per_block", "batch_norm", "head", "hidden_units", "dropout")
+DISTILLATION_KEYS = {"teacher": "teacher", "distill_weight": "weight", "distill_temperature": "temperature", "teacher_autocast": "autocast"}
+FLAT_NETWORK_KEYS = ("arch", "weights", "backbone_kwargs", "frozen_stages", *VGG_KEYS)
+
+
+def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
+    """Hyperparameters of checkpoints written before ``model.network`` (flat: ``arch``, ``channels``,
+    ``weights``, ``teacher``, ...) in today's shape; today's pass unchanged. The weights' keys did not
+    change, so such checkpoints load and predict as they did."""
+    if "network" in hparams:
+        return hparams
+    upgraded = {key: value for key, value in hparams.items() if key not in FLAT_NETWORK_KEYS and key not in DISTILLATION_KEYS}
+    upgraded["network"] = _network_config(hparams)
+    teacher = hparams.get("teacher")
+    upgraded["distillation"] = None if not teacher else {
+        new: hparams[old] for old, new in DISTILLATION_KEYS.items() if hparams.get(old) is not None
+    }
+    return upgraded
+
+
+def _network_config(hparams: dict[str, Any]) -> dict[str, Any]:
+    arch = hparams.get("arch", "vgg")
+    if arch == "vgg":
+        return {"class_path": "gem_lightning.models.vgg.VGGSpec", "init_args": {k: hparams[k] for k in VGG_KEYS if k in hparams}}
+    if arch.startswith("timm/"):
+        init_args = {"name": arch.removeprefix("timm/"), "weights": hparams.get("weights"),
+                     "kwargs": dict(hparams.get("backbone_kwargs") or {}), "frozen_stages": hparams.get("frozen_stages", 0)}
+        return {"class_path": "gem_lightning.models.library.TimmSpec", "init_args": init_args}
+    return {"class_path": "gem_lightning.models.library.TorchvisionSpec", "init_args": {"name": arch, "weights": hparams.get("weights")}}
 
 
 def check_checkpoint_fits(model: nn.Module, ckpt_path: str | Path | None, *, fitting: bool) -> None:

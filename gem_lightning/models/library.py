@@ -1,0 +1,107 @@
+"""Networks from the libraries of the field: any timm model (:class:`TimmSpec`) or torchvision model
+(:class:`TorchvisionSpec`), built with a classifier sized to the data's classes.
+
+Pretrained weights come from local files or from packages that ship them
+(``gem_lightning.models.pretrained``); nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import timm
+import torchvision
+from torch import nn
+
+from gem_lightning.errors import UserInputError
+from gem_lightning.models import pretrained
+from gem_lightning.models.spec import NetworkSpec, Normalization
+
+
+@dataclass(frozen=True)
+class TimmSpec(NetworkSpec):
+    """A timm classification model.
+
+    Args:
+        name: the timm model name, e.g. ``tf_efficientnet_lite0`` (``timm.list_models()``).
+        weights: pretrained weights: a local state-dict file (``.pth``, ``.pt``, ``.bin``,
+            ``.safetensors``) or ``efficientnet-lite0`` (shipped by the ``pretrained`` extra, for
+            ``tf_efficientnet_lite0``). Read only when ``fit`` starts from scratch; default: none.
+        kwargs: extra ``timm.create_model`` arguments, e.g. ``{drop_rate: 0.2, drop_path_rate: 0.1}``.
+        frozen_stages: the stem and this many stages after it stay frozen for the whole run,
+            batch-norm statistics included (the classifier and later stages train).
+    """
+
+    name: str = "tf_efficientnet_lite0"
+    weights: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    frozen_stages: int = 0
+
+    def __post_init__(self) -> None:
+        if not timm.is_model(self.name):
+            raise UserInputError(f"model.network: timm has no model {self.name!r} (list them with timm.list_models()).")
+        object.__setattr__(self, "kwargs", dict(self.kwargs or {}))
+
+    def build(self, num_classes: int, image_size: int) -> nn.Module:
+        try:
+            network = timm.create_model(self.name, pretrained=False, num_classes=num_classes, **self.kwargs)
+        except TypeError as error:
+            raise UserInputError(f"model.network.kwargs {self.kwargs} do not fit timm's {self.name!r}: {error}") from None
+        if self.frozen_stages:
+            freeze_stages(network, self.frozen_stages)
+        return network
+
+    def load_pretrained(self, network: nn.Module) -> None:
+        if self.weights is not None:
+            pretrained.load_weights(network, self.weights)
+
+    def normalization(self) -> Normalization:
+        """The named weights' own statistics, else timm's pretrained config for the model."""
+        if self.weights in pretrained.NAMED_WEIGHTS:
+            named = pretrained.NAMED_WEIGHTS[self.weights]
+            return Normalization(named.mean, named.std, named.input_size)
+        config = timm.models.get_pretrained_cfg(self.name)
+        if config is None:
+            return Normalization()
+        return Normalization(tuple(config.mean), tuple(config.std), config.input_size[-1])
+
+
+def freeze_stages(network: nn.Module, stages: int) -> None:
+    """Freezes the stem and the first ``stages`` stages of a timm model (timm's coarse parameter
+    groups), their batch-norm statistics included (``timm.utils.freeze``).
+
+    Early layers compute generic edges and textures that a small dataset cannot improve, and
+    leaving them out of the backward pass makes each training step cheaper.
+    """
+    groups = timm.models.group_modules(network, network.group_matcher(coarse=True))
+    head_group = max(groups)
+    if not 0 <= stages < head_group:
+        raise UserInputError(f"model.network.frozen_stages must be between 0 and {head_group - 1} for this model (its stages before the head), got {stages}.")
+    names = [name for group, modules in groups.items() if group <= stages for name in modules]
+    timm.utils.freeze(network, names)
+
+
+@dataclass(frozen=True)
+class TorchvisionSpec(NetworkSpec):
+    """A torchvision classification model.
+
+    Args:
+        name: the model name, e.g. ``resnet18`` (``torchvision.models.list_models()``).
+        weights: pretrained weights: a local state-dict file; read only when ``fit`` starts from scratch.
+    """
+
+    name: str = "resnet18"
+    weights: str | None = None
+
+    def __post_init__(self) -> None:
+        known = torchvision.models.list_models(module=torchvision.models)
+        if self.name not in known:
+            raise UserInputError(f"model.network: torchvision has no classification model {self.name!r}. Choose one of: {', '.join(known)}.")
+
+    def build(self, num_classes: int, image_size: int) -> nn.Module:
+        return torchvision.models.get_model(self.name, weights=None, num_classes=num_classes)
+
+    def load_pretrained(self, network: nn.Module) -> None:
+        if self.weights is not None:
+            pretrained.load_weights(network, self.weights)
