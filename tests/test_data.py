@@ -13,7 +13,8 @@ from torchvision.transforms import v2
 
 from gem_lightning.data.augmentation import Augmentation
 from gem_lightning.data.cache import DecodeSettings, DiskCache
-from gem_lightning.data.datamodule import BadFilesError, GemDataModule
+from gem_lightning.data.datamodule import GemDataModule
+from gem_lightning.data.folders import BadFilesError
 from gem_lightning.data.scan import DatasetLayoutError, ImageRecord, scan_split
 from gem_lightning.data.split import stratified_split
 from gem_lightning.data.transforms import eval_transform, torchvision_transform, train_transform

@@ -1,16 +1,18 @@
-"""The LightningDataModule for folder-per-class image sets (``train/<Class>/*``, ``test/<Class>/*``).
+"""The LightningDataModule for folder-per-class image sets (``train/<Class>/*``, ``test/<Class>/*``)
+and for streams optimized from them (``gem_lightning.data.streaming``).
 
-``prepare_data`` generates the embedded dataset when asked and decodes every image once into the
-disk cache; ``setup`` scans the folder, reports what it will not use, splits ``train/`` into
-train and validation reproducibly, and builds datasets over the decoded images.
+From a folder, ``prepare_data`` generates the embedded dataset when asked and decodes every image
+once into the disk cache; ``setup`` scans the folder, reports what it will not use, splits
+``train/`` into train and validation reproducibly, and builds datasets over the decoded images
+(``gem_lightning.data.folders``). From a stream nothing is scanned or decoded up front: the split
+and the decode settings come with it, and training streams chunks as it goes.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-from collections import Counter
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
@@ -22,29 +24,17 @@ from torch.utils.data import DataLoader, Dataset
 
 from gem_lightning.data.augmentation import Augmentation
 from gem_lightning.data.batch_augment import BatchAugment
-from gem_lightning.data.cache import DecodeSettings, DiskCache, ImageStore, build_store, default_cache_dir, estimated_bytes
+from gem_lightning.data.cache import DecodeSettings, default_cache_dir
 from gem_lightning.data.datasets import CachedImageDataset, PredictDataset, collate_channels_last, collate_predictions, find_predict_files
-from gem_lightning.data.loader import DEFAULT_START_METHOD, SignalSafeDataLoader, start_worker_server
+from gem_lightning.data.folders import FolderData
+from gem_lightning.data.loader import DEFAULT_START_METHOD, SignalSafeDataLoader, SignalSafeStreamingDataLoader, start_worker_server
 from gem_lightning.data.samplers import FitEpochDistributedSampler
-from gem_lightning.data.scan import (
-    EXPECTED_LAYOUT,
-    DatasetLayoutError,
-    ImageRecord,
-    Rejected,
-    SplitScan,
-    check_dataset_dir,
-    format_summary,
-    scan_split,
-)
+from gem_lightning.data.scan import EXPECTED_LAYOUT, DatasetLayoutError, ImageRecord, Rejected, check_dataset_dir
 from gem_lightning.data.split import stratified_split
+from gem_lightning.data.streaming import SPLITS, EvaluationStream, TrainingStream, is_stream, read_info, stream_decode_settings
 from gem_lightning.data.tools.synthetic import SYNTHETIC_CLASSES, generate_gem_dataset, is_generated_dataset
 from gem_lightning.data.transforms import cache_size_for, eval_transform, train_transform
 from gem_lightning.errors import UserInputError
-
-
-class BadFilesError(UserInputError):
-    """``bad_files: strict`` and the dataset has files that cannot be used."""
-
 
 DEFAULT_IMAGE_SIZE = 220
 """The seed notebook's input size."""
@@ -143,7 +133,9 @@ class GemDataModule(LightningDataModule):
                        multiprocessing_context=multiprocessing_context)
         self.save_hyperparameters(ignore=["augment"])
         self.hparams["augment"] = asdict(augment)  # plain types keep checkpoints loadable with weights_only
-        self.data_dir = Path(data_dir).expanduser() if data_dir else None
+        self.stream = str(data_dir) if is_stream(data_dir) else None
+        self.stream_info = read_info(self.stream) if self.stream else None
+        self.data_dir = Path(data_dir).expanduser() if data_dir and not self.stream else None
         self.generate = generate
         self.image_size = image_size
         self.val_fraction = val_fraction
@@ -165,15 +157,32 @@ class GemDataModule(LightningDataModule):
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self.cache_memory_gb = cache_memory_gb
         self.settings = DecodeSettings(cache_size_for(image_size), autocrop, tuple(background))
+        if self.stream_info is not None:
+            self.settings = stream_decode_settings(self.stream, self.stream_info, image_size)
         self.predict_path = predict_path
         self.class_names = self._read_class_names()
         self.datasets: dict[str, Dataset] = {}
         self.records: dict[str, list[ImageRecord]] = {}
-        self.scans: dict[str, SplitScan] = {}
-        self.rejected: dict[str, list[Rejected]] = {}
+        self._folders: FolderData | None = None
+
+    @property
+    def folders(self) -> FolderData:
+        """The folder's scans, decoded images and rejects (created once ``data_dir`` holds a dataset)."""
+        if self._folders is None:
+            self._folders = FolderData(self._require_data_dir("fit"), self.class_names, self.settings, cache=self.cache,
+                                       cache_dir=self.cache_dir, cache_memory_gb=self.cache_memory_gb, bad_files=self.bad_files,
+                                       num_workers=self.num_workers, multiprocessing_context=self.multiprocessing_context)
+        return self._folders
+
+    @property
+    def rejected(self) -> dict[str, list[Rejected]]:
+        """Files of each split left out, with why (folders only: a stream left them out when it was made)."""
+        return self.folders.rejected if self._folders is not None else {}
 
     def _read_class_names(self) -> list[str] | None:
         """Class names in label order: the sorted folder names of ``train/``."""
+        if self.stream_info is not None:
+            return list(self.stream_info.class_names)
         if self._generates():
             return sorted(gem.name for gem in SYNTHETIC_CLASSES)
         if self.data_dir is None:
@@ -222,116 +231,56 @@ class GemDataModule(LightningDataModule):
             generate_gem_dataset(self.data_dir)
         elif self.generate == "synthetic":
             rank_zero_info(f"{str(self.data_dir)!r} already holds a dataset (train/): training on it; nothing is generated.")
-        if self.data_dir is None or self.cache_dir is None:
-            return
-        for split in ("train", "test"):
-            if (self.data_dir / split).is_dir():
-                self._disk_cache().fill(self._scan(split).records, self.num_workers, self.multiprocessing_context)
+        if self.data_dir is not None:
+            self.folders.fill_disk_cache()
 
     def setup(self, stage: str) -> None:
         self._start_worker_server()
         if stage in ("fit", "validate") and "train" not in self.datasets:
-            self._setup_train_and_val()
+            self._setup_stream_train_and_val() if self.stream else self._setup_train_and_val()
         elif stage == "test" and "test" not in self.datasets:
             self._setup_test()
         elif stage == "predict":
-            files = find_predict_files(self._require_predict_path())
-            self.datasets["predict"] = PredictDataset(files, self.settings, eval_transform(self.image_size))
+            self.datasets["predict"] = self._predict_dataset(self._require_predict_path())
 
     def _start_worker_server(self) -> None:
         if self.num_workers > 0:
             start_worker_server(self.multiprocessing_context)
 
+    def _training_transform(self):
+        # On the device, training batches leave the loader un-augmented, at the cache size.
+        return torch.nn.Identity() if self.batch_augment is not None else train_transform(self.image_size, self.augment)
+
     def _setup_train_and_val(self) -> None:
-        store = self._load_split("train")
-        self._check_class_sizes(store.records)
+        store = self.folders.load_split("train")
+        self.folders.check_class_sizes(store.records, self.val_fraction)
         labels = [r.label for r in store.records]
         train_idx, val_idx = stratified_split(store.records, self.val_fraction, self.seed)
         self.records["train"] = [store.records[i] for i in train_idx]
         self.records["val"] = [store.records[i] for i in val_idx]
-        # On the device, training batches leave the loader un-augmented, at the cache size.
-        transform = torch.nn.Identity() if self.batch_augment is not None else train_transform(self.image_size, self.augment)
-        self.datasets["train"] = CachedImageDataset(store, labels, train_idx, transform)
+        self.datasets["train"] = CachedImageDataset(store, labels, train_idx, self._training_transform())
         self.datasets["val"] = CachedImageDataset(store, labels, val_idx, eval_transform(self.image_size))
         rank_zero_info(f"Split {len(store.records)} training images into {len(train_idx)} train and {len(val_idx)} validation (seed {self.seed}).")
 
-    def _check_class_sizes(self, records: list[ImageRecord]) -> None:
-        """Every class needs training images, and two to be split into train and validation."""
-        counts = Counter(record.label for record in records)
-        train_dir = self.data_dir / "train"
-        empty = [name for label, name in enumerate(self.class_names) if counts[label] == 0]
-        if empty:
-            raise DatasetLayoutError(
-                f"class folder(s) with no usable images in {str(train_dir)!r}: {', '.join(empty)}. A class needs "
-                "training images: add photos, or remove the folder (the summary above lists files not used)."
-            )
-        thin = [f"{name} ({counts[label]})" for label, name in enumerate(self.class_names) if counts[label] < 2]
-        if thin and self.val_fraction > 0:
-            raise DatasetLayoutError(
-                f"class(es) in {str(train_dir)!r} too small to split into train and validation: {', '.join(thin)} "
-                "usable image(s); each needs at least 2. Add photos, remove the folder, or set --data.val_fraction 0."
-            )
+    def _setup_stream_train_and_val(self) -> None:
+        info = self.stream_info
+        if (info.val_fraction, info.seed) != (self.val_fraction, self.seed):
+            rank_zero_warn(f"The stream {self.stream!r} was split with val_fraction {info.val_fraction} and seed {info.seed} when it "
+                           f"was optimized; that split is used (data.val_fraction {self.val_fraction}, data.seed {self.seed} are not).")
+        self.datasets["train"] = TrainingStream(self.stream, info, self._training_transform(), self.seed)
+        has_val = info.counts.get("val", 0) > 0
+        self.datasets["val"] = EvaluationStream(self.stream, "val", info, eval_transform(self.image_size)) if has_val else []
+        rank_zero_info(f"Streaming {self.stream!r}: {', '.join(f'{k} {v}' for k, v in info.counts.items())} images, "
+                       f"{len(info.class_names)} classes ({info.image_format}, {info.decode.size} px).")
 
     def _setup_test(self) -> None:
-        store = self._load_split("test")
+        if self.stream:
+            self.datasets["test"] = EvaluationStream(self.stream, "test", self.stream_info, eval_transform(self.image_size))
+            return
+        store = self.folders.load_split("test")
         self.records["test"] = store.records
         labels = [r.label for r in store.records]
         self.datasets["test"] = CachedImageDataset(store, labels, list(range(len(labels))), eval_transform(self.image_size))
-
-    def _scan(self, split: str) -> SplitScan:
-        """Probe and hash the split's files once per process (``prepare_data`` and ``setup`` share it)."""
-        if split not in self.scans:
-            split_dir = self._require_data_dir(split) / split
-            if not split_dir.is_dir():
-                raise DatasetLayoutError(f"{str(split_dir)!r} does not exist: `{split}` needs a {split}/<Class>/ folder in data_dir.")
-            self.scans[split] = scan_split(split_dir, self.class_names)
-        return self.scans[split]
-
-    def _load_split(self, split: str) -> ImageStore:
-        fresh = self._scan(split)  # copied: decode failures are added to this setup's report only
-        scan = replace(fresh, rejected=list(fresh.rejected))
-        store, decode_failures = build_store(
-            scan.records,
-            self.settings,
-            disk=self._disk_cache(),
-            in_memory=self._fits_in_memory(len(scan.records)),
-            num_workers=self.num_workers,
-            multiprocessing_context=self.multiprocessing_context,
-        )
-        scan.rejected += decode_failures
-        scan.records = store.records
-        self._report(split, scan)
-        self.rejected[split] = scan.rejected
-        if not store.records:
-            raise DatasetLayoutError(f"{str(scan.root)!r} has no usable images. See the summary above.")
-        return store
-
-    def _report(self, split: str, scan: SplitScan) -> None:
-        summary = format_summary({split: scan})
-        if scan.rejected and self.bad_files == "strict":
-            raise BadFilesError(
-                f"{len(scan.rejected)} unusable file(s) in {str(scan.root)!r} and data.bad_files is 'strict'.\n"
-                f"{summary}\nRemove or fix them, or set --data.bad_files skip to train without them."
-            )
-        rank_zero_info(f"Dataset {str(scan.root)!r}:\n{summary}")
-        if scan.rejected:
-            rank_zero_warn(f"{len(scan.rejected)} file(s) in {str(scan.root)!r} are skipped; the summary above says why.")
-
-    def _disk_cache(self) -> DiskCache | None:
-        return DiskCache(self.cache_dir, self.settings) if self.cache_dir is not None else None
-
-    def _fits_in_memory(self, count: int) -> bool:
-        if self.cache == "disk" and self.cache_dir is not None:
-            return False
-        needed = estimated_bytes(count, self.settings)
-        fits = needed <= self.cache_memory_gb * 2**30
-        if not fits and self.cache_dir is not None:
-            rank_zero_warn(
-                f"The decoded images need {needed / 2**30:.1f} GiB, above data.cache_memory_gb="
-                f"{self.cache_memory_gb}; reading them from the disk cache in {str(self.cache_dir)!r} instead."
-            )
-            return False
-        return True
 
     def _require_predict_path(self) -> str:
         if not self.predict_path:
@@ -351,7 +300,21 @@ class GemDataModule(LightningDataModule):
 
     # Dataloaders -----------------------------------------------------------------------------
 
+    def _predict_dataset(self, predict_path: str) -> Dataset:
+        """The files ``predict_path`` names, or, when it names a stream, its ``test`` split (or the split named)."""
+        root, _, split = predict_path.rstrip("/").rpartition("/")
+        if split in SPLITS and is_stream(root):
+            return EvaluationStream(root, split, read_info(root), eval_transform(self.image_size), for_predict=True)
+        if is_stream(predict_path):
+            return EvaluationStream(predict_path, "test", read_info(predict_path), eval_transform(self.image_size), for_predict=True)
+        return PredictDataset(find_predict_files(predict_path), self.settings, eval_transform(self.image_size))
+
     def train_dataloader(self) -> DataLoader:
+        if self.stream:
+            return SignalSafeStreamingDataLoader(
+                self.datasets["train"], batch_size=self.batch_size, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                multiprocessing_context=self.multiprocessing_context, collate_fn=collate_channels_last,
+            )
         return self._loader(self.datasets["train"], train=True)
 
     def val_dataloader(self) -> DataLoader:
@@ -392,6 +355,9 @@ class GemDataModule(LightningDataModule):
                                               num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
         return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
 
-    def paths(self, stage: str) -> list[Path]:
-        """Files behind the evaluation dataset of ``stage`` (``val`` or ``test``), by dataset index."""
+    def paths(self, stage: str) -> list[Path] | None:
+        """Files behind the evaluation dataset of ``stage`` (``val`` or ``test``), by dataset index;
+        None for a stream (its photos are not files here)."""
+        if self.stream:
+            return None
         return [record.path for record in self.records[stage]]

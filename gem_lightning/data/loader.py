@@ -8,6 +8,7 @@ from functools import partial
 from multiprocessing import forkserver
 from multiprocessing.context import BaseContext
 
+from litdata import StreamingDataLoader
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
@@ -73,3 +74,8 @@ class SignalSafeDataLoader(DataLoader):
                 return super()._get_iterator()
         finally:
             self.worker_init_fn = worker_init_fn
+
+
+class SignalSafeStreamingDataLoader(SignalSafeDataLoader, StreamingDataLoader):
+    """LitData's ``StreamingDataLoader`` (its position goes into checkpoints, so a run stopped
+    mid-epoch resumes there) with the signal-safe workers of :class:`SignalSafeDataLoader`."""

@@ -6,6 +6,7 @@ package and prints what it did. ``main(argv)`` is its entry point (``python main
 
 COMMANDS: dict[str, str] = {
     "prepare": "gem_lightning.cli.commands.prepare",
+    "optimize": "gem_lightning.cli.commands.optimize",
     "preview": "gem_lightning.cli.commands.preview",
     "lr_find": "gem_lightning.cli.commands.lr_find",
     "seeds": "gem_lightning.cli.commands.seeds",

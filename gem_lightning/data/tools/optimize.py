@@ -1,0 +1,113 @@
+"""Optimize a folder-per-class set once into a stream (LitData chunks at a local path or ``s3://``).
+
+The folder is scanned as ``fit`` scans it (bad files with reasons, exact duplicates, label
+conflicts: the same summary), ``train/`` is split into ``train`` and ``val`` as ``fit`` would split
+it, and each split is written by ``litdata.optimize`` in parallel workers. ``gem_dataset.json`` is
+written last, so a stream is complete or is not one. An existing stream is never mixed into.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from litdata import optimize
+
+from gem_lightning.data.cache import DecodeSettings
+from gem_lightning.data.images import BadImageError
+from gem_lightning.data.scan import ImageRecord, check_dataset_dir, format_summary, relative_path, scan_split
+from gem_lightning.data.split import stratified_split
+from gem_lightning.data.streaming import METADATA, ImageFormat, StreamInfo, is_remote, open_split, read_info, split_location, write_info
+from gem_lightning.data.transforms import cache_size_for
+from gem_lightning.errors import UserInputError
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = "64MB"
+"""LitData's default: large enough that object-store requests are few, small enough to shard."""
+
+
+@dataclass(frozen=True)
+class _Encoder:
+    """Turns one image record into a stored item (a picklable callable for LitData's workers)."""
+
+    root: Path
+    image_format: ImageFormat
+    decode: DecodeSettings
+
+    def __call__(self, job: tuple[int, ImageRecord]) -> Iterator[dict]:
+        index, record = job
+        try:
+            image = record.path.read_bytes() if self.image_format == "encoded" else self.decode.decode(record.path)
+            if self.image_format == "encoded":
+                self.decode.decode(image)  # a file that would fail every epoch is left out now
+        except BadImageError as error:
+            log.warning("left out %s: %s", record.path, error.reason)
+            return
+        yield {"image": image if self.image_format == "encoded" else np.ascontiguousarray(image),
+               "label": record.label, "index": index, "path": relative_path(record.path, self.root)}
+
+
+def optimize_dataset(
+    data_dir: Path,
+    output: str,
+    *,
+    image_size: int = 220,
+    image_format: ImageFormat = "resized",
+    autocrop: bool = False,
+    background: tuple[int, int, int] = (255, 255, 255),
+    val_fraction: float = 0.2,
+    seed: int = 42,
+    num_workers: int = 2,
+) -> StreamInfo:
+    """Write ``data_dir``'s ``train/`` (split into train and val) and ``test/`` as a stream at ``output``.
+
+    Raises:
+        UserInputError: the folder is not a dataset, or ``output`` already holds data.
+    """
+    _refuse_existing(output)
+    class_names = check_dataset_dir(data_dir)
+    decode = DecodeSettings(cache_size_for(image_size), autocrop, tuple(background))
+    splits = _split_records(data_dir, class_names, val_fraction, seed)
+    encoder = _Encoder(data_dir, image_format, decode)
+    counts = {}
+    for split, records in splits.items():
+        location = split_location(output, split)
+        optimize(fn=encoder, inputs=list(enumerate(records)), output_dir=location, chunk_bytes=CHUNK_BYTES,
+                 num_workers=num_workers, reorder_files=False, verbose=False)
+        counts[split] = len(open_split(output, split))
+    info = StreamInfo(class_names, image_format, decode, val_fraction, seed, counts, source=str(data_dir))
+    write_info(output, info)
+    return info
+
+
+def _split_records(data_dir: Path, class_names: list[str], val_fraction: float, seed: int) -> dict[str, list[ImageRecord]]:
+    """``train``/``val`` records as ``fit`` splits ``train/``, and ``test`` when the folder has one;
+    the scan's summary is logged, as ``fit`` prints it."""
+    scans = {split: scan_split(data_dir / split, class_names) for split in ("train", "test") if (data_dir / split).is_dir()}
+    log.info("Dataset %r:\n%s", str(data_dir), format_summary(scans))
+    train = scans["train"].records
+    train_idx, val_idx = stratified_split(train, val_fraction, seed)
+    splits = {"train": [train[i] for i in train_idx], "val": [train[i] for i in val_idx]}
+    if "test" in scans:
+        splits["test"] = scans["test"].records
+    return {split: records for split, records in splits.items() if records}
+
+
+def _refuse_existing(output: str) -> None:
+    if is_remote(output):
+        try:
+            read_info(output)
+        except UserInputError:
+            return
+    else:
+        path = Path(output).expanduser()
+        if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+            return
+    raise UserInputError(
+        f"{output!r} already holds data (a stream has {METADATA}): optimizing into it would mix two datasets. "
+        "Give a new location, or delete the old one first."
+    )
