@@ -163,9 +163,34 @@ def test_ddp_fit_writes_checkpoints_config_and_logs_once(ddp_fit):
     assert (checkpoint["global_step"], checkpoint["epoch"]) == (8, 1)
 
 
+@pytest.fixture(scope="module")
+def ddp_stream(ddp_fit):
+    """``ddp_fit``'s dataset optimized into a stream with the same split."""
+    from gem_lightning.data.tools.optimize import optimize_dataset
+
+    stream = ddp_fit["root"] / "stream"
+    optimize_dataset(ddp_fit["data"], str(stream), image_size=32, val_fraction=0.375, seed=3, num_workers=1)
+    return stream
+
+
 @pytest.mark.slow
+def test_ddp_fit_streams_a_shard_to_each_process(ddp_fit, ddp_stream):
+    save_dir = ddp_fit["root"] / "fit-stream"
+    run_cli(["fit", "--config", ddp_fit["base"], *ddp_args(2), "--data.data_dir", ddp_stream, "--trainer.max_epochs", "2",
+             "--trainer.logger.init_args.save_dir", save_dir], ddp_fit["env"])
+    checkpoint = torch.load(next(save_dir.rglob("last.ckpt")), map_location="cpu", weights_only=False)
+    # 21 training images streamed to 2 processes, a shard each (LitData evens the shares): 3 batches of at
+    # most 5 per epoch, where one process reading them all would take 5.
+    assert (checkpoint["global_step"], checkpoint["epoch"]) == (6, 1)
+    assert "combined_loader" in checkpoint["loops"]["fit_loop"]["state_dict"]
+    assert 0.0 <= read_metrics(save_dir)["val/acc"] <= 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["folder", "stream"])
 @pytest.mark.parametrize("subcommand, stage", [("validate", "val"), ("test", "test")])
-def test_evaluation_metrics_are_exact_under_ddp(ddp_fit, subcommand, stage):
+def test_evaluation_metrics_are_exact_under_ddp(ddp_fit, ddp_stream, subcommand, stage, source):
+    data = ["--data.data_dir", ddp_stream] if source == "stream" else []
     sizes = split_sizes(ddp_fit["data"], Path(ddp_fit["env"]["GEM_LIGHTNING_CACHE"]))
     count = sizes[stage]
     assert count % 2 == 1, "the split must not divide evenly between 2 processes"
@@ -174,9 +199,9 @@ def test_evaluation_metrics_are_exact_under_ddp(ddp_fit, subcommand, stage):
 
     metrics = {}
     for processes in (1, 2):
-        save_dir = ddp_fit["root"] / f"{subcommand}-{processes}"
+        save_dir = ddp_fit["root"] / f"{subcommand}-{source}-{processes}"
         run = run_cli if processes == 2 else run_cli_in_process
-        run([subcommand, "--config", ddp_fit["base"], *ddp_args(processes), "--ckpt_path", ddp_fit["ckpt"],
+        run([subcommand, "--config", ddp_fit["base"], *ddp_args(processes), "--ckpt_path", ddp_fit["ckpt"], *data,
              "--trainer.logger.init_args.save_dir", save_dir], ddp_fit["env"])
         metrics[processes] = read_metrics(save_dir)
 

@@ -177,7 +177,9 @@ class EvaluationStream(Dataset):
         self.dataset = open_split(root, split)
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        # The split's whole length: under DDP LitData's len() is this process's share, but
+        # indexing is global, and the unpadded sampler shares the indices out itself.
+        return self.info.counts[self.split]
 
     def __getitem__(self, position: int):
         item = self.dataset[position]
