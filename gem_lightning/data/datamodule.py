@@ -31,7 +31,7 @@ from gem_lightning.data.loader import DEFAULT_START_METHOD, SignalSafeDataLoader
 from gem_lightning.data.samplers import FitEpochDistributedSampler
 from gem_lightning.data.scan import EXPECTED_LAYOUT, DatasetLayoutError, ImageRecord, Rejected, check_dataset_dir
 from gem_lightning.data.split import stratified_split
-from gem_lightning.data.streaming import SPLITS, EvaluationStream, TrainingStream, is_stream, read_info, stream_decode_settings
+from gem_lightning.data.streaming import SPLITS, AugmentingCollate, EvaluationStream, TrainingStream, is_stream, read_info, stream_decode_settings
 from gem_lightning.data.tools.synthetic import SYNTHETIC_CLASSES, generate_gem_dataset, is_generated_dataset
 from gem_lightning.data.transforms import cache_size_for, eval_transform, train_transform
 from gem_lightning.errors import UserInputError
@@ -267,7 +267,7 @@ class GemDataModule(LightningDataModule):
         if (info.val_fraction, info.seed) != (self.val_fraction, self.seed):
             rank_zero_warn(f"The stream {self.stream!r} was split with val_fraction {info.val_fraction} and seed {info.seed} when it "
                            f"was optimized; that split is used (data.val_fraction {self.val_fraction}, data.seed {self.seed} are not).")
-        self.datasets["train"] = TrainingStream(self.stream, info, self._training_transform(), self.seed)
+        self.datasets["train"] = TrainingStream(self.stream, info, self.seed)
         has_val = info.counts.get("val", 0) > 0
         self.datasets["val"] = EvaluationStream(self.stream, "val", info, eval_transform(self.image_size)) if has_val else []
         rank_zero_info(f"Streaming {self.stream!r}: {', '.join(f'{k} {v}' for k, v in info.counts.items())} images, "
@@ -313,7 +313,8 @@ class GemDataModule(LightningDataModule):
         if self.stream:
             return SignalSafeStreamingDataLoader(
                 self.datasets["train"], batch_size=self.batch_size, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                multiprocessing_context=self.multiprocessing_context, collate_fn=collate_channels_last,
+                multiprocessing_context=self.multiprocessing_context,
+                collate_fn=AugmentingCollate(self._training_transform(), collate_channels_last),
             )
         return self._loader(self.datasets["train"], train=True)
 

@@ -146,22 +146,37 @@ def item_pixels(item: dict[str, Any], info: StreamInfo) -> torch.Tensor:
 class TrainingStream(StreamingDataset):
     """``(image, label, index)`` triples streamed for training: shuffled each epoch, sharded per rank.
 
+    Images leave un-augmented; :class:`AugmentingCollate` augments each batch in the loader workers,
+    drawing its random parameters together as the folder path does.
+
     Args:
         root: the stream.
         info: its metadata.
-        transform: the training transform of a ``(3, S, S)`` uint8 image.
         seed: shuffling seed (each epoch shuffles anew from it).
     """
 
-    def __init__(self, root: str, info: StreamInfo, transform: Callable, seed: int) -> None:
+    def __init__(self, root: str, info: StreamInfo, seed: int) -> None:
         location = split_location(root, "train")
         super().__init__(location, shuffle=True, seed=seed, storage_options=_storage_options(location))
         self.info = info
-        self.image_transform = transform
 
     def __getitem__(self, index: Any) -> tuple[torch.Tensor, int, int]:
         item = super().__getitem__(index)
-        return self.image_transform(item_pixels(item, self.info)), int(item["label"]), int(item["index"])
+        return item_pixels(item, self.info), int(item["label"]), int(item["index"])
+
+
+class AugmentingCollate:
+    """Applies the training transform to a whole batch (its ``many`` when it has one), then batches it."""
+
+    def __init__(self, transform: Callable, collate: Callable) -> None:
+        self.transform = transform
+        self.collate = collate
+
+    def __call__(self, items: list[tuple[torch.Tensor, int, int]]):
+        images = [image for image, _, _ in items]
+        many = getattr(self.transform, "many", None)
+        images = many(images) if many is not None else [self.transform(image) for image in images]
+        return self.collate([(image, label, index) for image, (_, label, index) in zip(images, items)])
 
 
 class EvaluationStream(Dataset):
