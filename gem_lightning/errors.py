@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import shutil
 from pathlib import Path
+from typing import Callable
 
 
 class UserInputError(ValueError):
@@ -13,6 +14,21 @@ class UserInputError(ValueError):
 
 class DiskFullError(UserInputError, OSError):
     """The disk filled up while writing: nothing the user typed, but something only they can fix."""
+
+
+_EXPLAINERS: list[Callable[[BaseException], "UserInputError | None"]] = []
+
+
+def explain_failures_with(explainer: Callable[[BaseException], UserInputError | None]) -> None:
+    """Register a function that recognises failures of something the user named (an object store a
+    stream lives in, say) deep inside a library or a loader worker, and says what to fix in one line."""
+    if explainer not in _EXPLAINERS:
+        _EXPLAINERS.append(explainer)
+
+
+def explained(error: BaseException) -> UserInputError | None:
+    """The user-facing form of ``error`` that a registered explainer gives, if any."""
+    return next((found for explainer in _EXPLAINERS if (found := explainer(error)) is not None), None)
 
 
 DISK_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}

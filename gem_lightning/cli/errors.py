@@ -26,7 +26,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
-from gem_lightning.errors import UserInputError
+from gem_lightning.errors import UserInputError, explained
 from gem_lightning.resilience import interrupted_by_ctrl_c
 
 DEBUG_VARIABLE = "GEM_LIGHTNING_DEBUG"
@@ -56,10 +56,7 @@ def report_user_errors() -> Iterator[None]:
     try:
         yield
     except (UserInputError, MisconfigurationException) as error:
-        if debugging():
-            traceback.print_exc()
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(USER_ERROR_STATUS) from None
+        _exit_with(error)
     except SIGTERMException:
         stopped, saved = interrupted_by_ctrl_c()
         if not stopped:
@@ -70,6 +67,18 @@ def report_user_errors() -> Iterator[None]:
         else:
             print("Interrupted (Ctrl-C) before the first training step; nothing to save.", file=sys.stderr)
         raise SystemExit(CTRL_C_STATUS) from None
+    except Exception as error:
+        user_error = explained(error)  # e.g. the object store of a stream went away mid-epoch
+        if user_error is None:
+            raise
+        _exit_with(user_error)
+
+
+def _exit_with(error: BaseException) -> None:
+    if debugging():
+        traceback.print_exc()
+    print(f"error: {error}", file=sys.stderr)
+    raise SystemExit(USER_ERROR_STATUS) from None
 
 
 def check_config_files(argv: list[str]) -> None:

@@ -31,7 +31,15 @@ from gem_lightning.data.loader import DEFAULT_START_METHOD, SignalSafeDataLoader
 from gem_lightning.data.samplers import FitEpochDistributedSampler
 from gem_lightning.data.scan import EXPECTED_LAYOUT, DatasetLayoutError, ImageRecord, Rejected, check_dataset_dir
 from gem_lightning.data.split import stratified_split
-from gem_lightning.data.streaming import SPLITS, AugmentingCollate, EvaluationStream, TrainingStream, is_stream, read_info, stream_decode_settings
+from gem_lightning.data.streaming import (
+    SPLITS,
+    AugmentingCollate,
+    EvaluationStream,
+    TrainingStream,
+    is_stream,
+    read_info,
+    stream_decode_settings,
+)
 from gem_lightning.data.tools.synthetic import SYNTHETIC_CLASSES, generate_gem_dataset, is_generated_dataset
 from gem_lightning.data.transforms import cache_size_for, eval_transform, train_transform
 from gem_lightning.errors import UserInputError
@@ -94,7 +102,8 @@ class GemDataModule(LightningDataModule):
         bad_files: ``skip`` unusable files and report them, or ``strict``: stop before training.
         cache: ``memory``: decoded images in RAM (falls back to ``disk`` above
             ``cache_memory_gb``); ``disk``: read decoded images from ``cache_dir`` each time.
-        cache_dir: where decoded images persist, shared by runs and DDP ranks; ``auto``:
+        cache_dir: where decoded images (and the chunks a remote stream downloads) persist, shared by
+            runs and DDP ranks; ``auto``:
             ``$GEM_LIGHTNING_CACHE``, else ``~/.cache/gem-lightning``; ``null`` keeps them in
             memory only, decoded again by each process.
         cache_memory_gb: memory budget of the in-memory cache, per process.
@@ -267,15 +276,16 @@ class GemDataModule(LightningDataModule):
         if (info.val_fraction, info.seed) != (self.val_fraction, self.seed):
             rank_zero_warn(f"The stream {self.stream!r} was split with val_fraction {info.val_fraction} and seed {info.seed} when it "
                            f"was optimized; that split is used (data.val_fraction {self.val_fraction}, data.seed {self.seed} are not).")
-        self.datasets["train"] = TrainingStream(self.stream, info, self.seed)
+        self.datasets["train"] = TrainingStream(self.stream, info, self.seed, self.cache_dir)
         has_val = info.counts.get("val", 0) > 0
-        self.datasets["val"] = EvaluationStream(self.stream, "val", info, eval_transform(self.image_size)) if has_val else []
+        self.datasets["val"] = EvaluationStream(self.stream, "val", info, eval_transform(self.image_size), cache_dir=self.cache_dir) if has_val else []
         rank_zero_info(f"Streaming {self.stream!r}: {', '.join(f'{k} {v}' for k, v in info.counts.items())} images, "
                        f"{len(info.class_names)} classes ({info.image_format}, {info.decode.size} px).")
 
     def _setup_test(self) -> None:
         if self.stream:
-            self.datasets["test"] = EvaluationStream(self.stream, "test", self.stream_info, eval_transform(self.image_size))
+            self.datasets["test"] = EvaluationStream(self.stream, "test", self.stream_info, eval_transform(self.image_size),
+                                                     cache_dir=self.cache_dir)
             return
         store = self.folders.load_split("test")
         self.records["test"] = store.records
@@ -304,9 +314,11 @@ class GemDataModule(LightningDataModule):
         """The files ``predict_path`` names, or, when it names a stream, its ``test`` split (or the split named)."""
         root, _, split = predict_path.rstrip("/").rpartition("/")
         if split in SPLITS and is_stream(root):
-            return EvaluationStream(root, split, read_info(root), eval_transform(self.image_size), for_predict=True)
+            return EvaluationStream(root, split, read_info(root), eval_transform(self.image_size), for_predict=True,
+                                    cache_dir=self.cache_dir)
         if is_stream(predict_path):
-            return EvaluationStream(predict_path, "test", read_info(predict_path), eval_transform(self.image_size), for_predict=True)
+            return EvaluationStream(predict_path, "test", read_info(predict_path), eval_transform(self.image_size),
+                                    for_predict=True, cache_dir=self.cache_dir)
         return PredictDataset(find_predict_files(predict_path), self.settings, eval_transform(self.image_size))
 
     def train_dataloader(self) -> DataLoader:

@@ -14,24 +14,29 @@ processes, as with folders).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
 from litdata import StreamingDataset
+from litdata.exceptions import ChunkWaitTimeoutError
 from torch.utils.data import Dataset
 
+from gem_lightning.data import object_store
 from gem_lightning.data.cache import DecodeSettings
 from gem_lightning.data.images import BadImageError
 from gem_lightning.data.transforms import cache_size_for
-from gem_lightning.errors import UserInputError
+from gem_lightning.errors import UserInputError, explain_failures_with
 
 METADATA = "gem_dataset.json"
 SPLITS = ("train", "val", "test")
-REMOTE_PREFIXES = ("s3://", "gs://", "azure://")
+REMOTE_PREFIXES = ("s3://",)
 ImageFormat = Literal["resized", "encoded"]
 
 
@@ -88,7 +93,11 @@ def split_location(root: str, split: str) -> str:
 def read_info(root: str) -> StreamInfo:
     """The stream's metadata; one clear line when ``root`` is not a finished stream."""
     where = split_location(root, METADATA)
-    text = _read_remote(where) if is_remote(root) else _read_local(Path(root).expanduser() / METADATA)
+    if is_remote(root):
+        with object_store.explain_s3_errors(where):
+            text = object_store.read_text(where)
+    else:
+        text = _read_local(Path(root).expanduser() / METADATA)
     if text is None:
         raise UserInputError(
             f"{root!r} is not a gem-lightning stream: it has no {METADATA} (an unfinished or foreign dataset). "
@@ -102,7 +111,7 @@ def read_info(root: str) -> StreamInfo:
 
 def write_info(root: str, info: StreamInfo) -> None:
     if is_remote(root):
-        _write_remote(split_location(root, METADATA), info.to_json())
+        object_store.write_text(split_location(root, METADATA), info.to_json())
     else:
         (Path(root).expanduser() / METADATA).write_text(info.to_json())
 
@@ -111,13 +120,53 @@ def _read_local(path: Path) -> str | None:
     return path.read_text() if path.is_file() else None
 
 
-def open_split(root: str, split: str, *, shuffle: bool = False, seed: int = 42) -> StreamingDataset:
+_EXPLAINED_ROOTS: set[str] = set()
+
+
+def explain_stream_failures(root: str) -> None:
+    """From now on, a damaged chunk of ``root``, or a failure of the object store holding it, ends the
+    command in one line naming it (these surface deep in LitData's threads and the loader workers)."""
+    if root not in _EXPLAINED_ROOTS:
+        _EXPLAINED_ROOTS.add(root)
+        explain_failures_with(partial(_stream_failure, root=root))
+
+
+def _stream_failure(error: BaseException, root: str) -> UserInputError | None:
+    chunk = _damaged_chunk(error)
+    if chunk is not None and not is_remote(root):
+        return UserInputError(
+            f"the stream {root!r} is damaged: its chunk {chunk!r} does not match its index.json (truncated or "
+            "overwritten after it was written). Copy the stream again, or optimize the dataset again."
+        )
+    return object_store.s3_user_error(error, root) if is_remote(root) else None
+
+
+def _damaged_chunk(error: BaseException) -> str | None:
+    """The chunk LitData waited for in vain: its own error, or that error's text re-raised by a loader worker."""
+    while error is not None:
+        if isinstance(error, ChunkWaitTimeoutError):
+            return error.path
+        if found := re.search(r"ChunkWaitTimeoutError: Timed out after \S+ waiting for chunk (\S+)\. ", str(error)):
+            return found.group(1)
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def open_split(root: str, split: str, *, cache_dir: Path | None = None) -> StreamingDataset:
     """LitData's dataset over one split of the stream (chunks are fetched as they are needed)."""
+    explain_stream_failures(root)
     location = split_location(root, split)
-    return _checked(
-        lambda: StreamingDataset(location, shuffle=shuffle, seed=seed, storage_options=_storage_options(location)),
-        location,
-    )
+    with object_store.explain_s3_errors(location):
+        return StreamingDataset(location, **stream_options(location, cache_dir))
+
+
+def stream_options(location: str, cache_dir: Path | None) -> dict[str, Any]:
+    """Where LitData keeps the chunks it downloads (below ``cache_dir`` for a remote stream; a local one
+    is read in place) and how it reaches the store."""
+    options: dict[str, Any] = {"storage_options": object_store.storage_options(location)}
+    if cache_dir is not None and is_remote(location):
+        options["cache_dir"] = str(cache_dir / "streams" / hashlib.sha256(location.encode()).hexdigest()[:16])
+    return options
 
 
 def stream_decode_settings(root: str, info: StreamInfo, image_size: int) -> DecodeSettings:
@@ -153,11 +202,13 @@ class TrainingStream(StreamingDataset):
         root: the stream.
         info: its metadata.
         seed: shuffling seed (each epoch shuffles anew from it).
+        cache_dir: where downloaded chunks are kept (see :func:`stream_options`).
     """
 
-    def __init__(self, root: str, info: StreamInfo, seed: int) -> None:
+    def __init__(self, root: str, info: StreamInfo, seed: int, cache_dir: Path | None = None) -> None:
         location = split_location(root, "train")
-        super().__init__(location, shuffle=True, seed=seed, storage_options=_storage_options(location))
+        explain_stream_failures(root)
+        super().__init__(location, shuffle=True, seed=seed, **stream_options(location, cache_dir))
         self.info = info
 
     def __getitem__(self, index: Any) -> tuple[torch.Tensor, int, int]:
@@ -185,11 +236,12 @@ class EvaluationStream(Dataset):
     Indexing (not iterating) lets an unpadded distributed sampler give each process an exact share.
     """
 
-    def __init__(self, root: str, split: str, info: StreamInfo, transform: Callable, *, for_predict: bool = False) -> None:
+    def __init__(self, root: str, split: str, info: StreamInfo, transform: Callable, *, for_predict: bool = False,
+                 cache_dir: Path | None = None) -> None:
         self.root, self.split, self.info = root, split, info
         self.transform = transform
         self.for_predict = for_predict
-        self.dataset = open_split(root, split)
+        self.dataset = open_split(root, split, cache_dir=cache_dir)
 
     def __len__(self) -> int:
         # The split's whole length: under DDP LitData's len() is this process's share, but
@@ -212,18 +264,3 @@ class EvaluationStream(Dataset):
         """The stored relative path of every item, by position."""
         return [self.dataset[i]["path"] for i in range(len(self))]
 
-
-def _storage_options(location: str) -> dict:  # replaced by the object-store module
-    return {}
-
-
-def _checked(open_dataset: Callable, location: str):
-    return open_dataset()
-
-
-def _read_remote(url: str) -> str | None:
-    raise NotImplementedError(url)
-
-
-def _write_remote(url: str, text: str) -> None:
-    raise NotImplementedError(url)

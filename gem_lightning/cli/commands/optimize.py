@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--autocrop", action="store_true", help="crop each photo to the subject before resizing")
     parser.add_argument("--val_fraction", type=float, default=0.2, help="share of each class of train/ held out (default 0.2)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the train/validation split (default 42)")
+    parser.add_argument("--chunk_bytes", default="64MB", help="size of each chunk file (default 64MB: few requests to an object store)")
     parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1, help="parallel writer processes (default: one per core)")
     return parser
 
@@ -45,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         info = optimize_dataset(args.data_dir, args.output, image_size=args.image_size, image_format=args.format,
                                 autocrop=args.autocrop, val_fraction=args.val_fraction, seed=args.seed,
-                                num_workers=args.num_workers)
+                                num_workers=args.num_workers, chunk_bytes=args.chunk_bytes)
     except UserInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

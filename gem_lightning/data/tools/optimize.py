@@ -9,6 +9,9 @@ written last, so a stream is complete or is not one. An existing stream is never
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -16,6 +19,7 @@ from typing import Iterator
 import numpy as np
 from litdata import optimize
 
+from gem_lightning.data import object_store
 from gem_lightning.data.cache import DecodeSettings
 from gem_lightning.data.images import BadImageError
 from gem_lightning.data.scan import ImageRecord, check_dataset_dir, format_summary, relative_path, scan_split
@@ -62,6 +66,7 @@ def optimize_dataset(
     val_fraction: float = 0.2,
     seed: int = 42,
     num_workers: int = 2,
+    chunk_bytes: str = CHUNK_BYTES,
 ) -> StreamInfo:
     """Write ``data_dir``'s ``train/`` (split into train and val) and ``test/`` as a stream at ``output``.
 
@@ -76,12 +81,41 @@ def optimize_dataset(
     counts = {}
     for split, records in splits.items():
         location = split_location(output, split)
-        optimize(fn=encoder, inputs=list(enumerate(records)), output_dir=location, chunk_bytes=CHUNK_BYTES,
-                 num_workers=num_workers, reorder_files=False, verbose=False)
-        counts[split] = len(open_split(output, split))
-    info = StreamInfo(class_names, image_format, decode, val_fraction, seed, counts, source=str(data_dir))
+        with object_store.explain_s3_errors(location), _staging_folder():
+            optimize(fn=encoder, inputs=list(enumerate(records)), output_dir=location, chunk_bytes=chunk_bytes,
+                     num_workers=num_workers, reorder_files=False, verbose=False,
+                     storage_options=object_store.storage_options(location))
+        counts[split] = _written_count(output, split, len(records))
+    info = StreamInfo(class_names, image_format, decode, val_fraction, seed, counts, source=str(data_dir.resolve()))
     write_info(output, info)
     return info
+
+
+@contextmanager
+def _staging_folder() -> Iterator[None]:
+    """A staging folder of this run's own for chunks bound for an object store (LitData's default,
+    one fixed ``/tmp/chunks``, is shared by every run on the machine)."""
+    if "DATA_OPTIMIZER_CACHE_FOLDER" in os.environ:
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="gem-optimize-") as folder:
+        os.environ["DATA_OPTIMIZER_CACHE_FOLDER"] = folder
+        try:
+            yield
+        finally:
+            del os.environ["DATA_OPTIMIZER_CACHE_FOLDER"]
+
+
+def _written_count(output: str, split: str, expected: int) -> int:
+    """How many items the split holds; LitData reports a failed upload only in its log, leaving a
+    split with no chunks, which is refused here in one line."""
+    try:
+        return len(open_split(output, split))
+    except (AssertionError, RuntimeError) as error:
+        raise UserInputError(
+            f"writing {split_location(output, split)!r} failed: none of its {expected} images arrived (see the log above "
+            f"for LitData's reason: {error})."
+        ) from None
 
 
 def _split_records(data_dir: Path, class_names: list[str], val_fraction: float, seed: int) -> dict[str, list[ImageRecord]]:
