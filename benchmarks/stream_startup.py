@@ -13,7 +13,7 @@ with ``s3`` among the sources, into a SeaweedFS S3 gateway started on loopback (
 
 * ``folder (cold)``: a new decode cache (the scan, the hash and the decode of every file before step 1);
 * ``folder (warm)``: the same command again, the cache filled;
-* ``stream``, ``s3``: ``--data.data_dir <stream>``; the S3 run's chunk cache is emptied first.
+* ``stream``, ``s3``: ``--data.data_dir <stream>``; the S3 run's chunk cache (below the decode cache) is emptied first.
 
 Reported: seconds from launch to the first training step (process 0), steady images/s over the
 steps after the 10th (all processes), peak resident memory of the whole process tree (sampled from
@@ -132,10 +132,11 @@ def main() -> None:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "benchmarks"), str(REPO)]), PYTHONWARNINGS="ignore")
     store = None
     if "s3" in args.sources:
-        from object_store import seaweedfs  # tests/object_store.py
+        from object_store import seaweed_s3  # tests/object_store.py
 
-        store = seaweedfs(args.work / "s3").__enter__()
-        env.update(store.environment())
+        store_context = seaweed_s3(bucket="bench")
+        store = store_context.__enter__()
+        env.update(store.env())
     import torch
 
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} cores")
@@ -164,7 +165,7 @@ def main() -> None:
                 cache = args.work / f"cache-{size}"
                 if name == "folder (cold)":
                     shutil.rmtree(cache, ignore_errors=True)
-                shutil.rmtree(Path.home() / ".lightning" / "chunks", ignore_errors=True)  # LitData's download cache
+                shutil.rmtree(cache / "streams", ignore_errors=True)  # the chunks an S3 stream downloaded
                 run_env = dict(env, GEM_LIGHTNING_CACHE=str(cache))
                 result = fit(location, processes, args.steps, run_env, args.work / f"fit-{size}-{name.split()[0]}-{processes}.log")
                 used = folder_bytes(cache) if name.startswith("folder") else disk.get(name, 0)
@@ -177,7 +178,7 @@ def main() -> None:
         print(f"| {size:,} | {name} | {processes} | {result['first_step_s']:.1f} | {result['images_per_s']:.0f} | "
               f"{result['peak_rss_gb']:.2f} | {used / 2**30:.2f} |")
     if store is not None:
-        store.__exit__(None, None, None)
+        store_context.__exit__(None, None, None)
 
 
 if __name__ == "__main__":

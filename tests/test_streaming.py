@@ -112,3 +112,24 @@ def test_the_command_line_optimizes_fits_tests_and_predicts_from_a_stream(tmp_pa
             "--data.num_workers", "0", "--trainer.logger.init_args.save_dir", tmp_path / "runs", env=cpu_env, cwd=tmp_path)
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 6 and all(row["path"].startswith("test/") for row in rows)
+
+
+@pytest.mark.slow
+def test_a_damaged_chunk_is_named_in_one_line(folder_and_stream, tmp_path, cpu_env):
+    import shutil
+
+    _, stream = folder_and_stream
+    damaged = tmp_path / "damaged"
+    shutil.copytree(stream, damaged)
+    chunk = next((damaged / "test").glob("*.bin"))
+    chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])
+    model = GemClassifier(["Blue Stone", "Green Stone", "Red Stone"], 32, network=TINY_NETWORK)
+    ckpt = tmp_path / "model.ckpt"
+    trainer = Trainer(accelerator="cpu", logger=False)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(ckpt)
+    result = run_cli("test", "--data.data_dir", damaged, "--data.num_workers", "1", "--ckpt_path", ckpt,
+                     "--trainer.logger.init_args.save_dir", tmp_path / "runs", env=cpu_env, cwd=tmp_path, check=False)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "is damaged" in errors[0] and chunk.name in errors[0]

@@ -126,7 +126,8 @@ class GemCLI(LightningCLI):
 
 DESCRIPTION = """gem-lightning: train, evaluate and serve image classifiers on folder-per-class photo sets.
 
-Besides fit/validate/test/predict: `prepare` (split one folder-per-class collection into train/ and
+Besides fit/validate/test/predict: `optimize` (a folder -> a stream at a path or s3:// for large
+sets; then --data.data_dir <stream>), `prepare` (split one folder-per-class collection into train/ and
 test/), `preview` (augmentation preview and a sample batch), `lr_find` (learning-rate range test),
 `export` (TorchScript / ONNX), `seeds` (fit and test over several seeds: mean +- std), `serve` (HTTP
 server and web page). Run `python main.py <command> --help` for each."""

@@ -78,7 +78,9 @@ class GemDataModule(LightningDataModule):
     """Image folders in, uint8 image batches out.
 
     Args:
-        data_dir: folder holding ``train/<Class>/...`` and optionally ``test/<Class>/...``.
+        data_dir: folder holding ``train/<Class>/...`` and optionally ``test/<Class>/...``; or a
+            stream written by ``main.py optimize`` (a folder with ``gem_dataset.json``, or
+            ``s3://bucket/prefix``): its split and decode settings are used, nothing is scanned.
         generate: ``synthetic`` writes the embedded procedural gem dataset into ``data_dir`` on
             first use (for the quickstart; nothing is downloaded), if ``data_dir`` is absent or
             empty; a ``data_dir`` that already holds ``train/`` is trained on as it is.
@@ -109,7 +111,8 @@ class GemDataModule(LightningDataModule):
         cache_memory_gb: memory budget of the in-memory cache, per process.
         autocrop: crop each photo to the gem's bounding box before resizing (the seed's step).
         background: colour that transparent areas of images become.
-        predict_path: an image file, a folder (searched recursively) or a glob, for ``predict``.
+        predict_path: an image file, a folder (searched recursively) or a glob, for ``predict``; or a
+            stream (its ``test`` split) or one of its splits (``<stream>/val``).
     """
 
     def __init__(
