@@ -107,3 +107,15 @@ def start_server(ckpt: Path, log: Path, env: dict, *args: str) -> Server:
         time.sleep(0.5)
     server.stop()
     raise RuntimeError(f"serve was not ready after {STARTUP_S:.0f} s:\n{log.read_text()}")
+
+
+def model_workers(pid: int) -> list[int]:
+    """The model worker processes of the ``serve`` process ``pid``: LitServe spawns them (``spawn_main``)."""
+    found = []
+    for child in descendants(pid):
+        try:
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes() and alive(child):
+                found.append(child)
+        except OSError:
+            continue
+    return found

@@ -5,4 +5,6 @@
 * :mod:`~gem_lightning.serving.gate`: what reaches the LitAPI: the API key, the body size limit,
   and the three accepted bodies (raw image, multipart ``file``, JSON base64) turned into one form.
 * :mod:`~gem_lightning.serving.server`: the ``LitServer`` with the web page and JSON errors.
+* :mod:`~gem_lightning.serving.supervision`: a dead model worker is restarted, its requests get a 503,
+  and ``serve`` exits non-zero when workers keep dying.
 """

@@ -5,6 +5,7 @@
 (``/info`` carries the checkpoint's description as LitServe's ``model_metadata``); ``/`` is the web
 page, in place of LitServe's "litserve running". Every error, an unknown route included, is a JSON
 ``{"detail": ...}``; LitServe answers what it did not foresee with a 500 that carries no traceback.
+Requests in flight when a model worker dies get a 503 (:mod:`~gem_lightning.serving.supervision`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from starlette.routing import Route
 
 from gem_lightning.serving.api import GemLitAPI
 from gem_lightning.serving.gate import GateMiddleware, Limits
+from gem_lightning.serving.supervision import fail_requests_on_worker_loss
 from gem_lightning.training.checkpoints import upgrade_hparams
 
 ENDPOINTS = "POST /predict, GET /info, GET /health, GET / (the web page)"
@@ -93,6 +95,7 @@ def build_server(ckpt_path: str | Path, options: ServeOptions = ServeOptions()) 
         disable_openapi_url=True,
     )
     _serve_page_at_root(server)
+    fail_requests_on_worker_loss(server)
     server.app.add_exception_handler(StarletteHTTPException, _json_http_error)
     return server
 

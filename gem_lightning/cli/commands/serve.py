@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from gem_lightning.serving.server import ENDPOINTS, ServeOptions, build_server
+from gem_lightning.serving.supervision import Supervisor
 
 API_KEY_ENV = "GEM_LIGHTNING_API_KEY"
 DEFAULTS = ServeOptions()
@@ -23,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="main.py serve",
         description=f"Serve a trained checkpoint over HTTP with LitServe: {ENDPOINTS}. Concurrent requests are "
-        "batched into one forward pass. Ctrl-C or SIGTERM stops it after the requests in flight.",
+        "batched into one forward pass. A model worker that dies is restarted (its requests get a 503); if workers keep "
+        "dying or cannot load the model, it exits with status 1. Ctrl-C or SIGTERM stops it after the requests in flight.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--ckpt_path", required=True, type=Path, help="a .ckpt file written by training")
@@ -74,7 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError, RuntimeError) as error:
         print(f"error: cannot serve {args.ckpt_path}: {error}", file=sys.stderr)
         return 2
-    _stop_on_signals(os.getpid())
+    supervisor = Supervisor(server)
+    supervisor.start()
+    _stop_on_signals(os.getpid(), supervisor)
     address = f"http://{'[::1]' if args.host == '::' else args.host}:{args.port}"
     batching = f"batches of up to {options.max_batch_size}" if options.max_batch_size > 1 else "no batching"
     print(
@@ -84,6 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     server.run(host=args.host, port=args.port, generate_client_file=False, log_level=args.log_level)
+    if supervisor.failure:
+        print(f"error: stopped serving {args.ckpt_path}: {supervisor.failure}", file=sys.stderr)
+        return 1  # a service manager restarts it
     return 0
 
 
@@ -98,13 +105,15 @@ def _check_address_free(host: str, port: int) -> None:
             raise OSError(f"cannot listen on {host}:{port} ({error.strerror}); choose another --port") from None
 
 
-def _stop_on_signals(main_pid: int) -> None:
+def _stop_on_signals(main_pid: int, supervisor: Supervisor) -> None:
     """SIGTERM and SIGINT make LitServe shut down as on Ctrl-C: the HTTP servers finish the requests
-    in flight, then the workers stop. The forked HTTP servers inherit the handler; uvicorn raises
-    the signal again once it has drained, and there it just ends the process."""
+    in flight, then the workers stop (and the supervisor no longer restarts them). The forked HTTP
+    servers inherit the handler; uvicorn raises the signal again once it has drained, and there it
+    just ends the process."""
 
     def stop(signum, frame) -> None:
         if os.getpid() == main_pid:
+            supervisor.stopping = True
             raise KeyboardInterrupt
         raise SystemExit(0)
 
