@@ -17,7 +17,9 @@ with ``s3`` among the sources, into a SeaweedFS S3 gateway started on loopback (
 
 Reported: seconds from launch to the first training step (process 0), steady images/s over the
 steps after the 10th (all processes), peak resident memory of the whole process tree (sampled from
-/proc every 0.2 s), disk used (the decode cache; the stream's chunks), and each optimize's time.
+/proc every 0.2 s), disk used on the training machine (the decode cache; the local stream's chunks;
+the S3 chunks downloaded into the cache), and each optimize's time. The S3 gateway runs on the same
+2 cores as the training.
 """
 
 from __future__ import annotations
@@ -168,7 +170,7 @@ def main() -> None:
                 shutil.rmtree(cache / "streams", ignore_errors=True)  # the chunks an S3 stream downloaded
                 run_env = dict(env, GEM_LIGHTNING_CACHE=str(cache))
                 result = fit(location, processes, args.steps, run_env, args.work / f"fit-{size}-{name.split()[0]}-{processes}.log")
-                used = folder_bytes(cache) if name.startswith("folder") else disk.get(name, 0)
+                used = {"stream": disk.get("stream", 0), "s3": folder_bytes(cache / "streams")}.get(name) or folder_bytes(cache)
                 rows.append((size, name, processes, result, used))
                 print(f"  {name:<14} x{processes}: first step {result['first_step_s']:6.1f} s, {result['images_per_s']:7.0f} images/s, "
                       f"peak RSS {result['peak_rss_gb']:.2f} GiB, disk {used / 2**30:.2f} GiB", flush=True)
