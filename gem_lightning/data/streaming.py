@@ -33,10 +33,10 @@ from gem_lightning.data.cache import DecodeSettings
 from gem_lightning.data.images import BadImageError
 from gem_lightning.data.transforms import cache_size_for
 from gem_lightning.errors import UserInputError, explain_failures_with
+from gem_lightning.files import atomic_write
 
 METADATA = "gem_dataset.json"
 SPLITS = ("train", "val", "test")
-REMOTE_PREFIXES = ("s3://",)
 ImageFormat = Literal["resized", "encoded"]
 
 
@@ -76,7 +76,8 @@ class StreamInfo:
 
 
 def is_remote(location: str) -> bool:
-    return str(location).startswith(REMOTE_PREFIXES)
+    """Whether ``location`` is in an object store (``s3://``) rather than on a filesystem."""
+    return object_store.is_s3_url(location)
 
 
 def is_stream(location: str | Path | None) -> bool:
@@ -113,7 +114,8 @@ def write_info(root: str, info: StreamInfo) -> None:
     if is_remote(root):
         object_store.write_text(split_location(root, METADATA), info.to_json())
     else:
-        (Path(root).expanduser() / METADATA).write_text(info.to_json())
+        with atomic_write(Path(root).expanduser() / METADATA, "w", what="the stream's metadata") as file:
+            file.write(info.to_json())
 
 
 def _read_local(path: Path) -> str | None:
