@@ -76,7 +76,6 @@ class GemCLI(LightningCLI):
         for key, value in hparams.items():
             if key in config.model and key not in LINKED_FROM_DATA | CHOSEN_AT_INFERENCE:
                 config.model[key] = Namespace(class_path=value["class_path"], init_args=Namespace(value["init_args"])) if key == "network" else value
-        config.model.distillation = None  # training only: a restated teacher is neither needed nor read
         if "image_size" in hparams:
             config.data.image_size = hparams["image_size"]
         for key, value in (hparams.get("preprocessing") or {}).items():
@@ -141,8 +140,7 @@ def cli_main(args: list[str] | None = None, *, run: bool = True) -> GemCLI | obj
     """
     argv = sys.argv[1:] if args is None else list(args)
     with report_user_errors():
-        check_config_files(argv)
-        check_moved_settings(argv)
+        check_moved_settings(argv, check_config_files(argv))
         if run and argv and argv[0] in COMMANDS:
             return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
         return GemCLI(

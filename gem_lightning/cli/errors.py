@@ -16,7 +16,7 @@ import sys
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -81,13 +81,15 @@ def _exit_with(error: BaseException) -> None:
     raise SystemExit(USER_ERROR_STATUS) from None
 
 
-def check_config_files(argv: list[str]) -> None:
-    """Refuse a ``--config`` file that is not valid YAML, naming the file, line and column.
+def check_config_files(argv: list[str]) -> dict[str, Any]:
+    """The ``--config`` files given, read: each file as given -> its YAML. Refuses one that is not
+    valid YAML, naming the file, line and column.
 
     jsonargparse reports the syntax error with the position in ``"<unicode string>"`` and no file
     name, which leaves the user guessing when several configs are stacked. Missing files are left to
     jsonargparse, which names them.
     """
+    configs = {}
     for index, arg in enumerate(argv):
         if arg in ("--config", "-c") and index + 1 < len(argv):
             given = argv[index + 1]
@@ -96,17 +98,21 @@ def check_config_files(argv: list[str]) -> None:
         else:
             continue
         path = Path(given).expanduser()
-        if not path.is_file():
-            continue
-        try:
-            yaml.safe_load(path.read_text(encoding="utf-8"))
-        except UnicodeDecodeError as error:
-            raise UserInputError(f"config file {given!r} is not a text (UTF-8 YAML) file.") from error
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(error, "problem", None) or str(error)
-            raise UserInputError(f"config file {given!r} is not valid YAML{where}: {problem}.") from error
+        if path.is_file():
+            configs[given] = _read_yaml(path, given)
+    return configs
+
+
+def _read_yaml(path: Path, given: str) -> Any:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise UserInputError(f"config file {given!r} is not a text (UTF-8 YAML) file.") from error
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise UserInputError(f"config file {given!r} is not valid YAML{where}: {problem}.") from error
 
 
 def check_trainer_runs_here(trainer: Trainer, precision: str | int | None) -> Trainer:

@@ -6,10 +6,7 @@ import error; a user who upgrades deserves the new name instead.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Iterator
-
-import yaml
 
 from gem_lightning.errors import UserInputError
 
@@ -33,46 +30,32 @@ MOVED_MODEL_SETTINGS = {
 }
 
 
-def check_moved_settings(argv: list[str]) -> None:
+def check_moved_settings(argv: list[str], configs: dict[str, Any]) -> None:
     """Refuse a model setting or class path of an earlier version, given on the command line or in a
-    ``--config`` file, naming what replaced it (README's "Configs" section shows the new shape)."""
-    for where, key in _model_keys(argv):
+    config file (``configs``: each ``--config`` as given -> its YAML), naming what replaced it."""
+    for where, key in _model_keys(argv, configs):
         if key in MOVED_MODEL_SETTINGS:
             raise UserInputError(f"{where}: model.{key} is now {MOVED_MODEL_SETTINGS[key]}; see configs/ for examples.")
-    for where, value in _values(argv):
+    for where, value in _values(argv, configs):
         if value in MOVED_CLASS_PATHS:
             raise UserInputError(f"{where}: {value} moved to {MOVED_CLASS_PATHS[value]}: update the class_path.")
 
 
-def _config_files(argv: list[str]) -> Iterator[Path]:
-    for index, arg in enumerate(argv):
-        if arg in ("--config", "-c") and index + 1 < len(argv):
-            yield Path(argv[index + 1]).expanduser()
-        elif arg.startswith("--config="):
-            yield Path(arg.partition("=")[2]).expanduser()
-
-
-def _loaded_configs(argv: list[str]) -> Iterator[tuple[str, Any]]:
-    for path in _config_files(argv):
-        if path.is_file():
-            yield f"config file {str(path)!r}", yaml.safe_load(path.read_text(encoding="utf-8"))
-
-
-def _model_keys(argv: list[str]) -> Iterator[tuple[str, str]]:
+def _model_keys(argv: list[str], configs: dict[str, Any]) -> Iterator[tuple[str, str]]:
     for arg in argv:
         if arg.startswith("--model."):
             yield "command line", arg.removeprefix("--model.").partition("=")[0].partition(".")[0]
-    for where, config in _loaded_configs(argv):
+    for given, config in configs.items():
         model = config.get("model") if isinstance(config, dict) else None
         for key in model if isinstance(model, dict) else ():
-            yield where, key
+            yield f"config file {given!r}", key
 
 
-def _values(argv: list[str]) -> Iterator[tuple[str, str]]:
+def _values(argv: list[str], configs: dict[str, Any]) -> Iterator[tuple[str, str]]:
     for arg in argv:
         yield "command line", arg.partition("=")[2] if arg.startswith("--") else arg
-    for where, config in _loaded_configs(argv):
-        yield from ((where, value) for value in _strings(config))
+    for given, config in configs.items():
+        yield from ((f"config file {given!r}", value) for value in _strings(config))
 
 
 def _strings(node: Any) -> Iterator[str]:

@@ -261,8 +261,3 @@ class EvaluationStream(Dataset):
         if self.for_predict:
             return {"image": image, "index": position, "path": item["path"]}
         return image, int(item["label"]), position
-
-    def paths(self) -> list[str]:
-        """The stored relative path of every item, by position."""
-        return [self.dataset[i]["path"] for i in range(len(self))]
-

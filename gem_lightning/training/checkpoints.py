@@ -102,10 +102,11 @@ def _check_contents(checkpoint: Any, name: str) -> None:
 
 
 def checkpoint_hparams(ckpt_path: str | Path | None) -> dict[str, Any]:
-    """The model hyperparameters saved in a checkpoint, in today's shape, or ``{}`` without one (checked first)."""
+    """The model hyperparameters that rebuild a checkpoint for evaluation and prediction, in today's
+    shape, or ``{}`` without one (checked first). Without distillation: a checkpoint predicts alone."""
     if not ckpt_path:
         return {}
-    return upgrade_hparams(dict(load_checkpoint(ckpt_path).get("hyper_parameters") or {}))
+    return {**upgrade_hparams(dict(load_checkpoint(ckpt_path).get("hyper_parameters") or {})), "distillation": None}
 
 
 VGG_KEYS = ("channels", "pools", "convs_per_block", "batch_norm", "head", "hidden_units", "dropout")

@@ -151,9 +151,9 @@ class GemClassifier(LightningModule):
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs):
         """Lightning's, for checkpoints of every gem-lightning version (their hyperparameters brought
-        to today's shape first), without distillation: the student predicts alone."""
+        to today's shape first, ``checkpoint_hparams``), without distillation: the student predicts alone."""
         hparams = checkpoint_hparams(checkpoint_path)
-        kwargs = {"network": hparams["network"], "distillation": None, **kwargs}
+        kwargs = {"network": hparams["network"], "distillation": hparams["distillation"], **kwargs}
         return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file, strict=strict, **kwargs)
 
     def setup(self, stage: str) -> None:
