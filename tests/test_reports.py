@@ -18,6 +18,7 @@ from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
 
 from gem_lightning.data.datamodule import GemDataModule
+from gem_lightning.reports.calibration import reliability_bins
 from gem_lightning.reports.preview import augmentation_preview
 from gem_lightning.training.callbacks.prediction_writer import PredictionWriter
 from gem_lightning.training.callbacks.reports import (
@@ -27,9 +28,11 @@ from gem_lightning.training.callbacks.reports import (
     misclassified_items,
     write_prediction_grid,
 )
+from gem_lightning.training.metrics import ECE_BINS
 from gem_lightning.training.module import GemClassifier
 
-REPORT_FILES = ("confusion_matrix.png", "misclassified.png", "misclassified.csv", "per_class.csv", "confused_pairs.csv", "metrics.json", "report.md")
+REPORT_FILES = ("confusion_matrix.png", "misclassified.png", "misclassified.csv", "reliability.png", "per_class.csv", "confused_pairs.csv", "metrics.json",
+                "report.md")
 
 
 def tiny_model(class_names: list[str]) -> GemClassifier:
@@ -126,8 +129,17 @@ def test_metrics_json_holds_the_logged_headline_metrics(run, stage):
     logged = run.metrics[stage]
     assert saved["stage"] == stage
     assert saved["samples"] == len(run.datamodule.datasets[stage])
-    for name in ("acc", "acc_top5", "f1", "loss"):
+    for name in ("acc", "acc_top5", "f1", "ece", "loss"):
         assert saved[name] == pytest.approx(logged[f"{stage}/{name}"], abs=1e-7), name
+
+
+def test_reliability_diagram_bins_give_the_logged_calibration_error(run):
+    confidences, correct = [r.probability for r in run.val_results], [r.prediction == r.target for r in run.val_results]
+    rows = reliability_bins(confidences, correct, bins=ECE_BINS)
+    assert sum(count for *_, count in rows) == len(confidences)
+    ece = sum(count * abs(accuracy - mean) for _, mean, accuracy, count in rows) / len(confidences)
+    assert ece == pytest.approx(run.metrics["val"]["val/ece"], abs=1e-5)
+    assert_png(run.log_dir / "report-val" / "reliability.png")
 
 
 def test_every_validation_image_is_in_the_per_image_results_once(run):

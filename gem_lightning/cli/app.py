@@ -12,7 +12,7 @@ import sys
 
 from jsonargparse import Namespace, lazy_instance
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
@@ -128,15 +128,16 @@ DESCRIPTION = """gem-lightning: train, evaluate and serve image classifiers on f
 Besides fit/validate/test/predict: `optimize` (a folder -> a stream at a path or s3:// for large
 sets; then --data.data_dir <stream>), `prepare` (split one folder-per-class collection into train/ and
 test/), `preview` (augmentation preview and a sample batch), `lr_find` (learning-rate range test),
-`export` (TorchScript / ONNX), `seeds` (fit and test over several seeds: mean +- std), `serve` (HTTP
+`export` (TorchScript / ONNX), `seeds` (fit and test over several seeds: mean +- std), `ensemble`
+(several checkpoints as one), `calibrate` (temperature scaling on held-out photos), `serve` (HTTP
 server and web page). Run `python main.py <command> --help` for each."""
 
 
-def cli_main(args: list[str] | None = None, *, run: bool = True) -> GemCLI | object:
+def cli_main(args: list[str] | None = None, *, run: bool = True, callbacks: list[Callback] | None = None) -> GemCLI | object:
     """Entry point of ``python main.py`` and the ``gem-lightning`` command.
 
     Mistakes in the user's input end the run with the error message and exit status 2
-    (``gem_lightning.cli.errors``).
+    (``gem_lightning.cli.errors``). ``callbacks`` join the trainer's (commands built on the CLI use it).
     """
     argv = sys.argv[1:] if args is None else list(args)
     with report_user_errors():
@@ -149,6 +150,7 @@ def cli_main(args: list[str] | None = None, *, run: bool = True) -> GemCLI | obj
             args=args,
             run=run,
             seed_everything_default=42,
+            trainer_defaults={"callbacks": callbacks} if callbacks else None,
             save_config_kwargs={"overwrite": True},
             parser_class=ConciseErrorParser,
             parser_kwargs={"description": DESCRIPTION},

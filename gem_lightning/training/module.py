@@ -37,11 +37,13 @@ def batch_mixing(num_classes: int, mixup_alpha: float, cutmix_alpha: float) -> v
 
 
 def check_training_settings(*, top_k: int, label_smoothing: float, mixup_alpha: float, cutmix_alpha: float,
-                            backbone_lr_ratio: float) -> None:
+                            backbone_lr_ratio: float, temperature: float) -> None:
     """Refuse values that cannot work, naming the setting, before anything is built."""
     problems = []
     if not 0.0 < backbone_lr_ratio <= 1.0:
         problems.append(f"model.backbone_lr_ratio must be above 0 and at most 1, got {backbone_lr_ratio}")
+    if not temperature > 0:
+        problems.append(f"model.temperature must be above 0, got {temperature}")
     if top_k < 1:
         problems.append(f"model.top_k must be at least 1, got {top_k}")
     if not 0.0 <= label_smoothing < 1.0:
@@ -81,6 +83,9 @@ class GemClassifier(LightningModule):
         tta: test-time augmentation for validate, test and predict: ``hflip`` averages the
             probabilities of each image and its mirror image, ``dihedral`` of its 8 quarter turns
             and mirrors.
+        temperature: the calibration temperature applied to evaluation and prediction
+            probabilities (``softmax(log(p) / T)``); fitted on held-out photos and written into a
+            checkpoint by ``python main.py calibrate``; 1 leaves them as trained.
         top_k: how many ranked classes ``predict`` reports per image.
         optimizer: the optimizer (``class_path`` and ``init_args`` in YAML); Adam, lr 1e-3.
         lr_scheduler: an optional LR scheduler, stepped per epoch, except ``OneCycleLR`` and
@@ -104,6 +109,7 @@ class GemClassifier(LightningModule):
         channels_last: bool = True,
         compile: bool = False,
         tta: TTA = "none",
+        temperature: float = 1.0,
         top_k: int = 5,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -115,7 +121,7 @@ class GemClassifier(LightningModule):
                 "of train/<Class>/ images) or, to evaluate or predict, --ckpt_path <a trained checkpoint>."
             )
         check_training_settings(top_k=top_k, label_smoothing=label_smoothing, mixup_alpha=mixup_alpha,
-                                cutmix_alpha=cutmix_alpha, backbone_lr_ratio=backbone_lr_ratio)
+                                cutmix_alpha=cutmix_alpha, backbone_lr_ratio=backbone_lr_ratio, temperature=temperature)
         self.network_spec = spec_from_config(network)  # a dict when Lightning rebuilds from a checkpoint outside the CLI
         self.distillation = Distillation(**distillation) if isinstance(distillation, dict) else distillation
         if self.distillation is not None:
@@ -132,7 +138,7 @@ class GemClassifier(LightningModule):
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         network_module = self.network_spec.build(self.num_classes, image_size)
-        self.model = ImageClassifier(network_module, self.hparams.mean, self.hparams.std, channels_last=channels_last, tta=tta)
+        self.model = ImageClassifier(network_module, self.hparams.mean, self.hparams.std, channels_last=channels_last, tta=tta, temperature=temperature)
         self.teacher: Teacher | None = None
         self.pretrained_loaded = False
         if compile:
@@ -141,8 +147,8 @@ class GemClassifier(LightningModule):
         self.example_input_array = torch.zeros(2, 3, image_size, image_size, dtype=torch.uint8)
 
         self.train_metrics = classification_metrics(self.num_classes, "train/")
-        self.val_metrics = classification_metrics(self.num_classes, "val/")
-        self.test_metrics = classification_metrics(self.num_classes, "test/")
+        self.val_metrics = classification_metrics(self.num_classes, "val/", calibration=True)
+        self.test_metrics = classification_metrics(self.num_classes, "test/", calibration=True)
         # Evaluation losses as metrics: exact under DDP with unequal images per process
         # (Lightning 2.6's sync_dist mean floors an integer sample count, Lightning-AI/pytorch-lightning#21859).
         self.val_loss = MeanMetric()

@@ -29,15 +29,16 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from gem_lightning.data.images import load_rgb
+from gem_lightning.reports.calibration import reliability_diagram_png
 from gem_lightning.reports.confusion import most_confused_pairs, per_class_metrics
 from gem_lightning.reports.confusion_figure import confusion_matrix_png
 from gem_lightning.reports.curves import learning_curves_png
 from gem_lightning.reports.grids import misclassified_gallery_png, prediction_grid_png
 from gem_lightning.reports.markdown import write_markdown_report
 from gem_lightning.reports.tables import write_per_class_csv
-from gem_lightning.training.metrics import ACC, ACC_TOP5, F1, LOSS, SAMPLES
+from gem_lightning.training.metrics import ACC, ACC_TOP5, ECE, ECE_BINS, F1, LOSS, SAMPLES
 
-HEADLINE_METRICS = (ACC, ACC_TOP5, F1, LOSS, SAMPLES)
+HEADLINE_METRICS = (ACC, ACC_TOP5, F1, ECE, LOSS, SAMPLES)
 """Logged metrics (without the ``<stage>/`` prefix) that ``metrics.json`` and ``report.md`` show."""
 
 
@@ -137,6 +138,7 @@ class EvaluationReport(Callback):
             class_names=class_names,
             metrics=headline_metrics(trainer.callback_metrics, stage),
             misclassified=misclassified_items(results, _stage_paths(trainer, stage), class_names),
+            reliability=([r.probability for r in results], [r.prediction == r.target for r in results]),
             max_gallery=self.max_gallery,
             top_pairs=self.top_pairs,
         )
@@ -205,6 +207,7 @@ def write_evaluation_report(
     class_names: list[str],
     metrics: dict[str, float | int],
     misclassified: list[tuple[Path, str, str, float]] | None,
+    reliability: tuple[Sequence[float], Sequence[bool]] | None = None,
     max_gallery: int = 36,
     top_pairs: int = 15,
 ) -> dict[str, Path]:
@@ -220,6 +223,8 @@ def write_evaluation_report(
         metrics: headline metrics for ``metrics.json`` and the report's table.
         misclassified: ``(file, true name, predicted name, probability)`` of every wrong
             prediction, in gallery order; None leaves the gallery and its CSV out.
+        reliability: every photo's top-1 probability and whether it was right, for the
+            reliability diagram; None leaves it out.
         max_gallery: at most this many misclassified photos are drawn.
         top_pairs: how many most-confused pairs are listed.
 
@@ -235,6 +240,8 @@ def write_evaluation_report(
             misclassified, out_dir / "misclassified.png", max_images=max_gallery, image_loader=load_rgb
         )
         files["Every misclassified image (CSV)"] = _write_misclassified_csv(misclassified, out_dir / "misclassified.csv")
+    if reliability is not None:
+        files["Reliability diagram"] = reliability_diagram_png(*reliability, out_dir / "reliability.png", ece=metrics.get(ECE), bins=ECE_BINS)
     files["Per-class metrics (CSV)"] = write_per_class_csv(confusion, class_names, out_dir / "per_class.csv")
     files["Most confused pairs (CSV)"] = _write_pairs_csv(pairs, out_dir / "confused_pairs.csv")
     files["Headline metrics (JSON)"] = _write_json({"stage": stage, **metrics}, out_dir / "metrics.json")
