@@ -81,3 +81,45 @@ def test_impossible_distillation_settings_are_named(setting, value, message, tmp
     with pytest.raises(UserInputError, match=message):
         Distillation(**{"teacher": str(teacher), setting: value}).check()
 
+
+
+@pytest.mark.slow
+def test_student_sees_its_own_size_while_the_teacher_sees_the_batch_as_loaded(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = make_dataset(tmp_path / "gems", train_per_class=8, test_per_class=2)
+    teacher = fit(data, tmp_path, "teacher", "--data.image_size", "48")
+    seen: dict[str, tuple[int, ...]] = {}
+    from gem_lightning.training.distillation import Teacher
+
+    original = Teacher.logits
+    monkeypatch.setattr(Teacher, "logits", lambda self, images: seen.setdefault("teacher", tuple(images.shape)) and original(self, images))
+    student = fit(data, tmp_path, "student", "--data.image_size", "48", "--model.distillation.teacher", teacher,
+                  "--model.distillation.student_size", "32", "--trainer.max_epochs", "1")
+    assert seen["teacher"][-2:] == (48, 48)  # the batch as loaded, not upsampled from the student's size
+    model = load_model(student)
+    assert model.image_size == 32 and model.classifier.example_input_array.shape[-1] == 32  # the checkpoint predicts at 32 px
+    assert len(model.classify(sorted((data / "test").rglob("*.jpg"))[0], top_k=2)) == 2
+
+
+def test_balanced_class_weights_weigh_each_class_the_same_in_all():
+    from gem_lightning.training.module import balanced_class_weights
+
+    weights = balanced_class_weights([30, 10, 0, 20])
+    assert weights.tolist() == pytest.approx([60 / 90, 2.0, 0.0, 1.0])
+    assert (weights * torch.tensor([30, 10, 0, 20])).tolist() == pytest.approx([20, 20, 0, 20])
+
+
+@pytest.mark.slow
+def test_balanced_class_weights_follow_the_training_split(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = make_dataset(tmp_path / "gems", train_per_class=2, test_per_class=0)
+    make_dataset(tmp_path / "more", train_per_class=10, test_per_class=0, classes={"Red Stone": COLOURS["Red Stone"]})
+    for photo in (tmp_path / "more" / "train" / "Red Stone").iterdir():
+        photo.rename(data / "train" / "Red Stone" / f"more {photo.name}")
+    from gem_lightning.cli.app import cli_main
+
+    cli = cli_main(["fit", *common(tmp_path, "balanced"), "--data.data_dir", str(data), *TINY_MODEL, "--trainer.max_epochs", "1",
+                    "--data.val_fraction", "0", "--model.class_weights", "balanced"])
+    counts = cli.datamodule.class_counts("train")
+    assert sorted(counts) == [2, 2, 12]
+    assert (cli.model.loss_weights * torch.tensor(counts, dtype=torch.float32)).tolist() == pytest.approx([16 / 3] * 3)

@@ -371,6 +371,14 @@ class GemDataModule(LightningDataModule):
                                               num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
         return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
 
+    def class_counts(self, stage: str = "train") -> list[int]:
+        """Images of each class in ``stage``'s dataset (after the split), in label order: what class-balanced
+        loss weights are computed from."""
+        if self.stream:
+            raise UserInputError("model.class_weights: balanced weights need per-class counts, which a stream does not keep; use a folder dataset.")
+        dataset = self.datasets[stage]
+        return torch.bincount(torch.tensor([dataset.labels[i] for i in dataset.indices]), minlength=len(self.class_names)).tolist()
+
     def paths(self, stage: str) -> list[Path] | None:
         """Files behind the evaluation dataset of ``stage`` (``val`` or ``test``), by dataset index;
         None for a stream (its photos are not files here)."""

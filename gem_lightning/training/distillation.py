@@ -25,6 +25,10 @@ class Distillation:
             the same augmented batch (run in inference mode, resized to the teacher's image size).
         weight: weight of the distillation term; the hard-label loss gets ``1 - weight``.
         temperature: softmax temperature of the distillation term.
+        student_size: the side the student sees, each batch downsampled to it (antialiased), while
+            the teacher sees the batch as loaded at ``data.image_size`` (set that to the teacher's
+            size): a small, fast student learns from a teacher that sees the detail. The student's
+            checkpoint then predicts at this size. Default: the student sees the batch as loaded.
         autocast: run the teacher at the trainer's mixed precision; ``False`` runs it in float32
             (the faster choice on CPUs without native bf16, and for depthwise-conv networks).
     """
@@ -32,6 +36,7 @@ class Distillation:
     teacher: str | None = None
     weight: float = 0.5
     temperature: float = 2.0
+    student_size: int | None = None
     autocast: bool = True
 
     def check(self) -> None:
@@ -49,6 +54,8 @@ class Distillation:
             problems.append(f"model.distillation.weight must be from 0 to 1, got {self.weight}")
         if self.temperature <= 0:
             problems.append(f"model.distillation.temperature must be above 0, got {self.temperature}")
+        if self.student_size is not None and self.student_size < 32:
+            problems.append(f"model.distillation.student_size must be at least 32 (pixels), got {self.student_size}")
         if problems:
             raise UserInputError("; ".join(problems) + ".")
 

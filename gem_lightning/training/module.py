@@ -7,7 +7,7 @@ so the checkpoint alone (class names, image size, normalisation, architecture) i
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,16 @@ def batch_mixing(num_classes: int, mixup_alpha: float, cutmix_alpha: float) -> v
     if not mixes:
         return None
     return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
+
+
+def balanced_class_weights(counts: list[int]) -> torch.Tensor:
+    """``N / (C * n_c)`` per class (scikit-learn's "balanced": each class weighs as much in all, and the
+    average training image keeps weight 1); a class with no training image gets 0 (it is never a target)."""
+    counts_tensor = torch.tensor(counts, dtype=torch.float32)
+    present = counts_tensor > 0
+    weights = torch.zeros_like(counts_tensor)
+    weights[present] = counts_tensor.sum() / (present.sum() * counts_tensor[present])
+    return weights
 
 
 def check_training_settings(*, top_k: int, label_smoothing: float, mixup_alpha: float, cutmix_alpha: float,
@@ -73,6 +83,9 @@ class GemClassifier(LightningModule):
         backbone_lr_ratio: the backbone's learning rate as a fraction of the classifier head's
             (discriminative fine-tuning); 1 trains all layers at one rate.
         label_smoothing: cross-entropy label smoothing.
+        class_weights: ``balanced`` weighs each class's training loss by ``N / (C * n_class)`` (counted
+            in the training split when ``fit`` starts), so rare classes count as much as common
+            ones: for folders with very unequal classes. ``none``: every image counts the same.
         mixup_alpha: MixUp on training batches (Beta(alpha, alpha) mixing weights); 0 is off.
         cutmix_alpha: CutMix on training batches; with both on, each batch uses one at random.
         distillation: distil a trained teacher's soft predictions (``teacher``, ``weight``,
@@ -103,6 +116,7 @@ class GemClassifier(LightningModule):
         std: tuple[float, float, float] | None = None,
         backbone_lr_ratio: float = 1.0,
         label_smoothing: float = 0.0,
+        class_weights: Literal["none", "balanced"] = "none",
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
         distillation: Distillation | None = None,
@@ -126,7 +140,9 @@ class GemClassifier(LightningModule):
         self.distillation = Distillation(**distillation) if isinstance(distillation, dict) else distillation
         if self.distillation is not None:
             self.distillation.check()
+            image_size = self.distillation.student_size or image_size  # the student's checkpoint predicts at its own size
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.hparams.image_size = image_size
         # Saved as plain, resolved values: the checkpoint alone rebuilds the network (and loads with weights_only).
         self.hparams.network = self.network_spec.to_config()
         self.hparams.distillation = dataclasses.asdict(self.distillation) if self.distillation else None
@@ -144,6 +160,7 @@ class GemClassifier(LightningModule):
         if compile:
             self.model.compile()  # in place: parameter names, hence checkpoints, stay the same
         self.batch_mix = batch_mixing(self.num_classes, mixup_alpha, cutmix_alpha)
+        self.loss_weights: torch.Tensor | None = None
         self.example_input_array = torch.zeros(2, 3, image_size, image_size, dtype=torch.uint8)
 
         self.train_metrics = classification_metrics(self.num_classes, "train/")
@@ -166,6 +183,12 @@ class GemClassifier(LightningModule):
         if stage == "fit":
             self.prepare_training(from_scratch=self.trainer.ckpt_path is None)
 
+    def on_fit_start(self) -> None:
+        if self.hparams.class_weights == "balanced":
+            if not hasattr(self.trainer.datamodule, "class_counts"):
+                raise UserInputError("model.class_weights: balanced needs a data module that counts its classes (GemDataModule's class_counts).")
+            self.loss_weights = balanced_class_weights(self.trainer.datamodule.class_counts("train")).to(self.device)
+
     def prepare_training(self, *, from_scratch: bool) -> None:
         """Read, once, what only training needs: the network's pretrained weights (from scratch only: a
         resumed run takes every weight from its checkpoint) and the distillation teacher. Evaluation
@@ -183,11 +206,19 @@ class GemClassifier(LightningModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, S, S)`` images, 0-255 -> ``(B, num_classes)`` logits."""
-        return self.model(images)
+        return self.model(self.at_own_size(images))
 
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities, with test-time augmentation if ``tta`` asks for it."""
-        return self.model.probabilities(images)
+        return self.model.probabilities(self.at_own_size(images))
+
+    def at_own_size(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` downsampled to the network's ``image_size`` where they are larger: a distilled
+        student (``distillation.student_size``) gets batches loaded at its teacher's size."""
+        size = self.hparams.image_size
+        if images.shape[-1] <= size:
+            return images
+        return F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True)
 
     # Steps -----------------------------------------------------------------------------------
 
@@ -197,7 +228,7 @@ class GemClassifier(LightningModule):
         if self.batch_mix is not None:
             images, soft_targets = self.batch_mix(images.float(), targets)
         logits = self(images)
-        loss = F.cross_entropy(logits.float(), soft_targets, label_smoothing=self.hparams.label_smoothing)
+        loss = F.cross_entropy(logits.float(), soft_targets, weight=self.loss_weights, label_smoothing=self.hparams.label_smoothing)
         if self.teacher is not None:
             loss, distill = self.distillation.mix(loss, logits, self.teacher.logits(images))
             self.log("train/distill_loss", distill, on_step=False, on_epoch=True, batch_size=len(targets))
