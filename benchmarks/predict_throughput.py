@@ -26,6 +26,14 @@ The three alternate for ``--rounds`` rounds (median printed, ratios to plain). T
 Python process each time: ``gem_lightning.inference.api.load_model(ckpt)`` and its first ``classify`` (cold),
 and the median of ``--warm-calls`` further calls (warm), on one photo; ``--api-threads 2,1``
 alternates the probe's torch thread count.
+
+``--runtimes torch onnxruntime onnxruntime-int8`` compares runtimes instead, in one run: the CLI path
+with ``--inference.runtime`` each (ONNX models exported, and int8 quantized on ``--int8-images``,
+once before timing: what every later ``predict`` of the checkpoint finds cached), alternating for
+``--rounds`` rounds, end-to-end images/s and the ratio to torch; then, in this process, the photos
+decoded once (``Preprocessing``, one thread: ms per photo) and the decoded batches of 32 through each
+runtime (``load_model(ckpt, runtime=...).predict_proba``, the checkpoint's TTA, bf16 autocast for
+torch when the config says bf16: ms per photo), and decoding's share of decode + forward.
 """
 
 from __future__ import annotations
@@ -55,6 +63,10 @@ from gem_lightning.data.cache import DecodeSettings  # noqa: E402
 from gem_lightning.data.datamodule import GemDataModule  # noqa: E402
 from gem_lightning.data.datasets import find_predict_files  # noqa: E402
 from gem_lightning.data.transforms import cache_size_for, eval_transform  # noqa: E402
+from gem_lightning.errors import UserInputError  # noqa: E402
+from gem_lightning.inference.api import load_model  # noqa: E402
+from gem_lightning.inference.preprocessing import Preprocessing  # noqa: E402
+from gem_lightning.inference.runtime import RUNTIMES, prepare  # noqa: E402
 from gem_lightning.training.module import GemClassifier  # noqa: E402
 
 BATCH_SIZE = 32
@@ -92,6 +104,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--api-runs", type=int, default=3, help="fresh processes for the API latency, per thread count")
     parser.add_argument("--api-threads", default="0", help="torch threads in the API probe, e.g. 2,1 (0: torch's default)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="of trainer and plain; the CLI uses its config's accelerator (auto)")
+    parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=None, help="compare predict with these runtimes instead")
+    parser.add_argument("--int8-images", default=None, help="onnxruntime-int8's calibration photos (a folder or glob; needed once per checkpoint)")
     return parser.parse_args(argv)
 
 
@@ -110,7 +124,7 @@ def untrained_checkpoint(data_dir: Path, path: Path) -> Path:
     return path
 
 
-def run_cli(args, ckpt: Path, folder: Path, out: Path) -> float:
+def run_cli(args, ckpt: Path, folder: Path, out: Path, runtime: str = "torch") -> float:
     start = time.perf_counter()
     with hidden_output():
         cli_main(
@@ -122,6 +136,7 @@ def run_cli(args, ckpt: Path, folder: Path, out: Path) -> float:
                 "--trainer.logger", "false",
                 "--trainer.default_root_dir", str(out),
                 "--predictions.output", str(out / "predictions.csv"),
+                "--inference.runtime", runtime,
             ]
         )
     seconds = time.perf_counter() - start
@@ -196,6 +211,9 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.ckpt or untrained_checkpoint(args.data_dir, Path(tmp) / "untrained.ckpt")
         print(f"checkpoint: {ckpt if args.ckpt else 'untrained GemClassifier(class_names, 220), saved via Trainer.save_checkpoint'}; CLI config {args.config}")
+        if args.runtimes:
+            compare_runtimes(args, ckpt, folder, files, Path(tmp))
+            return
         runners = {
             "cli": lambda r: run_cli(args, ckpt, folder, Path(tmp) / f"cli{r}"),
             "trainer": lambda r: run_trainer(args, ckpt, folder),
@@ -226,6 +244,67 @@ def main(argv=None) -> None:
             cold = run["load_s"] + run["first_classify_s"]
             print(f"  {run['threads']} thread(s): import {run['import_s']:.2f} s, load_model {run['load_s']:.2f} s, first classify {run['first_classify_s'] * 1e3:.0f} ms "
                   f"(cold: {cold:.2f} s after import), warm classify median {run['warm_median_s'] * 1e3:.1f} ms (min {run['warm_min_s'] * 1e3:.1f})")
+
+
+def compare_runtimes(args, ckpt: Path, folder: Path, files: list[Path], tmp: Path) -> None:
+    """``predict`` end to end with each of ``args.runtimes``; decoding and forward time per photo; decoding's share."""
+    for runtime in list(args.runtimes):
+        try:
+            with hidden_output():
+                prepare(ckpt, runtime, args.int8_images)  # export / quantize once: later predicts find it cached
+        except UserInputError as refused:
+            print(f"{runtime} left out: {refused}")
+            args.runtimes.remove(runtime)
+    seconds: dict[str, list[float]] = {runtime: [] for runtime in args.runtimes}
+    for r in range(args.rounds):
+        for runtime in args.runtimes if r % 2 == 0 else args.runtimes[::-1]:
+            total, _ = run_cli(args, ckpt, folder, tmp / f"{runtime}{r}", runtime)
+            seconds[runtime].append(total)
+            print(f"round {r + 1} {runtime:>16}: {total:6.2f} s = {len(files) / total:6.1f} images/s end to end (cli)", flush=True)
+    decode_ms, images = decode_photos(ckpt, files)
+    bf16 = "bf16" in str(yaml_value(args.config, "trainer", "precision") or "")
+    print(f"\ndecoding (Preprocessing, one thread, this process): {decode_ms:.2f} ms a photo\n")
+    print(f"{'runtime':>16} {'cli images/s':>12} {'vs torch':>8} {'forward ms/photo':>16} {'decode share':>12}")
+    base = len(files) / statistics.median(seconds[args.runtimes[0]])
+    for runtime in args.runtimes:
+        rate = len(files) / statistics.median(seconds[runtime])
+        forward_ms = forward_per_photo(ckpt, runtime, images, bf16 and runtime == "torch")
+        print(f"{runtime:>16} {rate:>12.1f} {rate / base:>7.2f}x {forward_ms:>16.2f} {100 * decode_ms / (decode_ms + forward_ms):>11.1f}%", flush=True)
+    print(f"(ratios to {args.runtimes[0]}; median of {args.rounds} rounds; forward with the checkpoint's TTA{', torch under bf16 autocast' if bf16 else ''})")
+
+
+def yaml_value(config: Path, *keys: str):
+    """A value of a YAML config (None if absent)."""
+    import yaml
+
+    value = yaml.safe_load(config.read_text())
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def decode_photos(ckpt: Path, files: list[Path]) -> tuple[float, torch.Tensor]:
+    """Every photo decoded as ``predict`` decodes it: ms per photo, and the images."""
+    preprocess = Preprocessing.from_hparams(GemClassifier.load_from_checkpoint(ckpt, map_location="cpu").hparams)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    images = torch.stack([preprocess(path) for path in files])
+    elapsed = time.perf_counter() - start
+    torch.set_num_threads(threads)
+    return 1000 * elapsed / len(files), images
+
+
+def forward_per_photo(ckpt: Path, runtime: str, images: torch.Tensor, bf16: bool) -> float:
+    """ms per photo of ``load_model(ckpt, runtime).predict_proba`` over ``images`` in batches of 32 (after one warm-up batch)."""
+    model = load_model(ckpt, runtime=runtime)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+    with autocast:
+        model.predict_proba(images[:BATCH_SIZE])
+        start = time.perf_counter()
+        for first in range(0, len(images), BATCH_SIZE):
+            model.predict_proba(images[first : first + BATCH_SIZE])
+    return 1000 * (time.perf_counter() - start) / len(images)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Run from the repository root (prints figures; not a test; loopback only, bounded
 
     python benchmarks/serve_load.py [--data-dir ../shared/datasets/gemstones] [--ckpt CKPT]
         [--requests N] [--concurrency 1 8 32] [--max-batch-size 16] [--threads 1] [--memory-requests 10000]
+        [--runtime torch|onnxruntime|onnxruntime-int8] [--int8-images DIR] [--batching on off]
 
 Photos: every file of ``<data-dir>/test`` (440 real photos), read into memory once and sent in
 turn as raw ``image/jpeg`` bodies. Model: ``--ckpt``, else an untrained ``GemClassifier`` with
@@ -21,6 +22,11 @@ does not depend on the weights).
    server's worker and in the baseline alike.
 3. Memory, batching on: ``--memory-requests`` requests at concurrency 8; the server's resident
    memory (main, HTTP and worker processes together, from /proc) at request 1,000 and at the end.
+
+``--runtime`` runs the server (``serve --runtime``) and the in-process baseline (``load_model(ckpt,
+runtime=...)``) alike; its ONNX model is made once before anything is timed (int8: calibrated on
+``--int8-images``). ``--batching on`` (or ``off``) runs one of the two servers only;
+``--decode-threads`` is ``serve --decode_threads`` (0: uploads decoded in the model worker).
 
 ``load`` is the 1-minute load average after each row (other work on the machine shows there).
 
@@ -49,6 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from gem_lightning.inference.api import load_model  # noqa: E402
+from gem_lightning.inference.runtime import RUNTIMES, prepare  # noqa: E402
 from gem_lightning.training.module import GemClassifier  # noqa: E402
 
 STARTUP_S = 300
@@ -80,10 +87,11 @@ def free_port() -> int:
 class ServeProcess:
     """``python main.py serve`` on a free loopback port, stopped with SIGTERM."""
 
-    def __init__(self, ckpt: Path, max_batch_size: int, threads: int, log: Path) -> None:
+    def __init__(self, ckpt: Path, max_batch_size: int, threads: int, log: Path, runtime: str = "torch", decode_threads: int | None = None) -> None:
         self.port = free_port()
         command = [sys.executable, str(REPO / "main.py"), "serve", "--ckpt_path", str(ckpt), "--port", str(self.port),
-                   "--max_batch_size", str(max_batch_size), "--batch_timeout", "0.005", "--threads", str(threads)]  # fmt: skip
+                   "--max_batch_size", str(max_batch_size), "--batch_timeout", "0.005", "--threads", str(threads),
+                   "--runtime", runtime] + ([] if decode_threads is None else ["--decode_threads", str(decode_threads)])  # fmt: skip
         self.log = log
         with log.open("wb") as output:
             self.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, cwd=REPO)
@@ -175,6 +183,10 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1, help="torch threads, in the server's worker and in the baseline alike")
     parser.add_argument("--memory-requests", type=int, default=10_000, help="0 skips the memory run")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="torch", help="of the server and the in-process baseline alike")
+    parser.add_argument("--int8-images", default=None, help="onnxruntime-int8's calibration photos (needed once per checkpoint)")
+    parser.add_argument("--batching", nargs="+", choices=("on", "off"), default=["on", "off"], help="which servers to run")
+    parser.add_argument("--decode-threads", type=int, default=None, help="serve --decode_threads (0: decode in the model worker)")
     args = parser.parse_args()
 
     paths = sorted(p for p in (args.data_dir / "test").rglob("*") if p.is_file() and not p.name.startswith("."))
@@ -184,19 +196,20 @@ def main() -> None:
     args.requests = args.requests or len(photos)
     work = Path(tempfile.mkdtemp(prefix="serve-load-"))
     ckpt = args.ckpt or untrained_checkpoint(args.data_dir, work / "untrained.ckpt")
-    print(f"{len(paths)} photos from {args.data_dir / 'test'}; model {ckpt}; {os.cpu_count()} CPUs; "
+    print(f"{len(paths)} photos from {args.data_dir / 'test'}; model {ckpt}; runtime {args.runtime}; {os.cpu_count()} CPUs; "
           f"torch threads {args.threads} (server worker and baseline); client: up to {max(args.concurrency)} threads on the same machine")  # fmt: skip
+    prepare(ckpt, args.runtime, args.int8_images)  # the ONNX model made once, before anything is timed
 
     torch.set_num_threads(args.threads)
-    before = in_process_rate(ckpt, paths)
+    before = in_process_rate(ckpt, paths, args.runtime)
     print(f"\nin-process classify_many (batch 32): {before:.1f} images/s (1-min load average {os.getloadavg()[0]:.1f}); "
           "measured again at the end; the ratio column is to this first figure\n")  # fmt: skip
     print(f"{'batching':<12} {'conc.':>5} {'requests':>8} {'req/s':>7} {'ratio':>6} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'failed':>6} {'load':>5}")
 
     rows = []
-    for batch_size in (args.max_batch_size, 1):
+    for batch_size in [size for size, name in ((args.max_batch_size, "on"), (1, "off")) if name in args.batching]:
         label = f"on (<= {batch_size})" if batch_size > 1 else "off"
-        server = ServeProcess(ckpt, batch_size, args.threads, work / f"serve-{batch_size}.log")
+        server = ServeProcess(ckpt, batch_size, args.threads, work / f"serve-{batch_size}.log", args.runtime, args.decode_threads)
         try:
             send_load(server.port, photos, 32, min(8, max(args.concurrency)))  # warm-up
             for concurrency in args.concurrency:
@@ -224,7 +237,7 @@ def main() -> None:
         finally:
             server.stop()
 
-    after = in_process_rate(ckpt, paths)
+    after = in_process_rate(ckpt, paths, args.runtime)
     baseline = (before + after) / 2
     print(f"\nin-process classify_many again: {after:.1f} images/s (load {os.getloadavg()[0]:.1f}); mean {baseline:.1f}. "
           "Ratios to the mean:")  # fmt: skip
@@ -232,9 +245,9 @@ def main() -> None:
         print(f"  batching {label:<11} concurrency {concurrency:>2}: {rate:6.1f} req/s = {rate / baseline:.2f}x in-process")
 
 
-def in_process_rate(ckpt: Path, paths: list[Path]) -> float:
-    """Images/s of ``load_model(ckpt).classify_many(paths, batch_size=32)`` after one warm-up batch."""
-    model = load_model(ckpt)
+def in_process_rate(ckpt: Path, paths: list[Path], runtime: str = "torch") -> float:
+    """Images/s of ``load_model(ckpt, runtime=runtime).classify_many(paths, batch_size=32)`` after one warm-up batch."""
+    model = load_model(ckpt, runtime=runtime)
     model.classify_many(paths[:32])
     start = time.perf_counter()
     model.classify_many(paths, batch_size=32)

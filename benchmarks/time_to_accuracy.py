@@ -2,14 +2,14 @@
 
 Run from the repository root (prints figures; not a test):
 
-    python benchmarks/time_to_accuracy.py [--data-dir ../shared/datasets/gemstones] [--variants cli plain] \
-        [-- <fit options, e.g. --data.image_size 160 --model.network.init_args.frozen_stages 2 --trainer.max_epochs 6>]
+    python benchmarks/time_to_accuracy.py [--data-dir ../shared/datasets/gemstones] [--variants cli plain] [--tta none] \
+        [--keep runs/tta_cli] [-- <fit options, e.g. --data.image_size 160 --model.network.init_args.frozen_stages 2 --trainer.max_epochs 6>]
 
 Both variants train ``configs/gemstones_finetune.yaml`` (with the options after ``--``) once:
 (cli) ``fit`` as the command line runs it, every callback included; (plain) a hand-written PyTorch loop
 of the same recipe (the same module, data module, AdamW groups, per-step warmup-cosine schedule,
 label smoothing and precision). After every epoch the clock stops, `test/` is scored as ``test``
-scores it (the config's test-time augmentation included) and the clock resumes: the times are
+scores it (the config's test-time augmentation, or ``--tta``'s) and the clock resumes: the times are
 training only, counted from the command's start (building the model, reading the weights and the
 data included). `test/` never steers training.
 """
@@ -35,6 +35,8 @@ from gem_lightning.cli.app import cli_main  # noqa: E402
 
 CONFIG = REPO / "configs" / "gemstones_finetune.yaml"
 TARGETS = (0.70, 0.75, 0.80)
+TTA: str | None = None
+"""``--tta``: the test-time augmentation of the per-epoch scores (default: the config's)."""
 
 
 class Clock:
@@ -49,7 +51,7 @@ class Clock:
         stop = time.perf_counter()
         accuracy = test_accuracy(model, datamodule, mixed)
         self.rows.append((epoch, stop - self.start - self.paused, accuracy))
-        print(f"  epoch {epoch + 1}: {self.rows[-1][1] / 60:.2f} min of training, test top-1 {accuracy:.2%}", flush=True)
+        print(f"  epoch {epoch + 1}: {self.rows[-1][1] / 60:.2f} min of training, test top-1 {accuracy:.2%}", file=sys.__stdout__, flush=True)
         self.paused += time.perf_counter() - stop
 
 
@@ -60,6 +62,8 @@ def test_accuracy(model, datamodule, mixed: bool) -> float:
         datamodule.setup("test")
     was_training = model.training
     model.eval()
+    if TTA is not None:
+        model.model.tta = TTA
     correct = total = 0
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed):
         for images, targets, _ in datamodule.test_dataloader():
@@ -78,8 +82,9 @@ class EpochScore(Callback):
 
 
 def fit_arguments(args, root: str) -> list[str]:
+    checkpoints = str(args.keep / "checkpoints") if args.keep else root
     return ["--config", str(CONFIG), "--data.data_dir", str(args.data_dir), *args.fit_options,
-            "--trainer.logger.init_args.save_dir", root, "--checkpoint.dirpath", root, "--trainer.enable_progress_bar", "false"]
+            "--trainer.logger.init_args.save_dir", str(args.keep or root), "--checkpoint.dirpath", checkpoints, "--trainer.enable_progress_bar", "false"]
 
 
 def run_cli(args) -> Clock:
@@ -130,7 +135,11 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "datasets" / "gemstones")
     parser.add_argument("--variants", nargs="+", choices=("cli", "plain"), default=["cli", "plain"])
+    parser.add_argument("--tta", choices=("none", "hflip", "dihedral"), default=None, help="TTA of the per-epoch scores (default: the config's)")
+    parser.add_argument("--keep", type=Path, default=None, help="keep the CLI run's logs and checkpoints in this folder")
     args = parser.parse_args(ours)
+    global TTA
+    TTA = args.tta
     args.fit_options = fit_options
     quiet()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU {torch.backends.cpu.get_cpu_capability()}; "

@@ -97,8 +97,12 @@ def test_calibrate_and_ensemble_through_the_command_line(tmp_path, cpu_env):
         row = next(csv.DictReader(file))
     top = load_model(ensemble).classify(row["path"], top_k=1)[0]
     assert top[0] == row["prediction"] and top[1] == pytest.approx(float(row["probability"]), abs=1e-4)
-    exported = run_cli("export", ensemble, "--out", tmp_path / "exported", "--formats", "onnx", env=cpu_env, cwd=tmp_path)
-    assert (tmp_path / "exported" / "model.onnx").exists(), exported.stdout
+    run_cli("export", ensemble, "--out", tmp_path / "exported", "--formats", "onnx", env=cpu_env, cwd=tmp_path)
+    onnxruntime = pytest.importorskip("onnxruntime")
+    session = onnxruntime.InferenceSession(str(tmp_path / "exported" / "model.onnx"), providers=["CPUExecutionProvider"])
+    exported = session.run(None, {session.get_inputs()[0].name: images().float().numpy()})[0]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(exported), load_model(ensemble).classifier.predict_proba(images()), rtol=1e-4, atol=1e-5)
 
     refused = run_cli("calibrate", "--ckpt_path", checkpoints[1], "--output", tmp_path / "x.ckpt", *common, "--data.val_fraction", "0",
                       env=cpu_env, cwd=tmp_path, check=False)

@@ -548,3 +548,25 @@ def test_real_gemstone_photos():
         cropped += (left, top, right, bottom) != (0, 0, width, height)
     assert cropped >= 10, "autocrop should find a distinct gem in most dealer photos"
     assert decode_resized(sample[0], 64, autocrop=True).shape == (64, 64, 3)
+
+
+def test_jpeg_draft_keeps_twice_the_size_asked_for(tmp_path, monkeypatch):
+    """A JPEG is shrunk in the DCT only down to DRAFT_MARGIN (2) times the decode size (4 times with
+    auto-crop), so the antialiased resize still makes the pixels: a margin of 1 changed 4 % of the
+    gemstones test predictions against a full decode (benchmarks/draft_decoding.py)."""
+    from PIL import JpegImagePlugin
+
+    from gem_lightning.data import images
+
+    requested = []
+    original = JpegImagePlugin.JpegImageFile.draft
+
+    def recording(self, mode, size):
+        requested.append(size)
+        return original(self, mode, size)
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", recording)
+    path = noisy_jpeg(tmp_path / "big.jpg", size=(1600, 1200))
+    decode_resized(path, 100)
+    decode_resized(path, 100, autocrop=True)
+    assert images.DRAFT_MARGIN == 2 and requested == [(200, 200), (400, 400)]

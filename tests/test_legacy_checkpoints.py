@@ -20,14 +20,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import make_dataset
+from helpers import run_cli
+
 from gem_lightning.inference.api import load_model
 from gem_lightning.models import TimmSpec, VGGSpec
 from gem_lightning.serving.server import describe_checkpoint
 from gem_lightning.training.checkpoints import checkpoint_hparams
 from gem_lightning.training.module import GemClassifier
-from helpers import run_cli
 
 LEGACY = json.loads((Path(__file__).parent / "fixtures" / "legacy_checkpoints.json").read_text())
 EXPECTED_SPECS = {

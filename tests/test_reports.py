@@ -19,6 +19,7 @@ from PIL import Image
 
 from gem_lightning.data.datamodule import GemDataModule
 from gem_lightning.reports.calibration import reliability_bins
+from gem_lightning.reports.grids import misclassified_gallery_png
 from gem_lightning.reports.preview import augmentation_preview
 from gem_lightning.training.callbacks.prediction_writer import PredictionWriter
 from gem_lightning.training.callbacks.reports import (
@@ -26,6 +27,7 @@ from gem_lightning.training.callbacks.reports import (
     LearningCurves,
     SampleResult,
     misclassified_items,
+    where_it_looked,
     write_prediction_grid,
 )
 from gem_lightning.training.metrics import ECE_BINS
@@ -93,6 +95,17 @@ def assert_png(path: Path, min_side: int = 150) -> None:
 def read_per_class(path: Path) -> list[dict]:
     with path.open(newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def test_misclassified_gallery_shows_where_the_model_looked(run, tmp_path):
+    paths = run.datamodule.paths("test")[:3]
+    items = [(path, "Blue Stone", run.datamodule.class_names[2], 0.5) for path in paths]
+    overlays = where_it_looked(run.trainer, items)  # Grad-CAM of the predicted class, as the model saw the photo
+    assert [overlay.shape for overlay in overlays] == [(32, 32, 3)] * 3
+    plain = misclassified_gallery_png(items, tmp_path / "plain.png")
+    beside = misclassified_gallery_png(items, tmp_path / "cam.png", overlays=overlays)
+    with Image.open(plain) as without, Image.open(beside) as with_maps:
+        assert with_maps.size[0] > without.size[0]
 
 
 def test_fit_alone_writes_no_evaluation_report(run):

@@ -32,8 +32,11 @@ from starlette.requests import Request
 
 from gem_lightning.data.datamodule import GemDataModule
 from gem_lightning.inference.api import load_model
+from gem_lightning.inference.preprocessing import Preprocessing
 from gem_lightning.serving.api import GemLitAPI, Unusable
-from gem_lightning.serving.gate import GateMiddleware, Limits, Upload, checked_upload
+from gem_lightning.serving.decoding import Prepared, UploadDecoder, decoded_upload
+from gem_lightning.serving.gate import GateMiddleware, Limits, Upload
+from gem_lightning.serving.server import describe_checkpoint
 from gem_lightning.training.module import GemClassifier
 
 pytestmark = pytest.mark.slow
@@ -161,6 +164,19 @@ def test_bad_requests_get_a_4xx_naming_the_problem_and_the_server_goes_on(server
     assert server.process.poll() is None
 
 
+def test_cam_answers_show_where_the_model_looked(server, trained):
+    """``?cam=true`` adds the photo, as the model saw it, with the Grad-CAM map of the top class over it."""
+    photo = trained.photos[0].read_bytes()
+    plain, with_map = server.predict(photo), server.predict(photo, query="?cam=true")
+    assert ranked(with_map) == ranked(plain) and "cam" not in plain.json()
+    url = with_map.json()["cam"]
+    assert url.startswith("data:image/png;base64,")
+    with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as overlay:
+        assert overlay.size == (32, 32)
+    refused = server.predict(photo, query="?cam=maybe")
+    assert refused.status == 400 and "cam must be true or false" in refused.json()["detail"]
+
+
 def test_a_bad_upload_in_a_batch_fails_alone(server, trained):
     """LitServe batches concurrent requests; an unusable one must not spoil the others' answers."""
     photo = trained.photos[1].read_bytes()
@@ -238,7 +254,7 @@ def through_gate(body: bytes, content_type: str, query: str = "") -> dict:
 
 
 def test_the_gate_hands_the_api_the_image_bytes_as_sent():
-    """Raw, multipart and JSON bodies reach ``decode_request`` as the image file's bytes: no base64 on the way."""
+    """Raw, multipart and JSON bodies reach the decoder as the image file's bytes: no base64 on the way."""
     image = b"\xff\xd8\xff" + bytes(range(256))
     multipart = b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n\r\n' + image + b"\r\n--b--\r\n"
     as_json = json.dumps({"image": "data:image/jpeg;base64," + base64.b64encode(image).decode()}).encode()
@@ -246,21 +262,46 @@ def test_the_gate_hands_the_api_the_image_bytes_as_sent():
         seen = through_gate(body, content_type, "top_k=2")
         assert seen["upload"] == Upload(image, 2), content_type
         assert (seen["body"], seen["content-type"]) == (body, content_type)  # the request itself passes unchanged
-    # LitServe registers decode_request's annotation as the route's parameter: an object, not a string.
+    # LitServe registers decode_request's annotation as the route's parameter: an object, not a string;
+    # its dependency decodes the checked upload in the HTTP process.
     annotation = inspect.signature(GemLitAPI.decode_request).parameters["request"].annotation
-    assert typing.get_args(annotation)[1].dependency is checked_upload
+    assert typing.get_args(annotation)[1].dependency is decoded_upload
 
 
-def test_the_api_decodes_uploads_in_memory_as_predict_decodes_files(trained, monkeypatch):
-    api = GemLitAPI(trained.checkpoint, model_id={}, max_batch_size=8)
-    api.model = load_model(trained.checkpoint)  # what setup() loads, without its SIGINT handler
+def test_uploads_are_decoded_in_memory_in_the_http_process_as_predict_decodes_files(trained, monkeypatch):
+    """The HTTP process decodes an upload on its thread pool with the checkpoint's preprocessing (no
+    temporary file); the worker's ``decode_request`` only turns the pixels into a tensor."""
+    model = load_model(trained.checkpoint)
+    decoder = UploadDecoder(Preprocessing.from_hparams(describe_checkpoint(trained.checkpoint)), threads=2)
 
     def no_temporary_file(*args, **kwargs):
-        raise AssertionError("the API wrote the upload to a temporary file")
+        raise AssertionError("the upload was written to a temporary file")
 
     for name in ("NamedTemporaryFile", "TemporaryFile", "SpooledTemporaryFile", "mkstemp"):
         monkeypatch.setattr(tempfile, name, no_temporary_file)
     photo = trained.photos[0]
-    image, top_k = api.decode_request(Upload(photo.read_bytes(), 2))
-    assert top_k == 2 and torch.equal(image, api.model.preprocess(photo))
-    assert api.decode_request(Upload(b"no pixels here", 1)) == (Unusable("not an image (format not recognised)"), 1)
+
+    async def decode_both() -> list[Prepared]:
+        return list(await asyncio.gather(decoder(Upload(photo.read_bytes(), 2)), decoder(Upload(b"no pixels here", 1))))
+
+    prepared, junk = asyncio.run(decode_both())
+    assert prepared.top_k == 2 and torch.equal(torch.from_numpy(prepared.image), model.preprocess(photo))
+    assert junk == Prepared(Unusable("not an image (format not recognised)"), 1)
+    api = GemLitAPI(trained.checkpoint, model_id={}, max_batch_size=8)
+    image, top_k, cam = api.decode_request(prepared)
+    assert top_k == 2 and not cam and torch.equal(image, model.preprocess(photo))
+    assert api.decode_request(junk) == (Unusable("not an image (format not recognised)"), 1, False)
+
+def test_with_no_decode_threads_the_worker_decodes_the_bytes(trained):
+    """``serve --decode_threads 0``: the HTTP process hands the bytes on, the model worker decodes them alike."""
+    from gem_lightning.serving.api import WorkerDecoder
+
+    model = load_model(trained.checkpoint)
+    photo = trained.photos[0]
+    handed_on = asyncio.run(UploadDecoder(model.preprocessing, threads=0)(Upload(photo.read_bytes(), 2)))
+    assert handed_on.image == photo.read_bytes()
+    api = GemLitAPI(trained.checkpoint, model_id={}, max_batch_size=8)
+    api.decoder = WorkerDecoder(model.preprocessing)  # what setup() makes
+    image, top_k, _ = api.decode_request(handed_on)
+    assert top_k == 2 and torch.equal(image, model.preprocess(photo))
+    assert api.decode_request(Prepared(b"no pixels here", 1))[0] == Unusable("not an image (format not recognised)")

@@ -83,6 +83,18 @@ def test_the_page_shows_what_classify_says_for_a_real_photo(real_checkpoint, tmp
             page.set_viewport_size({"width": 390, "height": 844})
             page.screenshot(path=str(SCREENSHOTS / "serve_page_phone.png"), full_page=True)
             assert page.evaluate("document.documentElement.scrollWidth") <= 390  # no sideways scrolling on a phone
+            page.set_viewport_size({"width": 1200, "height": 800})
+            page.check("#cam")  # where the model looks: the card shows the Grad-CAM overlay, a click shows the photo again
+            emerald = sorted((GEMSTONES / "test" / "Emerald").glob("*.jpg"))[0]
+            page.set_input_files("#files", [str(emerald)])
+            mapped = page.locator(f".card.done[data-file='{emerald.name}']")
+            mapped.wait_for(timeout=60_000)
+            assert mapped.get_attribute("data-cam") == "shown"
+            assert mapped.locator("img.thumb").get_attribute("src").startswith("data:image/png;base64,")
+            page.screenshot(path=str(SCREENSHOTS / "serve_page_cam.png"), full_page=True)
+            mapped.locator("img.thumb").click()
+            assert mapped.get_attribute("data-cam") == "hidden"
+            assert mapped.locator("img.thumb").get_attribute("src").startswith("blob:")
             browser.close()
     finally:
         assert server.stop() == 0, server.log.read_text()

@@ -22,6 +22,7 @@ from gem_lightning.cli.errors import ConciseErrorParser, check_config_files, che
 from gem_lightning.cli.moved import check_moved_settings
 from gem_lightning.data.datamodule import GemDataModule
 from gem_lightning.errors import UserInputError
+from gem_lightning.inference.runtime_callback import InferenceRuntime
 from gem_lightning.models import spec_from_config
 from gem_lightning.resilience import ResumableModelCheckpoint, make_resumable
 from gem_lightning.resilience.signals import listen_for_requeue_signal
@@ -57,6 +58,7 @@ class GemCLI(LightningCLI):
         parser.add_lightning_class_args(EpochTimer, "epoch_timer")
         parser.add_lightning_class_args(EvaluationReport, "report")
         parser.add_lightning_class_args(LearningCurves, "curves")
+        parser.add_lightning_class_args(InferenceRuntime, "inference")  # --inference.runtime torch|onnxruntime|onnxruntime-int8
         parser.set_defaults({"trainer.logger": lazy_instance(CSVLogger, save_dir="runs", name="gem")})
         parser.link_arguments(
             "data.class_names", "model.class_names", compute_fn=self._class_names, apply_on="instantiate"
@@ -130,7 +132,8 @@ sets; then --data.data_dir <stream>), `prepare` (split one folder-per-class coll
 test/), `preview` (augmentation preview and a sample batch), `lr_find` (learning-rate range test),
 `export` (TorchScript / ONNX), `seeds` (fit and test over several seeds: mean +- std), `ensemble`
 (several checkpoints as one), `calibrate` (temperature scaling on held-out photos), `serve` (HTTP
-server and web page). Run `python main.py <command> --help` for each."""
+server and web page), `audit` (label issues, near-duplicates and train/test leakage, with a
+corrections CSV for --data.corrections). Run `python main.py <command> --help` for each."""
 
 
 def cli_main(args: list[str] | None = None, *, run: bool = True, callbacks: list[Callback] | None = None) -> GemCLI | object:

@@ -46,7 +46,7 @@ class DecodeSettings:
     def tag(self) -> str:
         crop = "-autocrop" if self.autocrop else ""
         background = "".join(f"{c:02x}" for c in self.background)
-        return f"v1-{self.size}px{crop}-bg{background}"
+        return f"v2-{self.size}px{crop}-bg{background}"  # v2: JPEG draft margin 2 (images.DRAFT_MARGIN)
 
     def decode(self, source: ImageSource) -> np.ndarray:
         """The image (a path, or the file's bytes) as the cache stores it; raises BadImageError."""

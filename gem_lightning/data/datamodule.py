@@ -113,6 +113,9 @@ class GemDataModule(LightningDataModule):
         background: colour that transparent areas of images become.
         predict_path: an image file, a folder (searched recursively) or a glob, for ``predict``; or a
             stream (its ``test`` split) or one of its splits (``<stream>/val``).
+        corrections: a CSV (``python main.py audit`` writes one to edit) whose rows drop photos of
+            ``train/`` or ``test/``, or move them to another class, when the folder is scanned; the
+            photo folder is never changed, and the scan summary says how many were dropped and relabelled.
     """
 
     def __init__(
@@ -137,6 +140,7 @@ class GemDataModule(LightningDataModule):
         autocrop: bool = False,
         background: tuple[int, int, int] = (255, 255, 255),
         predict_path: str | None = None,
+        corrections: str | None = None,
     ) -> None:
         super().__init__()
         image_size = image_size or DEFAULT_IMAGE_SIZE
@@ -172,6 +176,9 @@ class GemDataModule(LightningDataModule):
         if self.stream_info is not None:
             self.settings = stream_decode_settings(self.stream, self.stream_info, image_size)
         self.predict_path = predict_path
+        if corrections and self.stream:
+            raise UserInputError("data.corrections applies to a photo folder, not a stream: give it to the folder's `fit`, or drop the photos before `optimize`.")
+        self.corrections = corrections
         self.class_names = self._read_class_names()
         self.datasets: dict[str, Dataset] = {}
         self.records: dict[str, list[ImageRecord]] = {}
@@ -183,7 +190,8 @@ class GemDataModule(LightningDataModule):
         if self._folders is None:
             self._folders = FolderData(self._require_data_dir("fit"), self.class_names, self.settings, cache=self.cache,
                                        cache_dir=self.cache_dir, cache_memory_gb=self.cache_memory_gb, bad_files=self.bad_files,
-                                       num_workers=self.num_workers, multiprocessing_context=self.multiprocessing_context)
+                                       num_workers=self.num_workers, multiprocessing_context=self.multiprocessing_context,
+                                       corrections=self.corrections)
         return self._folders
 
     @property

@@ -13,6 +13,7 @@ from pathlib import Path
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from gem_lightning.data.cache import DecodeSettings, DiskCache, ImageStore, build_store, estimated_bytes
+from gem_lightning.data.corrections import Corrections, apply_corrections, read_corrections
 from gem_lightning.data.scan import DatasetLayoutError, ImageRecord, Rejected, SplitScan, format_summary, scan_split
 from gem_lightning.errors import UserInputError
 
@@ -34,10 +35,12 @@ class FolderData:
         bad_files: ``skip`` or ``strict``.
         num_workers: decoding processes.
         multiprocessing_context: how they start.
+        corrections: a CSV of photos to drop or relabel (``gem_lightning.data.corrections``), or None.
     """
 
     def __init__(self, data_dir: Path, class_names: list[str], settings: DecodeSettings, *, cache: str, cache_dir: Path | None,
-                 cache_memory_gb: float, bad_files: str, num_workers: int, multiprocessing_context: str) -> None:
+                 cache_memory_gb: float, bad_files: str, num_workers: int, multiprocessing_context: str,
+                 corrections: str | Path | None = None) -> None:
         self.data_dir = data_dir
         self.class_names = class_names
         self.settings = settings
@@ -47,6 +50,8 @@ class FolderData:
         self.bad_files = bad_files
         self.num_workers = num_workers
         self.multiprocessing_context = multiprocessing_context
+        self.corrections_path = corrections
+        self._corrections: Corrections | None = None
         self.scans: dict[str, SplitScan] = {}
         self.rejected: dict[str, list[Rejected]] = {}
 
@@ -56,11 +61,11 @@ class FolderData:
             return
         for split in ("train", "test"):
             if (self.data_dir / split).is_dir():
-                self._disk_cache().fill(self._scan(split).records, self.num_workers, self.multiprocessing_context)
+                self._disk_cache().fill(self.scan(split).records, self.num_workers, self.multiprocessing_context)
 
     def load_split(self, split: str) -> ImageStore:
         """The split's decoded images; reports (or, with ``bad_files: strict``, refuses) what it leaves out."""
-        fresh = self._scan(split)  # copied: decode failures are added to this setup's report only
+        fresh = self.scan(split)  # copied: decode failures are added to this setup's report only
         scan = replace(fresh, rejected=list(fresh.rejected))
         store, decode_failures = build_store(
             scan.records,
@@ -95,14 +100,23 @@ class FolderData:
                 "usable image(s); each needs at least 2. Add photos, remove the folder, or set --data.val_fraction 0."
             )
 
-    def _scan(self, split: str) -> SplitScan:
-        """Probe and hash the split's files once per process (``prepare_data`` and ``setup`` share it)."""
+    def scan(self, split: str) -> SplitScan:
+        """Probe and hash the split's files once per process (``prepare_data`` and ``setup`` share it),
+        with ``data.corrections`` applied."""
         if split not in self.scans:
             split_dir = self.data_dir / split
             if not split_dir.is_dir():
                 raise DatasetLayoutError(f"{str(split_dir)!r} does not exist: `{split}` needs a {split}/<Class>/ folder in data_dir.")
-            self.scans[split] = scan_split(split_dir, self.class_names)
+            scan = scan_split(split_dir, self.class_names)
+            corrections = self.corrections()
+            self.scans[split] = apply_corrections(scan, corrections, self.data_dir) if corrections else scan
         return self.scans[split]
+
+    def corrections(self) -> Corrections | None:
+        """The corrections file, read and checked once (every problem in it is one error line)."""
+        if self.corrections_path is not None and self._corrections is None:
+            self._corrections = read_corrections(self.corrections_path, self.data_dir, self.class_names)
+        return self._corrections
 
     def _report(self, split: str, scan: SplitScan) -> None:
         summary = format_summary({split: scan})

@@ -26,6 +26,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "CORRUPT",
+    "DRAFT_MARGIN",
     "EMPTY",
     "MAX_IMAGE_PIXELS",
     "NOT_AN_IMAGE",
@@ -44,6 +45,11 @@ EMPTY = "empty file (0 bytes)"
 CORRUPT = "truncated or corrupt image"
 UNREADABLE = "unreadable"
 TOO_LARGE = "decompression-bomb size"
+
+#: A JPEG is decoded at a reduced DCT scale only while it stays at least this many times the
+#: size asked for (:func:`decode_resized`). Changing it changes the decoded pixels: bump the
+#: ``DecodeSettings`` tag with it, so no cache entry decoded the old way is served.
+DRAFT_MARGIN = 2
 
 #: Images with more pixels than this are refused before any pixel is decoded. PIL's own guard
 #: (``PIL.Image.MAX_IMAGE_PIXELS``, about 89.5 million) also applies and is reported the same
@@ -147,13 +153,15 @@ def decode_resized(
     The picture is squeezed to a square, ignoring its aspect ratio, as the original notebook
     did, with an antialiased bilinear resize. With ``autocrop`` it is first cropped to the
     gem's bounding box (see :mod:`gem_lightning.data.autocrop`). Large JPEGs are decoded at a
-    reduced scale straight from the DCT data, which is several times faster and never goes
-    below what the final resize needs.
+    reduced scale straight from the DCT data (1/2, 1/4 or 1/8), several times faster, but never
+    below :data:`DRAFT_MARGIN` times ``size`` (twice that with ``autocrop``: a crop keeps only
+    part of the picture), so the antialiased resize still makes the final pixels: with a margin
+    of 1 (before ``DecodeSettings`` tag v2) predictions differed from a full decode's for 4 % of
+    the gemstones test photos, with 2 for 0.2 % (``benchmarks/draft_decoding.py``).
     """
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
-    # A crop keeps only part of the picture, so decode with headroom to avoid upsampling it.
-    draft_size = size * 2 if autocrop else size
+    draft_size = size * DRAFT_MARGIN * (2 if autocrop else 1)
     image = _decode(_Source.of(source, name), background, draft_size=draft_size)
     if autocrop:
         from gem_lightning.data.autocrop import autocrop as crop_to_gem

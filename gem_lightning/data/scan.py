@@ -50,6 +50,10 @@ class SplitScan:
     classes: list[str]
     records: list[ImageRecord] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
+    dropped: list[Path] = field(default_factory=list)
+    """Usable files left out by ``data.corrections`` (``gem_lightning.data.corrections``)."""
+    relabelled: list[Path] = field(default_factory=list)
+    """Files that ``data.corrections`` moved to another class (their records carry the new label)."""
 
     def counts(self) -> Counter[int]:
         return Counter(record.label for record in self.records)
@@ -216,6 +220,9 @@ def format_summary(scans: dict[str, SplitScan], *, min_per_class: int = 2, max_l
             for group in (conflicts + [g for g in duplicates if g not in conflicts])[:max_listed]:
                 kind = "LABEL CONFLICT" if group in conflicts else "duplicate"
                 lines.append(f"  {kind}: " + " == ".join(relative_path(r.path, scans[split].root) for r in group))
+        if scans[split].dropped or scans[split].relabelled:
+            lines.append(f"\n{split}: data.corrections applied: {len(scans[split].dropped)} file(s) dropped, "
+                         f"{len(scans[split].relabelled)} relabelled (the photo folder is unchanged).")
         rejected = scans[split].rejected
         if rejected:
             lines.append(f"\n{split}: {len(rejected)} file(s) not used:")

@@ -6,17 +6,20 @@
 
 Photos are prepared exactly as ``predict`` prepares them (decoded and squeezed to the cache size,
 then the evaluation resize), so the answers equal the command line's predictions.
+``load_model(ckpt, runtime="onnxruntime")`` (or ``"onnxruntime-int8"``) runs the network with ONNX
+Runtime instead of torch (:mod:`gem_lightning.inference.runtime`: exported from the checkpoint on
+first use, checked against torch, cached beside it).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
-from gem_lightning.data.cache import DecodeSettings
-from gem_lightning.data.transforms import cache_size_for, eval_transform
+from gem_lightning.inference.preprocessing import Preprocessing
+from gem_lightning.inference.runtime import check_runtime, onnx_probabilities, require_onnxruntime
 from gem_lightning.training.checkpoints import load_checkpoint
 from gem_lightning.training.module import GemClassifier
 
@@ -30,20 +33,21 @@ class GemModel:
     Args:
         classifier: the trained module.
         device: where it runs.
+        runtime: what runs the network: ``torch``, or ``onnxruntime`` / ``onnxruntime-int8`` (then
+            ``probabilities`` is the ONNX Runtime session, and ``device`` only holds the torch module).
+        probabilities: ``(B, 3, S, S)`` uint8 images -> ``(B, C)`` probabilities; default: the classifier's.
     """
 
-    def __init__(self, classifier: GemClassifier, device: str | torch.device = "cpu") -> None:
+    def __init__(self, classifier: GemClassifier, device: str | torch.device = "cpu", runtime: str = "torch",
+                 probabilities: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.device = torch.device(device)
         self.classifier = classifier.to(self.device).eval()
         self.class_names: list[str] = list(classifier.class_names)
         self.image_size: int = classifier.hparams.image_size
-        preprocessing = classifier.hparams.get("preprocessing") or {}
-        self.settings = DecodeSettings(
-            cache_size_for(self.image_size),
-            autocrop=preprocessing.get("autocrop", False),
-            background=tuple(preprocessing.get("background", (255, 255, 255))),
-        )
-        self.transform = eval_transform(self.image_size)
+        self.runtime = runtime
+        self.preprocessing = Preprocessing.from_hparams(classifier.hparams)
+        self.settings = self.preprocessing.settings
+        self._probabilities = probabilities or classifier.predict_proba
 
     def preprocess(self, image_path: str | Path | bytes) -> torch.Tensor:
         """One photo (its path, or the file's bytes) as the ``(3, S, S)`` uint8 tensor that ``predict``
@@ -52,8 +56,12 @@ class GemModel:
         Raises:
             BadImageError: the file cannot be read as an image (the reason is in the message).
         """
-        image = torch.from_numpy(self.settings.decode(image_path)).permute(2, 0, 1)
-        return self.transform(image)
+        return self.preprocessing(image_path)
+
+    @torch.inference_mode()
+    def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, S, S)`` uint8 images -> ``(B, C)`` class probabilities, by the chosen runtime."""
+        return self._probabilities(images.to(self.device))
 
     def classify(self, image_path: str | Path, top_k: int = 5) -> Ranked:
         """The ``top_k`` most probable classes of one photo."""
@@ -78,24 +86,35 @@ class GemModel:
         k = min(top_k, len(self.class_names))
         for start in range(0, len(paths), batch_size):
             images = torch.stack([self.preprocess(path) for path in paths[start : start + batch_size]])
-            probs, labels = self.classifier.predict_proba(images.to(self.device)).topk(k, dim=-1)
+            probs, labels = self.predict_proba(images).topk(k, dim=-1)
             for row_labels, row_probs in zip(labels.tolist(), probs.tolist()):
                 ranked.append([(self.class_names[label], prob) for label, prob in zip(row_labels, row_probs)])
         return ranked
 
 
-def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu") -> GemModel:
+def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu", runtime: str = "torch",
+               int8_images: str | Path | None = None) -> GemModel:
     """Load a checkpoint written by training; the checkpoint alone rebuilds the network.
 
     Args:
         ckpt_path: the ``.ckpt`` file (``str`` or ``Path``).
-        device: where the model runs (``cpu``, ``cuda``, ``cuda:1``, ...).
+        device: where the model runs (``cpu``, ``cuda``, ``cuda:1``, ...); ONNX Runtime runs on the CPU.
+        runtime: ``torch``; ``onnxruntime`` (the network exported to ONNX from the checkpoint, cached
+            beside it, float32); ``onnxruntime-int8`` (quantized; the first time needs ``int8_images``).
+        int8_images: a folder or glob of photos like those to classify, for int8's calibration and
+            its measured accuracy loss (:mod:`gem_lightning.inference.runtime`).
 
     Raises:
-        UserInputError: ``ckpt_path`` is missing or not a usable checkpoint; the message says why.
+        UserInputError: ``ckpt_path`` is missing or not a usable checkpoint, ``runtime`` is unknown or
+            its packages missing, or the ONNX model is refused; the message says why.
     """
+    require_onnxruntime(check_runtime(runtime))
     load_checkpoint(ckpt_path)
-    return GemModel(GemClassifier.load_from_checkpoint(Path(ckpt_path), map_location="cpu"), device)
+    classifier = GemClassifier.load_from_checkpoint(Path(ckpt_path), map_location="cpu").eval()
+    probabilities = None
+    if runtime != "torch":
+        probabilities = onnx_probabilities(classifier, ckpt_path, runtime, int8_images=int8_images)
+    return GemModel(classifier, device, runtime, probabilities)
 
 
 def classify(image_path: str | Path, ckpt_path: str | Path, top_k: int = 5) -> Ranked:

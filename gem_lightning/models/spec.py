@@ -14,6 +14,7 @@ import sys
 from abc import ABC, abstractmethod
 from typing import Any, NamedTuple
 
+import torch
 from torch import nn
 
 from gem_lightning.errors import UserInputError
@@ -56,6 +57,11 @@ class NetworkSpec(ABC):
         """The layer mapping features to logits: what is new when fine-tuning; the rest is the backbone."""
         return classifier_head(network)
 
+    def cam_layer(self, network: nn.Module) -> nn.Module:
+        """The layer whose activations class activation maps weigh (Grad-CAM, ``gem_lightning.audit.cam``):
+        the last feature map before pooling, which still says where things are."""
+        return feature_map_module(network)
+
     def to_config(self) -> dict[str, Any]:
         """``{"class_path": ..., "init_args": {...}}`` with plain values, as a config would give it."""
         cls = type(self)
@@ -67,6 +73,26 @@ def classifier_head(network: nn.Module) -> nn.Module:
     if hasattr(network, "get_classifier"):
         return network.get_classifier()
     return [module for module in network.modules() if isinstance(module, nn.Linear)][-1]
+
+
+def feature_map_module(network: nn.Module, probe_size: int = 64) -> nn.Module:
+    """The outermost module whose output is ``network.forward_features``' (timm's last feature map:
+    EfficientNet's ``bn2``, ResNet's ``layer4``), found with one probe image in eval mode; the last
+    ``nn.Conv2d`` for networks without ``forward_features``."""
+    if not hasattr(network, "forward_features"):
+        return [module for module in network.modules() if isinstance(module, nn.Conv2d)][-1]
+    outputs: list[tuple[nn.Module, object]] = []
+    hooks = [m.register_forward_hook(lambda module, _, out: outputs.append((module, out))) for m in network.modules() if m is not network]
+    training = network.training
+    try:
+        with torch.no_grad():
+            probe = torch.zeros(1, 3, probe_size, probe_size, device=next(network.parameters()).device)
+            result = network.eval().forward_features(probe)
+    finally:
+        network.train(training)
+        for hook in hooks:
+            hook.remove()
+    return [module for module, out in outputs if out is result][-1]  # hooks fire inner first: the last is outermost
 
 
 def spec_from_config(config: dict[str, Any] | NetworkSpec) -> NetworkSpec:

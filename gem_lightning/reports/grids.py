@@ -32,11 +32,14 @@ def misclassified_gallery_png(
     *,
     max_images: int = 36,
     image_loader: ImageLoader | None = None,
+    overlays: Sequence[np.ndarray | None] | None = None,
 ) -> Path:
     """Thumbnails of wrongly classified images, each titled with truth and prediction.
 
     ``items`` are ``(image path, true name, predicted name, predicted probability)``;
     the first ``max_images`` are drawn (callers sort, e.g. most confident first).
+    ``overlays``, one per drawn item (or None), are drawn to the right of each photo: where the
+    model looked for the class it predicted (``gem_lightning.audit.cam``).
     Unreadable files become a grey "unreadable image" tile instead of an error.
     With no items a small PNG saying so is written, so the report link still works.
     """
@@ -47,9 +50,22 @@ def misclassified_gallery_png(
     tiles = [_thumbnail(p, loader) for p, _, _, _ in chosen]
     titles = [_wrap(f"true: {t}\npred: {pr} ({_percent(prob)})", 30)
               for _, t, pr, prob in chosen]
+    width = 2.3
+    if overlays is not None:
+        tiles = [_beside(tile, extra) for tile, extra in zip(tiles, list(overlays) + [None] * len(tiles))]
+        width, suffix = 4.2, " (right: where the model looked for the predicted class)"
     return _draw_tiles(tiles, titles, [_WRONG_COLOUR] * len(chosen), path,
-                       ncols=None, max_cols=6, tile_in=(2.3, 2.75), fontsize=9.5,
-                       suptitle=f"Misclassified images ({len(chosen)} of {len(items)})")
+                       ncols=None, max_cols=6 if overlays is None else 4, tile_in=(width, 2.75), fontsize=9.5,
+                       suptitle=f"Misclassified images ({len(chosen)} of {len(items)}){suffix if overlays is not None else ''}")
+
+
+def _beside(tile: np.ndarray | None, extra: np.ndarray | None) -> np.ndarray | None:
+    """``extra`` scaled to ``tile``'s height and drawn to its right, with a white gap; the tile alone without it."""
+    if tile is None or extra is None:
+        return tile
+    height = tile.shape[0]
+    scaled = np.asarray(Image.fromarray(extra).resize((max(1, round(extra.shape[1] * height / extra.shape[0])), height)))
+    return np.concatenate([tile, np.full((height, max(4, height // 20), 3), 255, np.uint8), scaled], axis=1)
 
 
 def prediction_grid_png(

@@ -1,42 +1,41 @@
-"""The LitServe ``LitAPI`` of a trained checkpoint: upload bytes in, top-k classes out.
+"""The LitServe ``LitAPI`` of a trained checkpoint: decoded uploads in, top-k classes out.
 
-Each upload is decoded from its bytes, in memory, by the code that decodes a file for ``predict``
-and ``GemModel.classify`` (:meth:`gem_lightning.inference.api.GemModel.preprocess`: the checkpoint's
-auto-crop, background and size), so the three answer the same for the same photo. LitServe fails a
-whole batch when one request raises, so a photo that cannot be decoded travels through the batch
-as an :class:`Unusable` and only its own answer is the error.
+Each upload is decoded from its bytes, in memory, in the HTTP process
+(:mod:`gem_lightning.serving.decoding`), by the code that decodes a file for ``predict`` and
+``GemModel.classify`` (:class:`gem_lightning.inference.preprocessing.Preprocessing`: the checkpoint's
+auto-crop, background and size), so the three answer the same for the same photo; the worker only
+batches the pixels through the network (torch or ONNX Runtime: ``serve --runtime``). LitServe
+fails a whole batch when one request raises, so a photo that cannot be decoded travels through the
+batch as an :class:`Unusable` and only its own answer is the error.
 """
 
 # No ``from __future__ import annotations``: LitServe reads ``decode_request``'s annotation as an
-# object (the FastAPI dependency that hands it the upload), not as a string.
+# object (the FastAPI dependency that hands it the decoded upload), not as a string.
 
 import signal
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import litserve as ls
 import torch
 from fastapi import Depends
-from starlette.responses import JSONResponse
 
-from gem_lightning.data.images import BadImageError
 from gem_lightning.inference.api import GemModel, load_model
-from gem_lightning.serving.gate import Upload, checked_upload
+from gem_lightning.serving.decoding import Prepared, Unusable, UploadDecoder, decoded_upload
+
+__all__ = ["Decoded", "GemLitAPI", "Unusable"]
+
+Decoded = tuple[torch.Tensor | Unusable, int, bool]
+"""One request inside the worker: the ``(3, S, S)`` uint8 image (or why not), its ``top_k`` and
+whether it asks where the model looked (``?cam=true``)."""
 
 
-@dataclass(frozen=True)
-class Unusable:
-    """An upload that is not a usable image, with the reason the decoder gave."""
+class WorkerDecoder(UploadDecoder):
+    """Decodes in the model worker (``serve --decode_threads 0``), into the tensor the batch takes."""
 
-    reason: str
-
-    def response(self) -> JSONResponse:
-        return JSONResponse({"detail": f"the uploaded file cannot be used: {self.reason}."}, status_code=422)
-
-
-Decoded = tuple[torch.Tensor | Unusable, int]
-"""One request inside the worker: the ``(3, S, S)`` uint8 image (or why not) and its ``top_k``."""
+    def decode(self, data: bytes) -> torch.Tensor | Unusable:
+        image = super().decode(data)
+        return image if isinstance(image, Unusable) else torch.from_numpy(image)
 
 
 class GemLitAPI(ls.LitAPI):
@@ -47,16 +46,20 @@ class GemLitAPI(ls.LitAPI):
         model_id: names the model in every answer (``{"checkpoint": ..., "sha256": ...}``).
         max_batch_size: requests LitServe may put into one forward pass (1: no batching).
         batch_timeout: seconds LitServe waits to fill a batch.
-        threads: torch threads per worker (``None``: torch's default, ``OMP_NUM_THREADS`` or every core).
+        threads: torch (or ONNX Runtime) threads per worker (``None``: torch's default, ``OMP_NUM_THREADS`` or every core).
+        runtime: ``torch``, ``onnxruntime`` or ``onnxruntime-int8`` (its ONNX model already cached:
+            :func:`gem_lightning.inference.runtime.prepare`).
     """
 
     def __init__(
-        self, ckpt_path: str | Path, model_id: dict, max_batch_size: int = 1, batch_timeout: float = 0.0, threads: int | None = None
+        self, ckpt_path: str | Path, model_id: dict, max_batch_size: int = 1, batch_timeout: float = 0.0, threads: int | None = None,
+        runtime: str = "torch",
     ) -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout)
         self.ckpt_path = str(ckpt_path)
         self.model_id = model_id
         self.threads = threads
+        self.runtime = runtime
 
     def setup(self, device: str) -> None:
         # Ctrl-C reaches every process of the group; the main process stops the HTTP servers
@@ -64,18 +67,15 @@ class GemLitAPI(ls.LitAPI):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         if self.threads:
             torch.set_num_threads(self.threads)
-        self.model: GemModel = load_model(self.ckpt_path, device=device)
+        self.model: GemModel = load_model(self.ckpt_path, device=device, runtime=self.runtime)
+        self.decoder = WorkerDecoder(self.model.preprocessing)
 
-    def decode_request(self, request: Annotated[Upload, Depends(checked_upload)]) -> Decoded:
-        """The upload that :mod:`gem_lightning.serving.gate` checked: the image file's bytes, as sent, and ``top_k``."""
-        return self.decode_bytes(request.image), request.top_k
-
-    def decode_bytes(self, data: bytes) -> torch.Tensor | Unusable:
-        """The photo as ``predict`` would feed it to the model, decoded from its bytes by the same decoder."""
-        try:
-            return self.model.preprocess(data)
-        except BadImageError as error:
-            return Unusable(f"{error.reason} ({error.detail})" if error.detail else error.reason)
+    def decode_request(self, request: Annotated[Prepared, Depends(decoded_upload)]) -> Decoded:
+        """The upload that :mod:`gem_lightning.serving.gate` checked and the HTTP process decoded: its pixels, and ``top_k``."""
+        if isinstance(request.image, bytes):  # serve --decode_threads 0: decoded here, by the same decoder
+            return self.decoder.decode(request.image), request.top_k, request.cam
+        image = request.image if isinstance(request.image, Unusable) else torch.from_numpy(request.image)
+        return image, request.top_k, request.cam
 
     def batch(self, inputs: list[Decoded]) -> list[Decoded]:
         return inputs
@@ -86,23 +86,35 @@ class GemLitAPI(ls.LitAPI):
     def predict(self, x: Decoded | list[Decoded]) -> Any:
         """One forward pass over the usable images of the batch (or the single request)."""
         requests = x if self.max_batch_size > 1 else [x]
-        usable = [i for i, (image, _) in enumerate(requests) if isinstance(image, torch.Tensor)]
-        answers: list = [image for image, _ in requests]  # the Unusable ones stay as they are
+        usable = [i for i, (image, *_) in enumerate(requests) if isinstance(image, torch.Tensor)]
+        answers: list = [image for image, *_ in requests]  # the Unusable ones stay as they are
         if usable:
-            images = torch.stack([requests[i][0] for i in usable]).to(self.model.device)
-            with torch.inference_mode():
-                probs = self.model.classifier.predict_proba(images).cpu()
+            images = torch.stack([requests[i][0] for i in usable])
+            probs = self.model.predict_proba(images).cpu()
             for row, i in zip(probs, usable):
                 values, labels = row.topk(requests[i][1])
                 answers[i] = [(self.model.class_names[label], value) for label, value in zip(labels.tolist(), values.tolist())]
+                if requests[i][2]:
+                    answers[i] = (answers[i], self.where_it_looked(requests[i][0], int(labels[0])))
         return answers if self.max_batch_size > 1 else answers[0]
 
-    def encode_response(self, output: list[tuple[str, float]] | Unusable):
-        """The answer's JSON, or the 422 of an unusable upload. (No return annotation: LitServe would
-        make it the route's response model.)"""
+    def where_it_looked(self, image: torch.Tensor, label: int) -> str | None:
+        """The photo with the Grad-CAM map of ``label`` over it, a PNG data URL (the torch network's,
+        whatever the runtime); None without the ``audit`` extra (``grad-cam``)."""
+        try:
+            from gem_lightning.audit.cam import overlay_data_url
+        except ImportError:
+            return None
+        return overlay_data_url(self.model.classifier, image.to(self.model.device), label)
+
+    def encode_response(self, output: list[tuple[str, float]] | tuple[list, str | None] | Unusable):
+        """The answer's JSON (with ``cam``, the overlay, when asked for), or the 422 of an unusable upload.
+        (No return annotation: LitServe would make it the route's response model.)"""
         if isinstance(output, Unusable):
             return output.response()
-        return {
+        output, cam = output if isinstance(output, tuple) else (output, None)
+        answer = {
             "predictions": [{"class": name, "probability": probability} for name, probability in output],
             "model": self.model_id,
         }
+        return answer if cam is None else {**answer, "cam": cam}

@@ -5,11 +5,10 @@ that fails there with a 500; and in a batch, one request's error would be every 
 So every ``POST /predict`` is checked here, in the HTTP process, before it is queued: the API
 key (401), the body size (413), the content type (415), JSON and base64 (400), ``top_k`` (400).
 The three accepted bodies (raw image bytes, multipart field ``file``, JSON ``{"image": base64}``)
-become one :class:`Upload`: the image file's bytes, as sent, and ``top_k``. The LitAPI's
-``decode_request`` receives it through the FastAPI dependency :func:`checked_upload` (LitServe
-queues whatever FastAPI resolves for that parameter's annotation), so the image crosses to the
-worker as bytes, with no JSON or base64 envelope. Whether the bytes are an image is decided by the
-same decoder as ``predict``, in the worker.
+become one :class:`Upload`: the image file's bytes, as sent, and ``top_k``, with no JSON or base64
+envelope left. :func:`checked_upload` hands it on; :mod:`gem_lightning.serving.decoding` decodes it,
+still in the HTTP process, with the same decoder as ``predict``, and the LitAPI's ``decode_request``
+receives the pixels (LitServe queues whatever FastAPI resolves for that parameter's annotation).
 """
 
 from __future__ import annotations
@@ -52,10 +51,12 @@ class Upload:
 
     image: bytes
     top_k: int
+    cam: bool = False
+    """``?cam=true``: the answer also carries where the model looked (``gem_lightning.audit.cam``)."""
 
 
 async def checked_upload(request: Request) -> Upload:
-    """The :class:`Upload` the gate made of ``request``; the LitAPI's ``decode_request`` depends on it."""
+    """The :class:`Upload` the gate made of ``request`` (:func:`gem_lightning.serving.decoding.decoded_upload` decodes it)."""
     return request.state.upload
 
 
@@ -100,7 +101,7 @@ class GateMiddleware:
             if scope["path"] == self.predict_path and scope["method"] == "POST":
                 top_k = self._top_k(request)
                 body = await self._read_body(request, receive)
-                request.state.upload = Upload(await _image(request, body), top_k)
+                request.state.upload = Upload(await _image(request, body), top_k, _wants_cam(request))
                 receive = _replay(body, receive)
         except RequestProblem as problem:
             await problem.response()(scope, receive, send)
@@ -149,6 +150,16 @@ class GateMiddleware:
         if too_large:
             raise RequestProblem(413, f"the request body is larger than the limit of {limit:,} bytes (serve --max_body_mb).")
         return b"".join(chunks)
+
+
+def _wants_cam(request: Request) -> bool:
+    """``?cam=true|false`` (also 1/0, yes/no); absent: false."""
+    values = parse_qs(request.url.query).get("cam")
+    if not values:
+        return False
+    if values[-1].lower() not in ("1", "true", "yes", "0", "false", "no"):
+        raise RequestProblem(400, f"cam must be true or false, got {values[-1]!r}.")
+    return values[-1].lower() in ("1", "true", "yes")
 
 
 async def _image(request: Request, body: bytes) -> bytes:

@@ -6,11 +6,15 @@
 page, in place of LitServe's "litserve running". Every error, an unknown route included, is a JSON
 ``{"detail": ...}``; LitServe answers what it did not foresee with a 500 that carries no traceback.
 Requests in flight when a model worker dies get a 503 (:mod:`~gem_lightning.serving.supervision`).
+Uploads are decoded in the HTTP processes (:mod:`~gem_lightning.serving.decoding`); the model worker
+runs torch or ONNX Runtime (``ServeOptions.runtime``), whose ONNX model is made before the workers start.
 """
 
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -22,7 +26,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.routing import Route
 
+from gem_lightning.inference import runtime as runtimes
+from gem_lightning.inference.preprocessing import Preprocessing
 from gem_lightning.serving.api import GemLitAPI
+from gem_lightning.serving.decoding import UploadDecoder
 from gem_lightning.serving.gate import GateMiddleware, Limits
 from gem_lightning.serving.supervision import fail_requests_on_worker_loss
 from gem_lightning.training.checkpoints import upgrade_hparams
@@ -43,6 +50,9 @@ class ServeOptions:
     timeout: float = 30.0
     max_body_mb: float = 10.0
     api_key: str | None = None
+    runtime: str = "torch"
+    int8_images: str | None = None
+    decode_threads: int | None = None
 
 
 def describe_checkpoint(ckpt_path: str | Path) -> dict:
@@ -82,7 +92,8 @@ def build_server(ckpt_path: str | Path, options: ServeOptions = ServeOptions()) 
     if not info["class_names"] or not info["image_size"]:
         raise ValueError("it holds no class names or image size: is it a gem-lightning checkpoint?")
     model_id = {"checkpoint": info["checkpoint"], "sha256": info["sha256"][:12]}
-    api = GemLitAPI(ckpt_path, model_id, options.max_batch_size, options.batch_timeout, options.threads)
+    prepare_runtime(ckpt_path, options.runtime, options.int8_images)
+    api = GemLitAPI(ckpt_path, model_id, options.max_batch_size, options.batch_timeout, options.threads, options.runtime)
     limits = Limits(max_body_bytes=int(options.max_body_mb * 2**20), num_classes=len(info["class_names"]))
     server = ls.LitServer(
         api,
@@ -94,10 +105,26 @@ def build_server(ckpt_path: str | Path, options: ServeOptions = ServeOptions()) 
         middlewares=[(GateMiddleware, {"limits": limits, "api_key": options.api_key})],
         disable_openapi_url=True,
     )
+    server.app.state.upload_decoder = UploadDecoder(Preprocessing.from_hparams(info), options.decode_threads)
     _serve_page_at_root(server)
     fail_requests_on_worker_loss(server)
     server.app.add_exception_handler(StarletteHTTPException, _json_http_error)
     return server
+
+
+def prepare_runtime(ckpt_path: str | Path, runtime: str, int8_images: str | None = None) -> None:
+    """Export (and for int8 quantize and measure) the ONNX model before the workers start, so that a
+    refusal is one line here and a worker (or its replacement) only loads the cached file.
+
+    The work runs in a spawned process when the cache lacks it: the ``serve`` process, which forks
+    the HTTP servers, then never loads the network or starts torch's thread pool.
+    """
+    runtimes.require_onnxruntime(runtime)
+    if runtime == "torch" or runtimes.is_cached(ckpt_path, runtime):
+        return
+    print(f"Making the {runtime} model of {Path(ckpt_path).name} (exported once, then cached beside it) ...", flush=True)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool.submit(runtimes.prepare, str(ckpt_path), runtime, int8_images).result()
 
 
 def _serve_page_at_root(server: ls.LitServer) -> None:

@@ -14,5 +14,6 @@ COMMANDS: dict[str, str] = {
     "calibrate": "gem_lightning.cli.commands.calibrate",
     "export": "gem_lightning.cli.commands.export",
     "serve": "gem_lightning.cli.commands.serve",
+    "audit": "gem_lightning.cli.commands.audit",
 }
 """Command name -> module whose ``main(argv)`` runs it (imported only when that command runs)."""

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from gem_lightning.inference.runtime import RUNTIMES
 from gem_lightning.serving.server import ENDPOINTS, ServeOptions, build_server
 from gem_lightning.serving.supervision import Supervisor
 
@@ -39,6 +40,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch threads per worker (None: torch's default, $OMP_NUM_THREADS or every core); on a busy or shared "
         "machine use the cores actually free: there, 2 threads on 2 busy cores answered ~8x slower than 1",
     )  # fmt: skip
+    parser.add_argument(
+        "--runtime", default=DEFAULTS.runtime, choices=RUNTIMES,
+        help="what runs the network: torch, or ONNX Runtime (exported from the checkpoint on first use, checked against torch, "
+        "cached beside it as <ckpt>.onnx); onnxruntime-int8 is quantized, calibrated once on --int8_images, and refused if it "
+        "loses more than half a point of top-1 accuracy there (pip install 'gem-lightning[onnxruntime]')",
+    )  # fmt: skip
+    parser.add_argument(
+        "--int8_images", default=None,
+        help="with --runtime onnxruntime-int8, the first time: a folder or glob of 40+ photos like those to serve (in class "
+        "folders to measure accuracy); up to 128 calibrate, the rest measure",
+    )  # fmt: skip
+    parser.add_argument(
+        "--decode_threads", type=int, default=None,
+        help="threads decoding uploads in the HTTP process, in parallel with the model worker's forward passes (default: the "
+        "cores, at most 4); 0 decodes in the model worker, one upload after another: on a machine with no core to spare, "
+        "a little faster at concurrency 1 (docs/performance.md)",
+    )  # fmt: skip
     parser.add_argument("--max_batch_size", type=int, default=DEFAULTS.max_batch_size, help="most concurrent requests in one forward pass (1: no batching)")
     parser.add_argument("--batch_timeout", type=float, default=DEFAULTS.batch_timeout, help="seconds to wait for a batch to fill")
     parser.add_argument("--timeout", type=float, default=DEFAULTS.timeout, help="seconds a request may wait before it gets a 504")
@@ -59,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("workers_per_device", "max_batch_size", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.decode_threads is not None and args.decode_threads < 0:
+        parser.error(f"--decode_threads must be 0 (decode in the model worker) or more, got {args.decode_threads}")
     options = ServeOptions(
         accelerator=args.accelerator,
         devices=int(args.devices) if str(args.devices).isdigit() else args.devices,
@@ -69,6 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout=args.timeout,
         max_body_mb=args.max_body_mb,
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+        runtime=args.runtime,
+        int8_images=args.int8_images,
+        decode_threads=args.decode_threads,
     )
     try:
         _check_address_free(args.host, args.port)
@@ -82,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     address = f"http://{'[::1]' if args.host == '::' else args.host}:{args.port}"
     batching = f"batches of up to {options.max_batch_size}" if options.max_batch_size > 1 else "no batching"
     print(
-        f"Serving {args.ckpt_path} at {address} ({batching}{', API key required' if options.api_key else ''}).\n"
+        f"Serving {args.ckpt_path} at {address} ({options.runtime}, {batching}{', API key required' if options.api_key else ''}).\n"
         f"  web page: {address}/   predict: curl -X POST {address}/predict -H 'Content-Type: image/jpeg' --data-binary @photo.jpg\n"
         "  Ctrl-C or SIGTERM stops it.",
         flush=True,

@@ -67,12 +67,15 @@ class EvaluationReport(Callback):
             costs time and nobody reads the intermediate ones.
         max_gallery: at most this many misclassified photos are drawn, most confident first.
         top_pairs: how many most-confused (true, predicted) pairs are listed.
+        cam: beside each misclassified photo, where the model looked for the class it predicted
+            (Grad-CAM; needs the ``audit`` extra, ``grad-cam``: without it the gallery shows the photos alone).
     """
 
-    def __init__(self, during_fit: bool = False, max_gallery: int = 36, top_pairs: int = 15) -> None:
+    def __init__(self, during_fit: bool = False, max_gallery: int = 36, top_pairs: int = 15, cam: bool = True) -> None:
         self.during_fit = during_fit
         self.max_gallery = max_gallery
         self.top_pairs = top_pairs
+        self.cam = cam
         self._results: list[SampleResult] = []
 
     def _active(self, trainer: Trainer) -> bool:
@@ -131,16 +134,18 @@ class EvaluationReport(Callback):
             return
         class_names = list(trainer.lightning_module.class_names)
         matrix = confusion_matrix(results, len(class_names))
+        misclassified = misclassified_items(results, _stage_paths(trainer, stage), class_names)
         write_evaluation_report(
             out_dir,
             stage=stage,
             confusion=matrix,
             class_names=class_names,
             metrics=headline_metrics(trainer.callback_metrics, stage),
-            misclassified=misclassified_items(results, _stage_paths(trainer, stage), class_names),
+            misclassified=misclassified,
             reliability=([r.probability for r in results], [r.prediction == r.target for r in results]),
             max_gallery=self.max_gallery,
             top_pairs=self.top_pairs,
+            overlays=where_it_looked(trainer, misclassified[: self.max_gallery]) if self.cam and misclassified else None,
         )
         rank_zero_info(f"Wrote the {stage} report to {out_dir / 'report.md'}")
 
@@ -186,6 +191,21 @@ def _stage_paths(trainer: Trainer, stage: str) -> list[Path] | None:
     return paths(stage)
 
 
+def where_it_looked(trainer: Trainer, items: list[tuple[Path, str, str, float]]) -> list | None:
+    """Grad-CAM overlays of the predicted class for the gallery's photos, decoded as the model saw
+    them; None (the photos alone) when ``grad-cam`` is not installed."""
+    try:
+        from gem_lightning.audit.cam import file_overlays
+    except ImportError:
+        rank_zero_info("EvaluationReport: install gem-lightning[audit] (grad-cam) to see where the model looked in the misclassified gallery.")
+        return None
+    module = trainer.lightning_module
+    names = list(module.class_names)
+    layer = module.network_spec.cam_layer(module.model.network)
+    return file_overlays(module.model, layer, [path for path, *_ in items], [names.index(predicted) for _, _, predicted, _ in items],
+                         trainer.datamodule.settings, module.hparams.image_size)
+
+
 def misclassified_items(
     results: Sequence[SampleResult], paths: Sequence[Path] | None, class_names: Sequence[str]
 ) -> list[tuple[Path, str, str, float]] | None:
@@ -210,6 +230,7 @@ def write_evaluation_report(
     reliability: tuple[Sequence[float], Sequence[bool]] | None = None,
     max_gallery: int = 36,
     top_pairs: int = 15,
+    overlays: Sequence[np.ndarray | None] | None = None,
 ) -> dict[str, Path]:
     """Write every report file into ``out_dir``, and ``report.md`` linking them.
 
@@ -227,6 +248,7 @@ def write_evaluation_report(
             reliability diagram; None leaves it out.
         max_gallery: at most this many misclassified photos are drawn.
         top_pairs: how many most-confused pairs are listed.
+        overlays: where the model looked, one per drawn misclassified photo (None: the photos alone).
 
     Returns:
         The written files by their title in ``report.md``.
@@ -237,7 +259,7 @@ def write_evaluation_report(
     files = {"Confusion matrix": confusion_matrix_png(confusion, class_names, out_dir / "confusion_matrix.png", title=f"Confusion matrix ({stage})")}
     if misclassified is not None:
         files["Misclassified images"] = misclassified_gallery_png(
-            misclassified, out_dir / "misclassified.png", max_images=max_gallery, image_loader=load_rgb
+            misclassified, out_dir / "misclassified.png", max_images=max_gallery, image_loader=load_rgb, overlays=overlays
         )
         files["Every misclassified image (CSV)"] = _write_misclassified_csv(misclassified, out_dir / "misclassified.csv")
     if reliability is not None:
