@@ -76,6 +76,20 @@ def untrained_checkpoint(data_dir: Path, out: Path) -> Path:
     return out
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process started by ``pid``, its children's children included (from /proc)."""
+    found, pending = [], [pid]
+    while pending:
+        for task in Path(f"/proc/{pending.pop()}/task").glob("*"):
+            try:
+                children = [int(child) for child in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found += children
+            pending += children
+    return found
+
+
 def free_port() -> int:
     import socket
 
@@ -112,14 +126,11 @@ class ServeProcess:
 
     def rss_bytes(self) -> int:
         """Resident memory of the server's whole process tree."""
-        total, pending = 0, [self.process.pid]
-        while pending:
-            pid = pending.pop()
+        total = 0
+        for pid in [self.process.pid, *descendants(self.process.pid)]:
             try:
                 status = Path(f"/proc/{pid}/status").read_text()
                 total += int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) * 1024
-                for task in Path(f"/proc/{pid}/task").iterdir():
-                    pending += [int(child) for child in (task / "children").read_text().split()]
             except (OSError, StopIteration):
                 continue
         return total

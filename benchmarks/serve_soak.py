@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from serve_load import ServeProcess, percentile, untrained_checkpoint  # noqa: E402
+from serve_load import ServeProcess, descendants, percentile, untrained_checkpoint  # noqa: E402
 
 RSS_TOLERANCE = 0.10
 SETTLE_S = 15.0
@@ -158,24 +158,16 @@ class Soak:
 
 
 def model_workers(pid: int) -> list[int]:
-    """The server's model workers: LitServe spawns them (``spawn_main`` in their command line)."""
-    found, pending = [], [pid]
-    while pending:
-        parent = pending.pop()
-        for task in Path(f"/proc/{parent}/task").glob("*"):
-            try:
-                children = [int(child) for child in (task / "children").read_text().split()]
-            except OSError:
-                continue
-            pending += children
-            for child in children:
-                try:
-                    command = Path(f"/proc/{child}/cmdline").read_bytes()
-                    state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
-                except OSError:
-                    continue
-                if b"spawn_main" in command and state != "Z":
-                    found.append(child)
+    """The server's live model workers: LitServe spawns them (``spawn_main`` in their command line)."""
+    found = []
+    for child in descendants(pid):
+        try:
+            command = Path(f"/proc/{child}/cmdline").read_bytes()
+            state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if b"spawn_main" in command and state != "Z":
+            found.append(child)
     return found
 
 
