@@ -8,7 +8,7 @@ Run from the repository root (prints figures; not a test):
 Both variants train ``configs/gemstones_finetune.yaml`` (with the options after ``--``) once:
 (cli) ``fit`` as the command line runs it, every callback included; (plain) a hand-written PyTorch loop
 of the same recipe (the same module, data module, AdamW groups, per-step warmup-cosine schedule,
-label smoothing and precision). After every epoch the clock stops, `test/` is scored as ``test``
+label smoothing, precision and progressive resizing). After every epoch the clock stops, `test/` is scored as ``test``
 scores it (the config's test-time augmentation, or ``--tta``'s) and the clock resumes: the times are
 training only, counted from the command's start (building the model, reading the weights and the
 data included). `test/` never steers training.
@@ -106,11 +106,18 @@ def run_plain(args) -> Clock:
     optimizer.param_groups[0]["lr"] *= model.hparams.backbone_lr_ratio
     scheduler = model.lr_scheduler(optimizer)  # the config's WarmupCosineLR, stepped per batch
     loader = datamodule.train_dataloader()
-    scheduler.set_total_steps(trainer.max_epochs * len(loader))
+    total_steps = trainer.max_epochs * len(loader)
+    scheduler.set_total_steps(total_steps)
+    resizing = datamodule.progressive_resizing
     mixed = trainer.precision == "bf16-mixed"
     model.train()
+    step = 0
     for epoch in range(trainer.max_epochs):
         for images, targets, _ in loader:
+            if resizing is not None:
+                size = resizing.size_at(step / total_steps, datamodule.image_size)
+                images = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True)
+            step += 1
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed):
                 logits = model(images)
             loss = F.cross_entropy(logits.float(), targets, label_smoothing=model.hparams.label_smoothing)

@@ -28,6 +28,7 @@ from gem_lightning.data.cache import DecodeSettings, default_cache_dir
 from gem_lightning.data.datasets import CachedImageDataset, PredictDataset, collate_channels_last, collate_predictions, find_predict_files
 from gem_lightning.data.folders import FolderData
 from gem_lightning.data.loader import DEFAULT_START_METHOD, SignalSafeDataLoader, SignalSafeStreamingDataLoader, start_worker_server
+from gem_lightning.data.progressive_resizing import ProgressiveResizing, resize_batch
 from gem_lightning.data.samplers import FitEpochDistributedSampler
 from gem_lightning.data.scan import EXPECTED_LAYOUT, DatasetLayoutError, ImageRecord, Rejected, check_dataset_dir
 from gem_lightning.data.split import stratified_split
@@ -101,6 +102,8 @@ class GemDataModule(LightningDataModule):
         augment_on: where it runs: ``loader``: in the DataLoader workers (OpenCV); ``device``:
             the loader yields the cached images as they are and the whole batch is augmented on
             the accelerator after the transfer (``BatchAugment``; cheap for CPU workers).
+        progressive_resizing: train on smaller batches first, growing to ``image_size`` (see
+            :class:`~gem_lightning.data.progressive_resizing.ProgressiveResizing`); ``null``: always ``image_size``.
         bad_files: ``skip`` unusable files and report them, or ``strict``: stop before training.
         cache: ``memory``: decoded images in RAM (falls back to ``disk`` above
             ``cache_memory_gb``); ``disk``: read decoded images from ``cache_dir`` each time.
@@ -133,6 +136,7 @@ class GemDataModule(LightningDataModule):
         multiprocessing_context: Literal["forkserver", "fork", "spawn"] = DEFAULT_START_METHOD,
         augment: Augmentation = Augmentation(),
         augment_on: Literal["loader", "device"] = "loader",
+        progressive_resizing: ProgressiveResizing | None = None,
         bad_files: Literal["skip", "strict"] = "skip",
         cache: Literal["memory", "disk"] = "memory",
         cache_dir: str | None = "auto",
@@ -147,8 +151,12 @@ class GemDataModule(LightningDataModule):
         check_settings(image_size=image_size, val_fraction=val_fraction, batch_size=batch_size,
                        num_workers=num_workers, cache_memory_gb=cache_memory_gb,
                        multiprocessing_context=multiprocessing_context)
-        self.save_hyperparameters(ignore=["augment"])
+        if progressive_resizing is not None:
+            progressive_resizing.check()
+        self.save_hyperparameters(ignore=["augment", "progressive_resizing"])
         self.hparams["augment"] = asdict(augment)  # plain types keep checkpoints loadable with weights_only
+        self.hparams["progressive_resizing"] = asdict(progressive_resizing) if progressive_resizing else None
+        self.progressive_resizing = progressive_resizing
         self.stream = str(data_dir) if is_stream(data_dir) else None
         self.stream_info = read_info(self.stream) if self.stream else None
         self.data_dir = Path(data_dir).expanduser() if data_dir and not self.stream else None
@@ -309,15 +317,27 @@ class GemDataModule(LightningDataModule):
         return self.predict_path
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """With ``augment_on: device``: augment training batches on the accelerator.
+        """Training batches, on the accelerator: augmented there with ``augment_on: device``, and
+        resized to the step's side with ``progressive_resizing``.
 
         Only ``(images, targets, indices)`` batches: the model summary sends the model's example
         input (a bare tensor, already at ``image_size``) through this hook too.
         """
-        if self.batch_augment is not None and self.trainer is not None and self.trainer.training and isinstance(batch, (tuple, list)):
-            images, *rest = batch
-            return (self.batch_augment(images), *rest)
-        return batch
+        if self.trainer is None or not self.trainer.training or not isinstance(batch, (tuple, list)):
+            return batch
+        images, *rest = batch
+        if self.batch_augment is not None:
+            images = self.batch_augment(images)
+        if self.progressive_resizing is not None:
+            images = resize_batch(images, self.training_size())
+        return (images, *rest)
+
+    def training_size(self) -> int:
+        """The side of the current training step's batches (``image_size`` without progressive resizing)."""
+        if self.progressive_resizing is None or self.trainer is None:
+            return self.image_size
+        progress = self.trainer.global_step / max(1, self.trainer.estimated_stepping_batches)
+        return self.progressive_resizing.size_at(progress, self.image_size)
 
     # Dataloaders -----------------------------------------------------------------------------
 

@@ -53,6 +53,11 @@ class NetworkSpec(ABC):
         """The mean, std and input size the network's weights expect; ImageNet's statistics by default."""
         return Normalization()
 
+    def input_size_fixed(self) -> str | None:
+        """Why the network takes only the ``image_size`` it was built for (e.g. a head on the flattened
+        feature map), or ``None`` if it takes any size, as progressive resizing needs."""
+        return None
+
     def classifier(self, network: nn.Module) -> nn.Module:
         """The layer mapping features to logits: what is new when fine-tuning; the rest is the backbone."""
         return classifier_head(network)

@@ -70,6 +70,9 @@ class VGGSpec(NetworkSpec):
     def build(self, num_classes: int, image_size: int) -> nn.Module:
         return VGG(num_classes=num_classes, image_size=image_size, config=self)
 
+    def input_size_fixed(self) -> str | None:
+        return "its `head: flatten` takes only the feature map of data.image_size (use `head: gap`)" if self.head == "flatten" else None
+
     def cam_layer(self, network: nn.Module) -> nn.Module:
         """The last block's ReLU, before its pooling: the finest map that has seen the whole network."""
         return [module for module in network.features if isinstance(module, nn.ReLU)][-1]

@@ -184,6 +184,9 @@ class GemClassifier(LightningModule):
             self.prepare_training(from_scratch=self.trainer.ckpt_path is None)
 
     def on_fit_start(self) -> None:
+        fixed = self.network_spec.input_size_fixed()
+        if fixed and getattr(self.trainer.datamodule, "progressive_resizing", None) is not None:
+            raise UserInputError(f"data.progressive_resizing trains on smaller images, but model.network cannot take them: {fixed}.")
         if self.hparams.class_weights == "balanced":
             if not hasattr(self.trainer.datamodule, "class_counts"):
                 raise UserInputError("model.class_weights: balanced needs a data module that counts its classes (GemDataModule's class_counts).")
