@@ -75,3 +75,17 @@ def test_a_network_of_one_input_size_is_refused_in_one_line(tiny_dataset, tmp_pa
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr
     assert "data.progressive_resizing" in errors[0] and "head: gap" in errors[0]
+
+
+def test_a_run_of_unknown_length_is_refused():
+    from gem_lightning.models import TimmSpec
+    from gem_lightning.training.module import check_progressive_resizing
+
+    check_progressive_resizing(TimmSpec(name="tf_efficientnet_lite0"), 100)
+    with pytest.raises(UserInputError, match="set trainer.max_epochs or trainer.max_steps"):
+        check_progressive_resizing(TimmSpec(name="tf_efficientnet_lite0"), float("inf"))
+
+
+def test_no_growth_phase_holds_then_jumps_to_full_size():
+    schedule = ProgressiveResizing(initial_scale=0.5, delay_fraction=0.6, finetune_fraction=0.4)
+    assert [schedule.size_at(p, 64) for p in (0.0, 0.59, 0.6, 1.0)] == [32, 32, 64, 64]

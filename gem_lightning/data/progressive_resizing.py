@@ -4,7 +4,7 @@ A network learns coarse shapes and colours first; at a fraction of the side, a s
 square of that fraction, so the early part of training is cheap and the last part, at full size,
 adapts the network (and its batch-norm statistics) to the size it is evaluated at. The schedule is
 MosaicML Composer's ``ProgressiveResizing`` (``initial_scale``, ``delay_fraction``,
-``finetune_fraction``, ``size_increment``); as there, each loaded batch is downsampled on the way in
+``finetune_fraction``, ``size_increment``; its defaults but for the increment); as there, each loaded batch is downsampled on the way in
 (antialiased), so the loader, its cache and its persistent workers are unchanged, and the size
 follows the optimizer step, so a resumed run resizes exactly as an uninterrupted one. Validation,
 test and predict always see ``data.image_size``.
@@ -34,7 +34,7 @@ class ProgressiveResizing:
     """
 
     initial_scale: float = 0.5
-    delay_fraction: float = 0.4
+    delay_fraction: float = 0.5
     finetune_fraction: float = 0.2
     size_increment: int = 16
 
@@ -52,11 +52,11 @@ class ProgressiveResizing:
 
     def size_at(self, progress: float, full_size: int) -> int:
         """The side of training batches ``progress`` (0-1) of the way through training."""
-        grow = 1 - self.delay_fraction - self.finetune_fraction
-        ramp = 1.0 if progress >= 1 - self.finetune_fraction else max(0.0, progress - self.delay_fraction) / grow if grow else 0.0
-        scale = self.initial_scale + (1 - self.initial_scale) * ramp
-        if scale >= 1:
+        if progress >= 1 - self.finetune_fraction or self.initial_scale == 1:
             return full_size
+        grow = 1 - self.delay_fraction - self.finetune_fraction
+        ramp = min(1.0, max(0.0, progress - self.delay_fraction) / grow) if grow > 0 else 0.0
+        scale = self.initial_scale + (1 - self.initial_scale) * ramp
         rounded = round(scale * full_size / self.size_increment) * self.size_increment
         return int(min(full_size, max(self.size_increment, rounded)))
 

@@ -7,6 +7,7 @@ so the checkpoint alone (class names, image size, normalisation, architecture) i
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Literal
 
 import torch
@@ -34,6 +35,15 @@ def batch_mixing(num_classes: int, mixup_alpha: float, cutmix_alpha: float) -> v
     if not mixes:
         return None
     return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
+
+
+def check_progressive_resizing(network: NetworkSpec, total_steps: float) -> None:
+    """Progressive resizing needs a network that takes smaller images and a run of known length."""
+    fixed = network.input_size_fixed()
+    if fixed:
+        raise UserInputError(f"data.progressive_resizing trains on smaller images, but model.network cannot take them: {fixed}.")
+    if math.isinf(total_steps):
+        raise UserInputError("data.progressive_resizing grows the images over the whole run, whose length is unknown: set trainer.max_epochs or trainer.max_steps.")
 
 
 def balanced_class_weights(counts: list[int]) -> torch.Tensor:
@@ -184,9 +194,8 @@ class GemClassifier(LightningModule):
             self.prepare_training(from_scratch=self.trainer.ckpt_path is None)
 
     def on_fit_start(self) -> None:
-        fixed = self.network_spec.input_size_fixed()
-        if fixed and getattr(self.trainer.datamodule, "progressive_resizing", None) is not None:
-            raise UserInputError(f"data.progressive_resizing trains on smaller images, but model.network cannot take them: {fixed}.")
+        if getattr(self.trainer.datamodule, "progressive_resizing", None) is not None:
+            check_progressive_resizing(self.network_spec, self.trainer.estimated_stepping_batches)
         if self.hparams.class_weights == "balanced":
             if not hasattr(self.trainer.datamodule, "class_counts"):
                 raise UserInputError("model.class_weights: balanced needs a data module that counts its classes (GemDataModule's class_counts).")
