@@ -32,6 +32,7 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 from train_throughput import hidden_output, quiet  # noqa: E402
 
 from gem_lightning.cli.app import cli_main  # noqa: E402
+from gem_lightning.data.progressive_resizing import resize_batch  # noqa: E402
 
 CONFIG = REPO / "configs" / "gemstones_finetune.yaml"
 TARGETS = (0.70, 0.75, 0.80)
@@ -115,8 +116,7 @@ def run_plain(args) -> Clock:
     for epoch in range(trainer.max_epochs):
         for images, targets, _ in loader:
             if resizing is not None:
-                size = resizing.size_at(step / total_steps, datamodule.image_size)
-                images = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True)
+                images = resize_batch(images, resizing.size_at(step / total_steps, datamodule.image_size))
             step += 1
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed):
                 logits = model(images)
