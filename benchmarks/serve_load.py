@@ -52,7 +52,9 @@ import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "tests")]  # the /proc walk lives with the tests' server helpers
+
+from serving import descendants  # noqa: E402
 
 from gem_lightning.inference.api import load_model  # noqa: E402
 from gem_lightning.inference.runtime import RUNTIMES, prepare  # noqa: E402
@@ -74,20 +76,6 @@ def untrained_checkpoint(data_dir: Path, out: Path) -> Path:
     trainer.strategy.connect(model)
     trainer.save_checkpoint(out)
     return out
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process started by ``pid``, its children's children included (from /proc)."""
-    found, pending = [], [pid]
-    while pending:
-        for task in Path(f"/proc/{pending.pop()}/task").glob("*"):
-            try:
-                children = [int(child) for child in (task / "children").read_text().split()]
-            except OSError:
-                continue
-            found += children
-            pending += children
-    return found
 
 
 def free_port() -> int:

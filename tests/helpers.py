@@ -7,6 +7,9 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+
+from conftest import datamodule_kwargs, make_dataset
 
 from gem_lightning.models import VGGSpec
 
@@ -43,3 +46,23 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def train_tiny(root: Path, *, train_per_class: int = 10, test_per_class: int = 3, **model_kwargs) -> SimpleNamespace:
+    """``TINY_NETWORK`` trained for one epoch on colour-coded classes made under ``root``, saved as
+    ``root/model.ckpt``; ``model_kwargs`` go to ``GemClassifier`` (e.g. ``tta``)."""
+    from lightning.pytorch import Trainer, seed_everything
+
+    from gem_lightning.data.datamodule import GemDataModule
+    from gem_lightning.training.module import GemClassifier
+
+    seed_everything(0)
+    data_dir = make_dataset(root / "gems", train_per_class=train_per_class, test_per_class=test_per_class)
+    datamodule = GemDataModule(str(data_dir), **datamodule_kwargs(root / "cache"))
+    model = GemClassifier(datamodule.class_names, 32, network=TINY_NETWORK, **model_kwargs)
+    trainer = Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=datamodule)
+    checkpoint = root / "model.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    photos = sorted((data_dir / "test").rglob("*.jpg"))
+    return SimpleNamespace(root=root, checkpoint=checkpoint, photos=photos, test_dir=data_dir / "test")

@@ -82,8 +82,9 @@ def test_a_run_of_unknown_length_is_refused():
     from gem_lightning.training.module import check_progressive_resizing
 
     check_progressive_resizing(TimmSpec(name="tf_efficientnet_lite0"), 100)
-    with pytest.raises(UserInputError, match="set trainer.max_epochs or trainer.max_steps"):
-        check_progressive_resizing(TimmSpec(name="tf_efficientnet_lite0"), float("inf"))
+    for unknown in (float("inf"), -1):  # no length given; a stream of unknown length
+        with pytest.raises(UserInputError, match="set trainer.max_steps"):
+            check_progressive_resizing(TimmSpec(name="tf_efficientnet_lite0"), unknown)
 
 
 def test_no_growth_phase_holds_then_jumps_to_full_size():

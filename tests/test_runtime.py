@@ -18,11 +18,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import datamodule_kwargs, make_dataset
-from helpers import TINY_NETWORK, run_cli
-from lightning.pytorch import Trainer, seed_everything
+from helpers import run_cli, train_tiny
+from lightning.pytorch import Trainer
 
-from gem_lightning.data.datamodule import GemDataModule
 from gem_lightning.errors import UserInputError
 from gem_lightning.inference import export as export_module
 from gem_lightning.inference import int8, onnx_model, runtime
@@ -36,17 +34,7 @@ ATOL = 1e-4
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """A tiny model (dihedral TTA) trained for one epoch; 60 test photos in class folders."""
-    root = tmp_path_factory.mktemp("runtime")
-    seed_everything(0)
-    data_dir = make_dataset(root / "gems", train_per_class=10, test_per_class=20)
-    datamodule = GemDataModule(str(data_dir), **datamodule_kwargs(root / "cache"))
-    model = GemClassifier(datamodule.class_names, 32, network=TINY_NETWORK, tta="dihedral")
-    trainer = Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(model, datamodule=datamodule)
-    checkpoint = root / "model.ckpt"
-    trainer.save_checkpoint(checkpoint)
-    photos = sorted((data_dir / "test").rglob("*.jpg"))
-    return SimpleNamespace(root=root, checkpoint=checkpoint, photos=photos, test_dir=data_dir / "test")
+    return train_tiny(tmp_path_factory.mktemp("runtime"), test_per_class=20, tta="dihedral")
 
 
 @pytest.fixture

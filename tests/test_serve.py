@@ -22,22 +22,19 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import REPO, datamodule_kwargs, make_dataset
-from helpers import TINY_NETWORK
-from lightning.pytorch import Trainer, seed_everything
+from conftest import REPO
+from helpers import train_tiny
 from PIL import Image
 from serving import Server, alive, descendants, free_port, start_server
 from starlette.datastructures import Headers
 from starlette.requests import Request
 
-from gem_lightning.data.datamodule import GemDataModule
 from gem_lightning.inference.api import load_model
 from gem_lightning.inference.preprocessing import Preprocessing
 from gem_lightning.serving.api import GemLitAPI, Unusable
 from gem_lightning.serving.decoding import Prepared, UploadDecoder, decoded_upload
 from gem_lightning.serving.gate import GateMiddleware, Limits, Upload
 from gem_lightning.serving.server import describe_checkpoint
-from gem_lightning.training.module import GemClassifier
 
 pytestmark = pytest.mark.slow
 API_KEY = "s3cret-key"
@@ -54,17 +51,7 @@ def server_env(tmp: Path, api_key: str | None = None) -> dict:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """A tiny model trained for one epoch on colour-coded classes, saved as a checkpoint."""
-    root = tmp_path_factory.mktemp("serve")
-    seed_everything(0)
-    data_dir = make_dataset(root / "gems")
-    datamodule = GemDataModule(str(data_dir), **datamodule_kwargs(root / "cache"))
-    model = GemClassifier(datamodule.class_names, 32, network=TINY_NETWORK)
-    trainer = Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(model, datamodule=datamodule)
-    checkpoint = root / "model.ckpt"
-    trainer.save_checkpoint(checkpoint)
-    photos = sorted((data_dir / "test").rglob("*.jpg"))
-    return SimpleNamespace(root=root, checkpoint=checkpoint, photos=photos, test_dir=data_dir / "test")
+    return train_tiny(tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture(scope="module")
