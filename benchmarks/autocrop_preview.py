@@ -95,12 +95,16 @@ def main(argv=None) -> None:
         tiles.append(tile)
         fallbacks.append(fallback)
         print(f"{'FULL' if fallback else 'crop'}  {100 * area:5.1f}%  {name}/{path.name}")
-    title = (f"gem_bounding_box on {len(tiles)} {args.split} photos of {args.data_dir.name} (seed {args.seed}): "
-             f"{sum(fallbacks)} fell back to the full image; green = crop box, red = full image kept")
+    title = (
+        f"gem_bounding_box on {len(tiles)} {args.split} photos of {args.data_dir.name} (seed {args.seed}): "
+        f"{sum(fallbacks)} fell back to the full image; green = crop box, red = full image kept"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     contact_sheet(tiles, title, font).save(args.out)
-    print(f"{sum(fallbacks)} of {len(tiles)} fell back to the full image; "
-          f"{1000 * seconds / max(1, len(tiles)):.0f} ms per photo (load + box + drawing); wrote {args.out}")
+    print(
+        f"{sum(fallbacks)} of {len(tiles)} fell back to the full image; "
+        f"{1000 * seconds / max(1, len(tiles)):.0f} ms per photo (load + box + drawing); wrote {args.out}"
+    )
 
 
 if __name__ == "__main__":

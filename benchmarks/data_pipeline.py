@@ -141,16 +141,19 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # the data module's dataset summary
     torch.manual_seed(0)
-    print(f"data {args.data_dir}, {IMAGE_SIZE} px, batch {BATCH_SIZE}, num_workers {args.num_workers}, "
-          f"torch threads {torch.get_num_threads()}, batches per pass {args.batches or 'all'}")
+    print(
+        f"data {args.data_dir}, {IMAGE_SIZE} px, batch {BATCH_SIZE}, num_workers {args.num_workers}, "
+        f"torch threads {torch.get_num_threads()}, batches per pass {args.batches or 'all'}"
+    )
     rows = []
     images, seconds = timed_pass(baseline_loader(args.data_dir / "train", args.num_workers), args.batches)
     rows.append(("(a) baseline: ImageFolder, decode every epoch", images, seconds))
     print(f"(a) done: {images / seconds:.1f} images/s", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="gem-bench-cache-") as cache_dir:
-        datamodule = GemDataModule(str(args.data_dir), cache_dir=cache_dir, image_size=IMAGE_SIZE,
-                                   batch_size=BATCH_SIZE, num_workers=args.num_workers)
+        datamodule = GemDataModule(
+            str(args.data_dir), cache_dir=cache_dir, image_size=IMAGE_SIZE, batch_size=BATCH_SIZE, num_workers=args.num_workers
+        )
         loader, images, setup_s, total_s = first_epoch(datamodule, args.batches)
         rows.append(("(b) ours, first epoch (incl. setup)", images, total_s))
         print(f"(b) done: setup {setup_s:.2f} s, total {total_s:.2f} s", flush=True)

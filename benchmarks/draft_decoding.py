@@ -109,7 +109,13 @@ def main() -> None:
     run(files, model, args.margins, f"{args.data_dir / 'test'} as it is", labels)
     if args.upscale:
         with tempfile.TemporaryDirectory() as tmp:
-            run(upscaled(files, args.upscale, Path(tmp)), model, args.margins, f"the same photos enlarged {args.upscale}x (4032 px at most)", labels)
+            run(
+                upscaled(files, args.upscale, Path(tmp)),
+                model,
+                args.margins,
+                f"the same photos enlarged {args.upscale}x (4032 px at most)",
+                labels,
+            )
 
 
 if __name__ == "__main__":

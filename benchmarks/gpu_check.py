@@ -52,9 +52,9 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -93,13 +93,43 @@ class Sizes:
     predict_rounds: int = 2
 
 
-GPU_SIZES = Sizes(steps=30, warmup=5, rounds=2, wait_steps=20, workers=(1, 4, 8, 15), loader_batches=40,
-                  image_size=220, batch_size=32, matmul_n=8192, ddp_steps=20)
-DRY_SIZES = Sizes(steps=2, warmup=1, rounds=1, wait_steps=2, workers=(1,), loader_batches=3, image_size=64, batch_size=4,
-                  matmul_n=256, ddp_steps=2, compile_backend="eager", cli_sizes=("--data.image_size", "64", "--data.batch_size", "4"),
-                  cli_limits=("--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2",
-                              "--trainer.limit_test_batches", "2", "--trainer.limit_predict_batches", "2"),
-                  predict_rounds=1)
+GPU_SIZES = Sizes(
+    steps=30,
+    warmup=5,
+    rounds=2,
+    wait_steps=20,
+    workers=(1, 4, 8, 15),
+    loader_batches=40,
+    image_size=220,
+    batch_size=32,
+    matmul_n=8192,
+    ddp_steps=20,
+)
+DRY_SIZES = Sizes(
+    steps=2,
+    warmup=1,
+    rounds=1,
+    wait_steps=2,
+    workers=(1,),
+    loader_batches=3,
+    image_size=64,
+    batch_size=4,
+    matmul_n=256,
+    ddp_steps=2,
+    compile_backend="eager",
+    cli_sizes=("--data.image_size", "64", "--data.batch_size", "4"),
+    cli_limits=(
+        "--trainer.limit_train_batches",
+        "3",
+        "--trainer.limit_val_batches",
+        "2",
+        "--trainer.limit_test_batches",
+        "2",
+        "--trainer.limit_predict_batches",
+        "2",
+    ),
+    predict_rounds=1,
+)
 
 
 class Skipped(Exception):
@@ -217,13 +247,26 @@ def step_environment(ctx: Context, result: StepResult) -> None:
     import lightning
 
     f = result.figures
-    f.update(torch=torch.__version__, lightning=lightning.__version__, python=platform.python_version(),
-             cpu_cores=os.cpu_count(), torch_threads=torch.get_num_threads(), device=ctx.device)
+    f.update(
+        torch=torch.__version__,
+        lightning=lightning.__version__,
+        python=platform.python_version(),
+        cpu_cores=os.cpu_count(),
+        torch_threads=torch.get_num_threads(),
+        device=ctx.device,
+    )
     if ctx.cuda:
         props = torch.cuda.get_device_properties(0)
-        f.update(gpu=props.name, capability=f"{props.major}.{props.minor}", gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                 multiprocessors=props.multi_processor_count, cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
-                 nccl=str(torch.cuda.nccl.version()), bf16_supported=torch.cuda.is_bf16_supported())
+        f.update(
+            gpu=props.name,
+            capability=f"{props.major}.{props.minor}",
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+            multiprocessors=props.multi_processor_count,
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+            nccl=str(torch.cuda.nccl.version()),
+            bf16_supported=torch.cuda.is_bf16_supported(),
+        )
     else:
         result.skipped.append("GPU properties: no CUDA device (dry run on the CPU)")
     n = ctx.sizes.matmul_n
@@ -238,7 +281,9 @@ def step_cuda_tests(ctx: Context, result: StepResult) -> None:
         raise Skipped("needs a CUDA GPU (the tests marked cuda skip themselves without one)")
     command = [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", "tests"]
     done = run_subprocess(command, ctx, timeout=remaining_budget())
-    summary = next((line for line in reversed(done.stdout.splitlines()) if re.search(r"\d+ (passed|failed|skipped|error)", line)), "no summary")
+    summary = next(
+        (line for line in reversed(done.stdout.splitlines()) if re.search(r"\d+ (passed|failed|skipped|error)", line)), "no summary"
+    )
     result.figures.update(command=shlex.join(command[1:]), exit_status=done.returncode, summary=summary.strip("= "))
     for outcome in ("passed", "failed", "skipped", "error"):
         match = re.search(rf"(\d+) {outcome}", summary)
@@ -249,8 +294,10 @@ def step_cuda_tests(ctx: Context, result: StepResult) -> None:
 
 def step_cli(ctx: Context, result: StepResult) -> None:
     """fit (every precision x augment_on), then validate, test and predict (augment_on loader)."""
-    table = result.table(f"CLI on {ctx.data_dir}: configs/gemstones.yaml, channels-last, 1 epoch",
-                         ["precision", "augment_on", "command", "status", "seconds", "figures"])
+    table = result.table(
+        f"CLI on {ctx.data_dir}: configs/gemstones.yaml, channels-last, 1 epoch",
+        ["precision", "augment_on", "command", "status", "seconds", "figures"],
+    )
     precisions = ["16-mixed", "bf16-mixed"]
     if not ctx.cuda:
         precisions.remove("16-mixed")
@@ -337,7 +384,18 @@ def step_throughput(ctx: Context, result: StepResult) -> None:
     table = result.table(
         f"Training throughput, {ctx.device}, augmentation in the loader, {datamodule.num_workers} loader workers, "
         f"{args.steps} steps after {args.warmup}, median of {ctx.sizes.rounds} rounds",
-        ["variant", "px, batch", "images/s", "median step images/s", "/ a", "GFLOP/s", "/ a (FLOP/s)", "share of bf16 matmul", "waiting", "images/s inside steps"],
+        [
+            "variant",
+            "px, batch",
+            "images/s",
+            "median step images/s",
+            "/ a",
+            "GFLOP/s",
+            "/ a (FLOP/s)",
+            "share of bf16 matmul",
+            "waiting",
+            "images/s inside steps",
+        ],
     )
     a_rate = median(r["mean"] for r in runs["a"])
     a_gflops = a_rate * recipes["a"][3] / 1e9
@@ -372,8 +430,11 @@ def step_data_wait(ctx: Context, result: StepResult) -> None:
                 stats = train_throughput.run_cli(args, variant, recipes).stats(args.warmup)
                 table.rows.append([variant, augment_on, workers, round(images / seconds, 1), round(stats["mean"], 1),
                                    f"{stats['wait']:.1%}", round(stats["busy"], 1)])  # fmt: skip
-                print(f"  data_wait {variant:>6} {augment_on:<6} {workers:>2} workers: loader {images / seconds:8.1f} images/s, "
-                      f"training {stats['mean']:8.1f} images/s, waiting {stats['wait']:.1%}", flush=True)
+                print(
+                    f"  data_wait {variant:>6} {augment_on:<6} {workers:>2} workers: loader {images / seconds:8.1f} images/s, "
+                    f"training {stats['mean']:8.1f} images/s, waiting {stats['wait']:.1%}",
+                    flush=True,
+                )
 
 
 def config_datamodule(ctx: Context, variant: str, augment_on: str):
@@ -404,8 +465,11 @@ def step_predict(ctx: Context, result: StepResult) -> None:
             totals[name].append(seconds)
             steady[name].append(rate)
             print(f"  predict round {r + 1} {name:>7}: {len(files) / seconds:8.1f} images/s end to end", flush=True)
-    table = result.table(f"Prediction over {len(files)} photos of test/, {ctx.device}, batch 32, bf16-mixed, untrained seed network "
-                         f"(median of {ctx.sizes.predict_rounds} rounds)", ["path", "seconds", "images/s end to end", "/ plain", "images/s after the first batch"])
+    table = result.table(
+        f"Prediction over {len(files)} photos of test/, {ctx.device}, batch 32, bf16-mixed, untrained seed network "
+        f"(median of {ctx.sizes.predict_rounds} rounds)",
+        ["path", "seconds", "images/s end to end", "/ plain", "images/s after the first batch"],
+    )
     plain = len(files) / median(totals["plain"])
     for name in runners:
         rate = len(files) / median(totals[name])
@@ -423,8 +487,10 @@ def step_ddp(ctx: Context, result: StepResult) -> None:
     if not out.is_file():
         raise RuntimeError(f"the DDP probe exited with status {done.returncode} and wrote no figures; the log has its output")
     result.figures.update(json.loads(out.read_text()))
-    result.figures["unverified"] = ("several GPUs in one machine (NCCL over NVLink/PCIe, DistributedSampler shards, "
-                                    "rank-zero outputs on GPUs) and several machines (NCCL over the network, SLURM/torchrun on GPU nodes)")
+    result.figures["unverified"] = (
+        "several GPUs in one machine (NCCL over NVLink/PCIe, DistributedSampler shards, "
+        "rank-zero outputs on GPUs) and several machines (NCCL over the network, SLURM/torchrun on GPU nodes)"
+    )
     if done.returncode != 0:
         raise RuntimeError(f"the DDP probe exited with status {done.returncode}")
 
@@ -460,7 +526,9 @@ def ddp_probe(args: argparse.Namespace) -> None:
             start = time.perf_counter()
             dist.all_reduce(value)
             train_throughput.synchronize()
-            figures.update(all_reduce_ms=round((time.perf_counter() - start) * 1e3, 3), all_reduce_sum=value.item(), steps=trainer.global_step)
+            figures.update(
+                all_reduce_ms=round((time.perf_counter() - start) * 1e3, 3), all_reduce_sum=value.item(), steps=trainer.global_step
+            )
 
     sizes = DRY_SIZES if args.dry_run else GPU_SIZES
     config = CONFIGS / ("ddp_cpu.yaml" if args.dry_run else "ddp_gpu.yaml")
@@ -483,14 +551,20 @@ def step_compile(ctx: Context, result: StepResult) -> None:
     """Variants a and b with and without ``nn.Module.compile()``: first step apart from the steady rate."""
     args = throughput_args(ctx, augment_on="loader")
     datamodule = train_throughput.make_datamodule(args)
-    table = result.table(f"torch.compile (backend {args.compile_backend}), {ctx.device}, seed recipe, {args.steps} steps after {args.warmup} "
-                         "(b compiles after a: it may reuse a's cached kernels)",
-                         ["variant", "compiled", "first step s", "compile s (first step minus the uncompiled one's)", "images/s", "/ not compiled"])
+    table = result.table(
+        f"torch.compile (backend {args.compile_backend}), {ctx.device}, seed recipe, {args.steps} steps after {args.warmup} "
+        "(b compiles after a: it may reuse a's cached kernels)",
+        ["variant", "compiled", "first step s", "compile s (first step minus the uncompiled one's)", "images/s", "/ not compiled"],
+    )
     for variant in ("a", "b"):
         uncompiled = {}
         for compiled in (False, True):
             args.compiled = compiled
-            run = train_throughput.run_plain(args, datamodule) if variant == "a" else train_throughput.run_lightning(args, datamodule, lean=True)
+            run = (
+                train_throughput.run_plain(args, datamodule)
+                if variant == "a"
+                else train_throughput.run_lightning(args, datamodule, lean=True)
+            )
             stats = run.stats(args.warmup)
             uncompiled = uncompiled or stats
             table.rows.append([variant, compiled, round(stats["first"], 2), round(stats["first"] - uncompiled["first"], 2) if compiled else "–",
@@ -526,8 +600,9 @@ def on_alarm(signum, frame) -> None:
 def run_subprocess(command: list[str], ctx: Context, timeout: float) -> subprocess.CompletedProcess:
     """``command`` in its own process group, output into the log; the whole group is killed at ``timeout``."""
     print(f"\n$ {shlex.join(command)}", file=ctx.log, flush=True)
-    proc = subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        command, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         output, _ = proc.communicate(timeout=max(1.0, timeout))
     except (subprocess.TimeoutExpired, OutOfBudget) as stop:
@@ -592,7 +667,10 @@ def output_path(out: Path, extension: str) -> Path:
 def write_results(out: Path, meta: dict, results: dict[str, StepResult]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"meta": meta, "steps": {name: asdict(r) for name, r in results.items()}}
-    for path, text in ((output_path(out, "json"), json.dumps(payload, indent=1, default=str)), (output_path(out, "md"), render_markdown(meta, results))):
+    for path, text in (
+        (output_path(out, "json"), json.dumps(payload, indent=1, default=str)),
+        (output_path(out, "md"), render_markdown(meta, results)),
+    ):
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(text)
         tmp.replace(path)
@@ -610,7 +688,10 @@ def main(argv=None) -> int:
         print("error: no CUDA GPU is visible to torch; run with --dry-run to check the script on the CPU.", file=sys.stderr)
         return 2
     if not (args.data_dir / "train").is_dir():
-        print(f"error: {args.data_dir}/train does not exist: give --data-dir a folder with train/<Class>/ and test/<Class>/ photos.", file=sys.stderr)
+        print(
+            f"error: {args.data_dir}/train does not exist: give --data-dir a folder with train/<Class>/ and test/<Class>/ photos.",
+            file=sys.stderr,
+        )
         return 2
     budget = args.budget if args.budget is not None else (math.inf if args.dry_run else 330.0)
     DEADLINE = time.monotonic() + budget
@@ -618,8 +699,14 @@ def main(argv=None) -> int:
     steps = [s for s in STEPS if not args.only or s in args.only.split(",")]
     if "environment" not in steps:
         steps.insert(0, "environment")  # throughput needs its matmul ceiling
-    meta = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": shlex.join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-            "dry_run": args.dry_run, "budget_s": budget, "data_dir": str(args.data_dir), "sizes": asdict(DRY_SIZES if args.dry_run else GPU_SIZES)}
+    meta = {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "command": shlex.join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "dry_run": args.dry_run,
+        "budget_s": budget,
+        "data_dir": str(args.data_dir),
+        "sizes": asdict(DRY_SIZES if args.dry_run else GPU_SIZES),
+    }
     results: dict[str, StepResult] = {}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="gem-gpu-check-") as work, output_path(args.out, "log").open("w") as log:
@@ -632,7 +719,9 @@ def main(argv=None) -> int:
                 write_results(args.out, meta, results)
         finally:
             signal.signal(signal.SIGALRM, previous_handler)
-    print(f"\n{render_markdown(meta, results)}\nwrote {output_path(args.out, 'json')}, {output_path(args.out, 'md')}, {output_path(args.out, 'log')}")
+    print(
+        f"\n{render_markdown(meta, results)}\nwrote {output_path(args.out, 'json')}, {output_path(args.out, 'md')}, {output_path(args.out, 'log')}"
+    )
     return 0 if all(r.status in ("ok", "skipped") for r in results.values()) else 1
 
 

@@ -50,8 +50,19 @@ def link_photos(photos: list[Path], folder: Path) -> None:
 
 
 def fit_and_test(data_dir: Path, root: str, seed: int, extra: list[str]) -> dict[str, float]:
-    common = ["--config", str(CONFIG), "--data.data_dir", str(data_dir), *extra, "--trainer.logger.init_args.save_dir", root,
-              "--trainer.enable_progress_bar", "false", "--seed_everything", str(seed)]
+    common = [
+        "--config",
+        str(CONFIG),
+        "--data.data_dir",
+        str(data_dir),
+        *extra,
+        "--trainer.logger.init_args.save_dir",
+        root,
+        "--trainer.enable_progress_bar",
+        "false",
+        "--seed_everything",
+        str(seed),
+    ]
     with hidden_output():
         fitted = cli_main(["fit", *common, "--checkpoint.dirpath", f"{root}/checkpoints"])
         tested = cli_main(["test", *common, "--ckpt_path", fitted.trainer.checkpoint_callback.last_model_path])
@@ -70,11 +81,19 @@ def main(argv=None) -> None:
     quiet()
     with tempfile.TemporaryDirectory() as folder:
         kept = imbalanced_copy(args.data_dir, Path(folder) / "data", args.fewest, args.most, args.seed)
-        print(f"train/: {sum(kept.values())} photos, {min(kept.values())} to {max(kept.values())} a class; {' '.join(fit_options)}", flush=True)
+        print(
+            f"train/: {sum(kept.values())} photos, {min(kept.values())} to {max(kept.values())} a class; {' '.join(fit_options)}",
+            flush=True,
+        )
         for weights in ("none", "balanced"):
-            metrics = fit_and_test(Path(folder) / "data", f"{folder}/{weights}", args.seed, [*fit_options, "--model.class_weights", weights])
-            print(f"class_weights {weights}: test macro-F1 {metrics['test/f1']:.2%}, top-1 {metrics['test/acc']:.2%}, "
-                  f"top-5 {metrics['test/acc_top5']:.2%}", flush=True)
+            metrics = fit_and_test(
+                Path(folder) / "data", f"{folder}/{weights}", args.seed, [*fit_options, "--model.class_weights", weights]
+            )
+            print(
+                f"class_weights {weights}: test macro-F1 {metrics['test/f1']:.2%}, top-1 {metrics['test/acc']:.2%}, "
+                f"top-5 {metrics['test/acc_top5']:.2%}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

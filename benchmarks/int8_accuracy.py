@@ -34,7 +34,9 @@ from gem_lightning.inference.onnx_model import OnnxProbabilities  # noqa: E402
 
 def calibration_files(train: Path, per_class: int) -> list[Path]:
     """The first ``per_class`` photos (by name) of each class folder."""
-    return [path for folder in sorted(p for p in train.iterdir() if p.is_dir()) for path in sorted(find_predict_files(str(folder)))[:per_class]]
+    return [
+        path for folder in sorted(p for p in train.iterdir() if p.is_dir()) for path in sorted(find_predict_files(str(folder)))[:per_class]
+    ]
 
 
 def predictions(probabilities: OnnxProbabilities, images: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -70,7 +72,9 @@ def main() -> None:
             rows[name] = (one_view, with_tta, ms)
     print(f"\n{'':>5} {'top-1, one view':>16} {f'top-1, TTA {tta}':>20} {'ms/photo':>9}")
     for name, (one_view, with_tta, ms) in rows.items():
-        print(f"{name:>5} {100 * (one_view == labels).float().mean():>15.2f}% {100 * (with_tta == labels).float().mean():>19.2f}% {ms:>9.2f}")
+        print(
+            f"{name:>5} {100 * (one_view == labels).float().mean():>15.2f}% {100 * (with_tta == labels).float().mean():>19.2f}% {ms:>9.2f}"
+        )
     agree = [(rows["fp32"][i] == rows["int8"][i]).float().mean() for i in (0, 1)]
     print(f"top-1 agreement int8 = fp32: {100 * agree[0]:.2f} % one view, {100 * agree[1]:.2f} % with TTA")
 

@@ -103,9 +103,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warm-calls", type=int, default=20)
     parser.add_argument("--api-runs", type=int, default=3, help="fresh processes for the API latency, per thread count")
     parser.add_argument("--api-threads", default="0", help="torch threads in the API probe, e.g. 2,1 (0: torch's default)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="of trainer and plain; the CLI uses its config's accelerator (auto)")
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="of trainer and plain; the CLI uses its config's accelerator (auto)"
+    )
     parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=None, help="compare predict with these runtimes instead")
-    parser.add_argument("--int8-images", default=None, help="onnxruntime-int8's calibration photos (a folder or glob; needed once per checkpoint)")
+    parser.add_argument(
+        "--int8-images", default=None, help="onnxruntime-int8's calibration photos (a folder or glob; needed once per checkpoint)"
+    )
     return parser.parse_args(argv)
 
 
@@ -118,7 +122,9 @@ def hidden_output():
 def untrained_checkpoint(data_dir: Path, path: Path) -> Path:
     """A checkpoint ``GemClassifier.load_from_checkpoint`` and ``predict --ckpt_path`` accept."""
     model = GemClassifier(GemDataModule(str(data_dir)).class_names, 220)
-    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+    )
     trainer.strategy.connect(model)
     trainer.save_checkpoint(path)
     return path
@@ -129,14 +135,23 @@ def run_cli(args, ckpt: Path, folder: Path, out: Path, runtime: str = "torch") -
     with hidden_output():
         cli_main(
             [
-                "predict", "--config", str(args.config),
-                "--ckpt_path", str(ckpt),
-                "--data.data_dir", str(args.data_dir),
-                "--data.predict_path", str(folder),
-                "--trainer.logger", "false",
-                "--trainer.default_root_dir", str(out),
-                "--predictions.output", str(out / "predictions.csv"),
-                "--inference.runtime", runtime,
+                "predict",
+                "--config",
+                str(args.config),
+                "--ckpt_path",
+                str(ckpt),
+                "--data.data_dir",
+                str(args.data_dir),
+                "--data.predict_path",
+                str(folder),
+                "--trainer.logger",
+                "false",
+                "--trainer.default_root_dir",
+                str(out),
+                "--predictions.output",
+                str(out / "predictions.csv"),
+                "--inference.runtime",
+                runtime,
             ]
         )
     seconds = time.perf_counter() - start
@@ -162,7 +177,15 @@ def run_trainer(args, ckpt: Path, folder: Path) -> tuple[float, float]:
     with hidden_output():
         model = GemClassifier.load_from_checkpoint(ckpt, map_location="cpu")
         datamodule = GemDataModule(str(args.data_dir), image_size=model.hparams.image_size, batch_size=BATCH_SIZE, predict_path=str(folder))
-        trainer = Trainer(accelerator=args.device, devices=1, precision="bf16-mixed", logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[clock])
+        trainer = Trainer(
+            accelerator=args.device,
+            devices=1,
+            precision="bf16-mixed",
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[clock],
+        )
         outputs = trainer.predict(model, datamodule=datamodule)
     assert sum(len(o["predictions"]) for o in outputs) > 0
     return time.perf_counter() - start, steady_rate(clock.ends)
@@ -176,7 +199,9 @@ def run_plain(ckpt: Path, files: list[Path], device: str = "cpu") -> tuple[float
     rows = 0
     with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16):
         for first in range(0, len(files), BATCH_SIZE):
-            images = torch.stack([resize(torch.from_numpy(settings.decode(p)).permute(2, 0, 1)) for p in files[first : first + BATCH_SIZE]]).to(device)
+            images = torch.stack(
+                [resize(torch.from_numpy(settings.decode(p)).permute(2, 0, 1)) for p in files[first : first + BATCH_SIZE]]
+            ).to(device)
             _, labels = model.predict_proba(images).topk(min(5, model.num_classes), dim=-1)
             rows += len(labels.tolist())
             ends.append((time.perf_counter(), len(images)))
@@ -189,8 +214,13 @@ def api_latency(args, ckpt: Path, image: Path) -> list[dict]:
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore")
     runs = []
     for _, threads in ((r, t) for r in range(args.api_runs) for t in args.api_threads.split(",")):
-        done = subprocess.run([sys.executable, "-c", API_PROBE, str(ckpt), str(image), str(args.warm_calls), threads],
-                              capture_output=True, text=True, env=env, cwd=REPO)
+        done = subprocess.run(
+            [sys.executable, "-c", API_PROBE, str(ckpt), str(image), str(args.warm_calls), threads],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=REPO,
+        )
         if done.returncode != 0:
             print(done.stderr[-2000:])
             raise SystemExit("the API probe failed")
@@ -207,10 +237,14 @@ def main(argv=None) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     folder = args.data_dir / "test"
     files = find_predict_files(str(folder))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; {len(files)} files in {folder}; batch {BATCH_SIZE}, bf16-mixed")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; {len(files)} files in {folder}; batch {BATCH_SIZE}, bf16-mixed"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.ckpt or untrained_checkpoint(args.data_dir, Path(tmp) / "untrained.ckpt")
-        print(f"checkpoint: {ckpt if args.ckpt else 'untrained GemClassifier(class_names, 220), saved via Trainer.save_checkpoint'}; CLI config {args.config}")
+        print(
+            f"checkpoint: {ckpt if args.ckpt else 'untrained GemClassifier(class_names, 220), saved via Trainer.save_checkpoint'}; CLI config {args.config}"
+        )
         if args.runtimes:
             compare_runtimes(args, ckpt, folder, files, Path(tmp))
             return
@@ -233,8 +267,11 @@ def main(argv=None) -> None:
         print(f"  cli/plain {rates['cli'] / rates['plain']:.3f}, trainer/plain {rates['trainer'] / rates['plain']:.3f}")
         if len(files) > BATCH_SIZE:
             inner = {name: statistics.median(v) for name, v in steady.items() if name != "cli"}
-            print("median images/s after the first batch: " + ", ".join(f"{n} {v:.1f}" for n, v in inner.items())
-                  + f"; trainer/plain {inner['trainer'] / inner['plain']:.3f}")
+            print(
+                "median images/s after the first batch: "
+                + ", ".join(f"{n} {v:.1f}" for n, v in inner.items())
+                + f"; trainer/plain {inner['trainer'] / inner['plain']:.3f}"
+            )
 
         print(f"\ngem_lightning.inference.api, fresh process each run, one photo ({files[0].name}):")
         for run in api_latency(args, ckpt, files[0]):
@@ -242,8 +279,10 @@ def main(argv=None) -> None:
                 print(f"  skipped: gem_lightning.inference.api is not importable ({run['missing']})")
                 break
             cold = run["load_s"] + run["first_classify_s"]
-            print(f"  {run['threads']} thread(s): import {run['import_s']:.2f} s, load_model {run['load_s']:.2f} s, first classify {run['first_classify_s'] * 1e3:.0f} ms "
-                  f"(cold: {cold:.2f} s after import), warm classify median {run['warm_median_s'] * 1e3:.1f} ms (min {run['warm_min_s'] * 1e3:.1f})")
+            print(
+                f"  {run['threads']} thread(s): import {run['import_s']:.2f} s, load_model {run['load_s']:.2f} s, first classify {run['first_classify_s'] * 1e3:.0f} ms "
+                f"(cold: {cold:.2f} s after import), warm classify median {run['warm_median_s'] * 1e3:.1f} ms (min {run['warm_min_s'] * 1e3:.1f})"
+            )
 
 
 def compare_runtimes(args, ckpt: Path, folder: Path, files: list[Path], tmp: Path) -> None:
@@ -269,8 +308,13 @@ def compare_runtimes(args, ckpt: Path, folder: Path, files: list[Path], tmp: Pat
     for runtime in args.runtimes:
         rate = len(files) / statistics.median(seconds[runtime])
         forward_ms = forward_per_photo(ckpt, runtime, images, bf16 and runtime == "torch")
-        print(f"{runtime:>16} {rate:>12.1f} {rate / base:>7.2f}x {forward_ms:>16.2f} {100 * decode_ms / (decode_ms + forward_ms):>11.1f}%", flush=True)
-    print(f"(ratios to {args.runtimes[0]}; median of {args.rounds} rounds; forward with the checkpoint's TTA{', torch under bf16 autocast' if bf16 else ''})")
+        print(
+            f"{runtime:>16} {rate:>12.1f} {rate / base:>7.2f}x {forward_ms:>16.2f} {100 * decode_ms / (decode_ms + forward_ms):>11.1f}%",
+            flush=True,
+        )
+    print(
+        f"(ratios to {args.runtimes[0]}; median of {args.rounds} rounds; forward with the checkpoint's TTA{', torch under bf16 autocast' if bf16 else ''})"
+    )
 
 
 def yaml_value(config: Path, *keys: str):

@@ -72,7 +72,9 @@ def untrained_checkpoint(data_dir: Path, out: Path) -> Path:
     names = sorted(p.name for p in (data_dir / "train").iterdir() if p.is_dir())
     preprocessing = {"autocrop": config["data"]["autocrop"], "background": [255, 255, 255]}
     model = GemClassifier(names, config["data"]["image_size"], preprocessing=preprocessing, **settings)
-    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+    )
     trainer.strategy.connect(model)
     trainer.save_checkpoint(out)
     return out
@@ -89,7 +91,9 @@ def free_port() -> int:
 class ServeProcess:
     """``python main.py serve`` on a free loopback port, stopped with SIGTERM."""
 
-    def __init__(self, ckpt: Path, max_batch_size: int, threads: int, log: Path, runtime: str = "torch", decode_threads: int | None = None) -> None:
+    def __init__(
+        self, ckpt: Path, max_batch_size: int, threads: int, log: Path, runtime: str = "torch", decode_threads: int | None = None
+    ) -> None:
         self.port = free_port()
         command = [sys.executable, str(REPO / "main.py"), "serve", "--ckpt_path", str(ckpt), "--port", str(self.port),
                    "--max_batch_size", str(max_batch_size), "--batch_timeout", "0.005", "--threads", str(threads),
@@ -203,7 +207,9 @@ def main() -> None:
     before = in_process_rate(ckpt, paths, args.runtime)
     print(f"\nin-process classify_many (batch 32): {before:.1f} images/s (1-min load average {os.getloadavg()[0]:.1f}); "
           "measured again at the end; the ratio column is to this first figure\n")  # fmt: skip
-    print(f"{'batching':<12} {'conc.':>5} {'requests':>8} {'req/s':>7} {'ratio':>6} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'failed':>6} {'load':>5}")
+    print(
+        f"{'batching':<12} {'conc.':>5} {'requests':>8} {'req/s':>7} {'ratio':>6} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'failed':>6} {'load':>5}"
+    )
 
     rows = []
     for batch_size in [size for size, name in ((args.max_batch_size, "on"), (1, "off")) if name in args.batching]:
@@ -223,7 +229,7 @@ def main() -> None:
             if batch_size > 1 and args.memory_requests:
                 marks: dict[int, int] = {}
 
-                def sample(done: int) -> None:
+                def sample(done: int, marks: dict[int, int] = marks, server: ServeProcess = server) -> None:
                     if done in (1_000, args.memory_requests):
                         marks[done] = server.rss_bytes()
 
@@ -240,7 +246,7 @@ def main() -> None:
     baseline = (before + after) / 2
     print(f"\nin-process classify_many again: {after:.1f} images/s (load {os.getloadavg()[0]:.1f}); mean {baseline:.1f}. "
           "Ratios to the mean:")  # fmt: skip
-    for label, concurrency, rate, ms, failed, load in rows:
+    for label, concurrency, rate, *_ in rows:
         print(f"  batching {label:<11} concurrency {concurrency:>2}: {rate:6.1f} req/s = {rate / baseline:.2f}x in-process")
 
 

@@ -127,7 +127,10 @@ class Soak:
                 os.kill(pid, signal.SIGKILL)
                 back = self.wait_healthy(killed_at)
                 self.kills.append((killed_at, pid, back))
-                print(f"  {killed_at:7.1f} s: SIGKILL worker {pid}; /health ok again after {back if back is None else round(back, 1)} s", flush=True)
+                print(
+                    f"  {killed_at:7.1f} s: SIGKILL worker {pid}; /health ok again after {back if back is None else round(back, 1)} s",
+                    flush=True,
+                )
             next_kill += 60 * self.args.kill_every
 
     def wait_healthy(self, since: float) -> float | None:
@@ -186,8 +189,13 @@ def report(soak: Soak, args: argparse.Namespace) -> bool:
     other = [s for s in good if s.status != 200 and s not in at_kill]
     wrong_4xx = [s for s in bad if s.status is None or not 400 <= s.status < 500]
     duration = max((s.end for s in sent), default=1.0)
-    print(f"\n{len(sent)} requests in {duration / 60:.1f} min ({len(sent) / duration:.1f} req/s): {len(good)} well-formed, {len(bad)} malformed")
-    print(f"kills: {len(soak.kills)}; /health ok again after " + ", ".join(f"{b:.1f} s" if b is not None else "never" for _, _, b in soak.kills))
+    print(
+        f"\n{len(sent)} requests in {duration / 60:.1f} min ({len(sent) / duration:.1f} req/s): {len(good)} well-formed, {len(bad)} malformed"
+    )
+    print(
+        f"kills: {len(soak.kills)}; /health ok again after "
+        + ", ".join(f"{b:.1f} s" if b is not None else "never" for _, _, b in soak.kills)
+    )
     print(f"well-formed answered otherwise than 200: {len(at_kill) + len(other)} "
           f"({len(at_kill)} in flight at a kill, {len(other)} other)")  # fmt: skip
     for s in (at_kill + other)[:5]:

@@ -92,11 +92,34 @@ def folder_bytes(path: Path) -> int:
 def fit(data: str, processes: int, steps: int, env: dict, log: Path) -> dict:
     """One ``main.py fit`` run: seconds to the first step, steady images/s, peak RSS."""
     clock = log.with_suffix(".json")
-    command = [sys.executable, str(REPO / "main.py"), "fit", "--config", str(REPO / "configs" / "quickstart.yaml"),
-               "--data.data_dir", data, "--data.generate", "null", "--data.image_size", "64", "--data.val_fraction", "0.01",
-               "--trainer.max_steps", str(steps), "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
-               "--trainer.logger", "false", "--checkpoint.save_last", "false", "--checkpoint.save_top_k", "0",
-               "--trainer.callbacks+=step_clock.StepClock"]
+    command = [
+        sys.executable,
+        str(REPO / "main.py"),
+        "fit",
+        "--config",
+        str(REPO / "configs" / "quickstart.yaml"),
+        "--data.data_dir",
+        data,
+        "--data.generate",
+        "null",
+        "--data.image_size",
+        "64",
+        "--data.val_fraction",
+        "0.01",
+        "--trainer.max_steps",
+        str(steps),
+        "--trainer.limit_val_batches",
+        "0",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.logger",
+        "false",
+        "--checkpoint.save_last",
+        "false",
+        "--checkpoint.save_top_k",
+        "0",
+        "--trainer.callbacks+=step_clock.StepClock",
+    ]
     if processes > 1:
         command += ["--config", str(REPO / "configs" / "ddp_cpu.yaml"), "--trainer.devices", str(processes)]
     launched = time.time()
@@ -117,8 +140,25 @@ def fit(data: str, processes: int, steps: int, env: dict, log: Path) -> dict:
 def optimize(folder: Path, output: str, env: dict, log: Path) -> float:
     started = time.time()
     with log.open("w") as out:
-        subprocess.run([sys.executable, str(REPO / "main.py"), "optimize", "--data_dir", str(folder), "--output", output,
-                        "--image_size", "64", "--val_fraction", "0.01"], env=env, stdout=out, stderr=subprocess.STDOUT, check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "main.py"),
+                "optimize",
+                "--data_dir",
+                str(folder),
+                "--output",
+                output,
+                "--image_size",
+                "64",
+                "--val_fraction",
+                "0.01",
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=True,
+        )
     return time.time() - started
 
 
@@ -172,13 +212,18 @@ def main() -> None:
                 result = fit(location, processes, args.steps, run_env, args.work / f"fit-{size}-{name.split()[0]}-{processes}.log")
                 used = {"stream": disk.get("stream", 0), "s3": folder_bytes(cache / "streams")}.get(name) or folder_bytes(cache)
                 rows.append((size, name, processes, result, used))
-                print(f"  {name:<14} x{processes}: first step {result['first_step_s']:6.1f} s, {result['images_per_s']:7.0f} images/s, "
-                      f"peak RSS {result['peak_rss_gb']:.2f} GiB, disk {used / 2**30:.2f} GiB", flush=True)
+                print(
+                    f"  {name:<14} x{processes}: first step {result['first_step_s']:6.1f} s, {result['images_per_s']:7.0f} images/s, "
+                    f"peak RSS {result['peak_rss_gb']:.2f} GiB, disk {used / 2**30:.2f} GiB",
+                    flush=True,
+                )
     print("\n| images | source | processes | launch -> first step (s) | steady images/s | peak RSS (GiB) | disk (GiB) |")
     print("|---:|---|---:|---:|---:|---:|---:|")
     for size, name, processes, result, used in rows:
-        print(f"| {size:,} | {name} | {processes} | {result['first_step_s']:.1f} | {result['images_per_s']:.0f} | "
-              f"{result['peak_rss_gb']:.2f} | {used / 2**30:.2f} |")
+        print(
+            f"| {size:,} | {name} | {processes} | {result['first_step_s']:.1f} | {result['images_per_s']:.0f} | "
+            f"{result['peak_rss_gb']:.2f} | {used / 2**30:.2f} |"
+        )
     if store is not None:
         store_context.__exit__(None, None, None)
 

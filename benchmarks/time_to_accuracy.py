@@ -52,7 +52,9 @@ class Clock:
         stop = time.perf_counter()
         accuracy = test_accuracy(model, datamodule, mixed)
         self.rows.append((epoch, stop - self.start - self.paused, accuracy))
-        print(f"  epoch {epoch + 1}: {self.rows[-1][1] / 60:.2f} min of training, test top-1 {accuracy:.2%}", file=sys.__stdout__, flush=True)
+        print(
+            f"  epoch {epoch + 1}: {self.rows[-1][1] / 60:.2f} min of training, test top-1 {accuracy:.2%}", file=sys.__stdout__, flush=True
+        )
         self.paused += time.perf_counter() - stop
 
 
@@ -84,8 +86,19 @@ class EpochScore(Callback):
 
 def fit_arguments(args, root: str) -> list[str]:
     checkpoints = str(args.keep / "checkpoints") if args.keep else root
-    return ["--config", str(CONFIG), "--data.data_dir", str(args.data_dir), *args.fit_options,
-            "--trainer.logger.init_args.save_dir", str(args.keep or root), "--checkpoint.dirpath", checkpoints, "--trainer.enable_progress_bar", "false"]
+    return [
+        "--config",
+        str(CONFIG),
+        "--data.data_dir",
+        str(args.data_dir),
+        *args.fit_options,
+        "--trainer.logger.init_args.save_dir",
+        str(args.keep or root),
+        "--checkpoint.dirpath",
+        checkpoints,
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
 
 
 def run_cli(args) -> Clock:
@@ -142,23 +155,31 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "datasets" / "gemstones")
     parser.add_argument("--variants", nargs="+", choices=("cli", "plain"), default=["cli", "plain"])
-    parser.add_argument("--tta", choices=("none", "hflip", "dihedral"), default=None, help="TTA of the per-epoch scores (default: the config's)")
+    parser.add_argument(
+        "--tta", choices=("none", "hflip", "dihedral"), default=None, help="TTA of the per-epoch scores (default: the config's)"
+    )
     parser.add_argument("--keep", type=Path, default=None, help="keep the CLI run's logs and checkpoints in this folder")
     args = parser.parse_args(ours)
     global TTA
     TTA = args.tta
     args.fit_options = fit_options
     quiet()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU {torch.backends.cpu.get_cpu_capability()}; "
-          f"{CONFIG.name} {' '.join(fit_options)}", flush=True)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU {torch.backends.cpu.get_cpu_capability()}; "
+        f"{CONFIG.name} {' '.join(fit_options)}",
+        flush=True,
+    )
     clocks = {}
     for variant in args.variants:
         print(f"{variant}:", flush=True)
         clocks[variant] = (run_cli if variant == "cli" else run_plain)(args)
     for variant, clock in clocks.items():
-        print(f"{variant}: " + ", ".join(f"{target:.0%}: {time_to(clock.rows, target)}" for target in TARGETS)
-              + f"; final {clock.rows[-1][2]:.2%} after {clock.rows[-1][1] / 60:.2f} min; per epoch (min, top-1): "
-              + " ".join(f"({seconds / 60:.2f}, {accuracy:.1%})" for _, seconds, accuracy in clock.rows))
+        print(
+            f"{variant}: "
+            + ", ".join(f"{target:.0%}: {time_to(clock.rows, target)}" for target in TARGETS)
+            + f"; final {clock.rows[-1][2]:.2%} after {clock.rows[-1][1] / 60:.2f} min; per epoch (min, top-1): "
+            + " ".join(f"({seconds / 60:.2f}, {accuracy:.1%})" for _, seconds, accuracy in clock.rows)
+        )
 
 
 if __name__ == "__main__":

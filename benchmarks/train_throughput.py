@@ -80,21 +80,38 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each timed run")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--augment-on", choices=("loader", "device"), default="loader")
-    parser.add_argument("--compile", choices=("off", "on", "both"), default="off",
-                        help="nn.Module.compile() the model's forward (every variant); both: each variant with and without")
-    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (eager: Dynamo's tracing alone, no code generation)")
+    parser.add_argument(
+        "--compile",
+        choices=("off", "on", "both"),
+        default="off",
+        help="nn.Module.compile() the model's forward (every variant); both: each variant with and without",
+    )
+    parser.add_argument(
+        "--compile-backend", default="inductor", help="torch.compile backend (eager: Dynamo's tracing alone, no code generation)"
+    )
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
     parser.add_argument("--matmul-reps", type=int, default=10)
     parser.add_argument("--threads", default="", help="torch threads to compare, e.g. 2,1 (default: as set)")
     parser.add_argument("--quiet", type=float, default=0.3, help="'quiet' runs: other processes below this many cores")
-    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
-                        help="instead of the comparison: torch.profiler over STEPS steps of (a), by phase and by op")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="instead of the comparison: torch.profiler over STEPS steps of (a), by phase and by op",
+    )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--precision", choices=tuple(AUTOCAST_DTYPES), default="bf16-mixed", help="of (a) and (b); the CLI variants use their config's")
-    parser.add_argument("--num-workers", type=int, default=None, help="loader workers (default: the data module's, one per spare core up to 8)")
+    parser.add_argument(
+        "--precision", choices=tuple(AUTOCAST_DTYPES), default="bf16-mixed", help="of (a) and (b); the CLI variants use their config's"
+    )
+    parser.add_argument(
+        "--num-workers", type=int, default=None, help="loader workers (default: the data module's, one per spare core up to 8)"
+    )
     parser.add_argument("--image-size", type=int, default=220, help="of (a) and (b)")
     parser.add_argument("--batch-size", type=int, default=32, help="of (a) and (b)")
-    parser.add_argument("--cli-args", type=shlex.split, default=[], help="extra options for the CLI variants, e.g. --cli-args='--data.batch_size 8'")
+    parser.add_argument(
+        "--cli-args", type=shlex.split, default=[], help="extra options for the CLI variants, e.g. --cli-args='--data.batch_size 8'"
+    )
     args = parser.parse_args(argv)
     args.compiled = False
     return args
@@ -192,8 +209,14 @@ class StepClock(Callback):
 
 
 def make_datamodule(args) -> GemDataModule:
-    datamodule = GemDataModule(str(args.data_dir), image_size=args.image_size, batch_size=args.batch_size, augment=Augmentation(),
-                               augment_on=args.augment_on, num_workers=args.num_workers)
+    datamodule = GemDataModule(
+        str(args.data_dir),
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        augment=Augmentation(),
+        augment_on=args.augment_on,
+        num_workers=args.num_workers,
+    )
     datamodule.prepare_data()
     datamodule.setup("fit")
     return datamodule
@@ -287,8 +310,14 @@ def profile_plain(args, datamodule: GemDataModule) -> None:
 
 def lightning_trainer(args, root: str, lean: bool, clock: StepClock) -> Trainer:
     common = dict(
-        accelerator=args.device, devices=1, precision=args.precision, max_steps=args.warmup + args.steps,
-        limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=root, callbacks=[clock],
+        accelerator=args.device,
+        devices=1,
+        precision=args.precision,
+        max_steps=args.warmup + args.steps,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        default_root_dir=root,
+        callbacks=[clock],
     )
     if lean:
         return Trainer(**common, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
@@ -302,7 +331,9 @@ def run_lightning(args, datamodule: GemDataModule, lean: bool) -> Run:
     with tempfile.TemporaryDirectory() as root, hidden_output():
         trainer = lightning_trainer(args, root, lean, clock)  # the progress bar is rendered, not shown
         if args.compiled:
-            model.compile(backend=args.compile_backend)  # forward only: fit(torch.compile(model)) also compiles training_step (metrics, logging)
+            model.compile(
+                backend=args.compile_backend
+            )  # forward only: fit(torch.compile(model)) also compiles training_step (metrics, logging)
         trainer.fit(model, datamodule=datamodule)
     return clock.run
 
@@ -313,17 +344,27 @@ def run_cli(args, variant: str, recipes: dict) -> Run:
     with tempfile.TemporaryDirectory() as root, hidden_output():
         cli = cli_main(
             [
-                "--config", str(CONFIGS[variant]),
-                "--data.data_dir", str(args.data_dir),
-                "--data.augment_on", args.augment_on,
-                "--trainer.accelerator", args.device,
+                "--config",
+                str(CONFIGS[variant]),
+                "--data.data_dir",
+                str(args.data_dir),
+                "--data.augment_on",
+                args.augment_on,
+                "--trainer.accelerator",
+                args.device,
                 *(["--data.num_workers", str(args.num_workers)] if args.num_workers is not None else []),
-                "--trainer.max_steps", str(args.warmup + args.steps),
-                "--trainer.limit_val_batches", "0",
-                "--trainer.num_sanity_val_steps", "0",
-                "--trainer.default_root_dir", root,
-                "--trainer.logger.init_args.save_dir", root,
-                "--checkpoint.dirpath", root,
+                "--trainer.max_steps",
+                str(args.warmup + args.steps),
+                "--trainer.limit_val_batches",
+                "0",
+                "--trainer.num_sanity_val_steps",
+                "0",
+                "--trainer.default_root_dir",
+                root,
+                "--trainer.logger.init_args.save_dir",
+                root,
+                "--checkpoint.dirpath",
+                root,
                 *args.cli_args,
             ],
             run=False,
@@ -375,8 +416,10 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     quiet()
     variants = [v for v in args.variants.split(",") if v]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; {args.image_size} px, batch {args.batch_size}, "
-          f"{args.precision}, channels_last, augment_on={args.augment_on}, compile={args.compile}; {args.steps} steps after {args.warmup} warm-up, {args.rounds} rounds")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; {args.image_size} px, batch {args.batch_size}, "
+        f"{args.precision}, channels_last, augment_on={args.augment_on}, compile={args.compile}; {args.steps} steps after {args.warmup} warm-up, {args.rounds} rounds"
+    )
     datamodule = make_datamodule(args)
     print(f"{len(datamodule.datasets['train'])} training images, {datamodule.num_workers} loader worker(s)")
     if args.profile:
@@ -384,7 +427,10 @@ def main(argv=None) -> None:
         return
 
     seed_model = GemClassifier(datamodule.class_names, args.image_size)
-    recipes = {v: (args.image_size, args.batch_size, *flops_per_image(seed_model, args.image_size, args.batch_size)) for v in ("a", "b", "b_default")}
+    recipes = {
+        v: (args.image_size, args.batch_size, *flops_per_image(seed_model, args.image_size, args.batch_size))
+        for v in ("a", "b", "b_default")
+    }
     del seed_model
     base_runners = {
         "a": lambda: run_plain(args, datamodule),
@@ -397,7 +443,9 @@ def main(argv=None) -> None:
     compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
     labels = {
         f"{v}{f'@{t}t' if len(threads) > 1 else ''}{'+compile' if c and len(compiles) > 1 else ''}": (v, t, c)
-        for v in variants for t in threads for c in compiles
+        for v in variants
+        for t in threads
+        for c in compiles
     }
     results: dict[str, list[dict[str, float]]] = {label: [] for label in labels}
     for round_ in range(args.rounds):
@@ -407,8 +455,11 @@ def main(argv=None) -> None:
             torch.set_num_threads(n)
             r = base_runners[variant]().stats(args.warmup)
             results[label].append(r)
-            print(f"round {round_ + 1} {label:>9}: {r['mean']:6.1f} images/s (median step: {r['median']:6.1f}), "
-                  f"waiting {r['wait']:5.1%}, first step {r['first']:.1f} s, other processes {r['others']:.2f} cores", flush=True)
+            print(
+                f"round {round_ + 1} {label:>9}: {r['mean']:6.1f} images/s (median step: {r['median']:6.1f}), "
+                f"waiting {r['wait']:5.1%}, first step {r['first']:.1f} s, other processes {r['others']:.2f} cores",
+                flush=True,
+            )
     torch.set_num_threads(threads[0])
 
     print("\nrecipes (image px, batch, GFLOP per image forward / training step):")
@@ -431,11 +482,17 @@ def main(argv=None) -> None:
         print(f"\n{runs} ({counts}):")
         for key, title in (("mean", "images/s over the timed steps"), ("median", "images/s of the median step")):
             line = ", ".join(f"{label} {median(label, key, quiet_only):.1f}" for label in labels)
-            ratios = ", ".join(f"{label}/{ref} {median(label, key, quiet_only) / median(ref, key, quiet_only):.3f}" for label in same_recipe)
+            ratios = ", ".join(
+                f"{label}/{ref} {median(label, key, quiet_only) / median(ref, key, quiet_only):.3f}" for label in same_recipe
+            )
             print(f"  median {title}: {line}" + (f"; {ratios}" if ratios else ""))
         gflops = {label: median(label, "median", quiet_only) * step_flops(label) / 1e9 for label in labels}
         ratios = ", ".join(f"{label}/{ref} {gflops[label] / gflops[ref]:.3f}" for label in labels if ref and label != ref)
-        print("  training GFLOP/s (median step): " + ", ".join(f"{label} {g:.0f}" for label, g in gflops.items()) + (f"; {ratios}" if ratios else ""))
+        print(
+            "  training GFLOP/s (median step): "
+            + ", ".join(f"{label} {g:.0f}" for label, g in gflops.items())
+            + (f"; {ratios}" if ratios else "")
+        )
     print("median waiting share: " + ", ".join(f"{label} {median(label, 'wait'):.1%}" for label in labels))
     print("median other processes (cores): " + ", ".join(f"{label} {median(label, 'others'):.2f}" for label in labels))
     if args.compile != "off":
@@ -446,12 +503,16 @@ def main(argv=None) -> None:
         torch.set_num_threads(n)
         before = cpu_snapshot()
         bf16, fp32 = (matmul_rate(dtype, args.matmul_reps, device=args.device) for dtype in (torch.bfloat16, torch.float32))
-        print(f"\n4096^3 matmul, {n} thread(s): bf16 {bf16 / 1e12:.2f} TFLOP/s, fp32 {fp32 / 1e12:.2f} TFLOP/s (best of "
-              f"{args.matmul_reps}; other processes {others_cores(before, cpu_snapshot()):.2f} cores meanwhile)")
+        print(
+            f"\n4096^3 matmul, {n} thread(s): bf16 {bf16 / 1e12:.2f} TFLOP/s, fp32 {fp32 / 1e12:.2f} TFLOP/s (best of "
+            f"{args.matmul_reps}; other processes {others_cores(before, cpu_snapshot()):.2f} cores meanwhile)"
+        )
         print(f"share of that ceiling (median-step images/s of {'quiet' if quiet_any else 'all'} runs x training-step FLOPs):")
         for label in (lb for lb, (_, t, _) in labels.items() if t == n):
             achieved = median(label, "median", quiet_any) * step_flops(label)
-            print(f"  {label:>9}: {achieved / 1e9:.0f} GFLOP/s = {achieved / bf16:.1%} of the bf16 matmul rate, {achieved / fp32:.1%} of fp32")
+            print(
+                f"  {label:>9}: {achieved / 1e9:.0f} GFLOP/s = {achieved / bf16:.1%} of the bf16 matmul rate, {achieved / fp32:.1%} of fp32"
+            )
 
 
 if __name__ == "__main__":

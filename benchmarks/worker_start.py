@@ -56,8 +56,10 @@ def main() -> None:
             times[method].append(fit_seconds(method, args, out))
             print(f"round {round_}: {method:10s} {times[method][-1]:6.1f} s", flush=True)
     medians = {method: statistics.median(values) for method, values in times.items()}
-    print(f"median fit wall time: fork {medians['fork']:.1f} s, forkserver {medians['forkserver']:.1f} s; "
-          f"forkserver / fork = {medians['forkserver'] / medians['fork']:.2f}")
+    print(
+        f"median fit wall time: fork {medians['fork']:.1f} s, forkserver {medians['forkserver']:.1f} s; "
+        f"forkserver / fork = {medians['forkserver'] / medians['fork']:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import errno
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
 class UserInputError(ValueError):
@@ -16,7 +16,7 @@ class DiskFullError(UserInputError, OSError):
     """The disk filled up while writing: nothing the user typed, but something only they can fix."""
 
 
-_EXPLAINERS: list[Callable[[BaseException], "UserInputError | None"]] = []
+_EXPLAINERS: list[Callable[[BaseException], UserInputError | None]] = []
 
 
 def explain_failures_with(explainer: Callable[[BaseException], UserInputError | None]) -> None:
@@ -54,6 +54,5 @@ def disk_full_error(path: Path, what: str, advice: str = "Free some space, or wr
     folder = next((p for p in (Path(path).parent, *Path(path).parents) if p.exists()), Path("."))
     free = shutil.disk_usage(folder).free
     return DiskFullError(
-        f"the disk is full: could not write {what} {str(path)!r} ({free / 2**20:.1f} MiB free on the disk of "
-        f"{str(folder)!r}). {advice}"
+        f"the disk is full: could not write {what} {str(path)!r} ({free / 2**20:.1f} MiB free on the disk of {str(folder)!r}). {advice}"
     )

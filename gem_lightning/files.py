@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 from gem_lightning.errors import disk_full_error, is_disk_full
 
 
 @contextmanager
-def atomic_write(target: str | Path, mode: str = "wb", *, durable: bool = True, what: str = "the file",
-                 advice: str | None = None, **open_kwargs) -> Iterator[IO]:
+def atomic_write(
+    target: str | Path, mode: str = "wb", *, durable: bool = True, what: str = "the file", advice: str | None = None, **open_kwargs
+) -> Iterator[IO]:
     """Open a temporary file beside ``target``; on a clean exit it replaces ``target`` in one rename.
 
     The temporary file, ``.<name>.<random>.tmp``, lives in the target's folder (same filesystem, so

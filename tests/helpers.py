@@ -24,7 +24,9 @@ TINY_MODEL = ["--model.network.channels", "[8, 16]", "--model.network.pools", "[
 
 def run_cli(*args: str, env: dict, cwd: Path, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
     """``python main.py <args>`` in a subprocess; with ``check``, fail the test with its output when it fails."""
-    result = subprocess.run([sys.executable, str(REPO / "main.py"), *map(str, args)], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "main.py"), *map(str, args)], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"main.py {' '.join(map(str, args))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     return result
@@ -60,7 +62,9 @@ def train_tiny(root: Path, *, train_per_class: int = 10, test_per_class: int = 3
     data_dir = make_dataset(root / "gems", train_per_class=train_per_class, test_per_class=test_per_class)
     datamodule = GemDataModule(str(data_dir), **datamodule_kwargs(root / "cache"))
     model = GemClassifier(datamodule.class_names, 32, network=TINY_NETWORK, **model_kwargs)
-    trainer = Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = Trainer(
+        max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+    )
     trainer.fit(model, datamodule=datamodule)
     checkpoint = root / "model.ckpt"
     trainer.save_checkpoint(checkpoint)

@@ -44,8 +44,13 @@ class PauseInFit(Callback):
         self.done = False
 
     def _due(self, trainer, at: str, batch_idx: int | None = None) -> bool:
-        return (not self.done and trainer.global_rank == 0 and PAUSE["at"] == at
-                and trainer.current_epoch == PAUSE["epoch"] and (batch_idx is None or batch_idx == PAUSE.get("batch", 0)))
+        return (
+            not self.done
+            and trainer.global_rank == 0
+            and PAUSE["at"] == at
+            and trainer.current_epoch == PAUSE["epoch"]
+            and (batch_idx is None or batch_idx == PAUSE.get("batch", 0))
+        )
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self._due(trainer, "train", batch_idx):

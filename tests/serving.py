@@ -37,13 +37,22 @@ class Server:
     log: Path
     api_key: str | None = None
 
-    def request(self, path: str, body: bytes | None = None, content_type: str | None = None, method: str | None = None,
-                key: str | None = "default", timeout: float = 60.0) -> Answer:
+    def request(
+        self,
+        path: str,
+        body: bytes | None = None,
+        content_type: str | None = None,
+        method: str | None = None,
+        key: str | None = "default",
+        timeout: float = 60.0,
+    ) -> Answer:
         headers = {"Content-Type": content_type} if content_type else {}
         key = self.api_key if key == "default" else key
         if key:
             headers["X-API-Key"] = key
-        request = urllib.request.Request(self.url + path, data=body, headers=headers, method=method or ("POST" if body is not None else "GET"))
+        request = urllib.request.Request(
+            self.url + path, data=body, headers=headers, method=method or ("POST" if body is not None else "GET")
+        )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 return Answer(response.status, response.read())

@@ -24,8 +24,7 @@ from helpers import free_port
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "scontrol", "scancel", "sinfo", "squeue", "srun")
-FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY", "BOOT_FAIL",
-            "DEADLINE"}
+FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 
 
 class ClusterUnavailable(RuntimeError):
@@ -54,7 +53,7 @@ class SlurmCluster:
         """Variables that point SLURM's commands (and the jobs' own ``scontrol``) at this cluster."""
         return {"SLURM_CONF": str(self.conf)}
 
-    def start(self, timeout: float = 90) -> "SlurmCluster":
+    def start(self, timeout: float = 90) -> SlurmCluster:
         missing = [name for name in DAEMONS + CLIENTS if shutil.which(name) is None]
         if missing:
             raise ClusterUnavailable(f"{', '.join(missing)} not found (apt-get install slurm-wlm munge)")
@@ -64,10 +63,19 @@ class SlurmCluster:
         key.write_bytes(os.urandom(1024))
         key.chmod(0o400)
         socket_path = self.root / "munge" / "munge.socket"
-        self._run_daemon("munged", ["munged", "-F", "-f", f"--key-file={key}", f"--socket={socket_path}",
-                                    f"--pid-file={self.root / 'munge' / 'munged.pid'}",
-                                    f"--log-file={self.root / 'log' / 'munged.log'}",
-                                    f"--seed-file={self.root / 'munge' / 'munged.seed'}"])
+        self._run_daemon(
+            "munged",
+            [
+                "munged",
+                "-F",
+                "-f",
+                f"--key-file={key}",
+                f"--socket={socket_path}",
+                f"--pid-file={self.root / 'munge' / 'munged.pid'}",
+                f"--log-file={self.root / 'log' / 'munged.log'}",
+                f"--seed-file={self.root / 'munge' / 'munged.seed'}",
+            ],
+        )
         self._wait(lambda: socket_path.exists(), 20, "munged did not create its socket")
         self.conf.write_text(self._config(socket_path))
         self._run_daemon("slurmctld", ["slurmctld", "-D", "-f", str(self.conf)])
@@ -87,18 +95,18 @@ SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={munge_socket},cred_expire=5
-StateSaveLocation={root / 'state'}
-SlurmdSpoolDir={root / 'spool'}
-SlurmctldPidFile={root / 'slurmctld.pid'}
-SlurmdPidFile={root / 'slurmd.pid'}
-SlurmctldLogFile={root / 'log' / 'slurmctld.log'}
-SlurmdLogFile={root / 'log' / 'slurmd.log'}
+StateSaveLocation={root / "state"}
+SlurmdSpoolDir={root / "spool"}
+SlurmctldPidFile={root / "slurmctld.pid"}
+SlurmdPidFile={root / "slurmd.pid"}
+SlurmctldLogFile={root / "log" / "slurmctld.log"}
+SlurmdLogFile={root / "log" / "slurmd.log"}
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/filetxt
-JobCompLoc={root / 'log' / 'jobcomp.txt'}
+JobCompLoc={root / "log" / "jobcomp.txt"}
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 SchedulerType=sched/backfill
@@ -115,8 +123,11 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSu
 
     def _run_daemon(self, name: str, command: list[str]) -> None:
         log = (self.root / "log" / f"{name}.stdout").open("wb")
-        self.processes.append(subprocess.Popen(["nice", "-n", "10", *command], stdout=log, stderr=subprocess.STDOUT,
-                                               env={**os.environ, **self.env}, start_new_session=True))
+        self.processes.append(
+            subprocess.Popen(
+                ["nice", "-n", "10", *command], stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}, start_new_session=True
+            )
+        )
 
     def _wait(self, condition, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
@@ -137,8 +148,9 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSu
         return "\n".join(parts)
 
     def stop(self) -> None:
-        subprocess.run(["scancel", "--full", "--signal=KILL", "--user", "root"], env={**os.environ, **self.env},
-                       capture_output=True, timeout=30)
+        subprocess.run(
+            ["scancel", "--full", "--signal=KILL", "--user", "root"], env={**os.environ, **self.env}, capture_output=True, timeout=30
+        )
         deadline = time.monotonic() + 30  # let slurmd reap the job steps, or their slurmstepd outlive it
         while time.monotonic() < deadline and self._jobs_left():
             time.sleep(1)

@@ -23,8 +23,12 @@ from gem_lightning.errors import UserInputError
 
 CLASSES = {"Blue": (30, 60, 220), "Green": (30, 200, 60), "Red": (220, 30, 40)}
 TRAIN, TEST = 18, 4
-MISLABELLED = {"train/Blue/red as blue 0.jpg": "Red", "train/Blue/red as blue 1.jpg": "Red",
-               "train/Red/blue as red 0.jpg": "Blue", "train/Red/blue as red 1.jpg": "Blue"}
+MISLABELLED = {
+    "train/Blue/red as blue 0.jpg": "Red",
+    "train/Blue/red as blue 1.jpg": "Red",
+    "train/Red/blue as red 0.jpg": "Blue",
+    "train/Red/blue as red 1.jpg": "Blue",
+}
 """Planted mislabels (a photo of the class on the right under another class) -> their true class."""
 CROSS_CLASS_COPY = ("train/Red/red 3.jpg", "train/Green/copy of red 3.jpg")
 LEAKED = ("train/Blue/blue 5.jpg", "test/Blue/copy of blue 5.jpg")
@@ -43,7 +47,9 @@ def scene(colour: tuple[int, int, int], seed: int, size: int = 96, blob: tuple[i
         draw.rectangle([int(x), int(y), int(x) + side, int(y) + side], fill=(int(rng.integers(0, 120)),) * 3)
     x, y = rng.integers(5, size - 65, 2)
     w, h = rng.integers(*blob, 2)
-    draw.ellipse([int(x), int(y), int(x + w), int(y + h)], fill=tuple(int(v) for v in np.clip(np.array(colour) + rng.integers(-25, 25, 3), 0, 255)))
+    draw.ellipse(
+        [int(x), int(y), int(x + w), int(y + h)], fill=tuple(int(v) for v in np.clip(np.array(colour) + rng.integers(-25, 25, 3), 0, 255))
+    )
     pixels = np.asarray(image).astype(float) + rng.normal(0, 12, (size, size, 3))
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
@@ -54,7 +60,9 @@ def make_audit_set(root: Path, train: int = TRAIN, test: int = TEST, classes: di
         for c, (name, colour) in enumerate(classes.items()):
             (root / split / name).mkdir(parents=True, exist_ok=True)
             for i in range(count):
-                scene(colour, seed=c * 1000 + i + (500 if split == "test" else 0)).save(root / split / name / f"{name.lower()} {i}.jpg", quality=90)
+                scene(colour, seed=c * 1000 + i + (500 if split == "test" else 0)).save(
+                    root / split / name / f"{name.lower()} {i}.jpg", quality=90
+                )
     if set(classes) == set(CLASSES):
         for i, (path, true_class) in enumerate(MISLABELLED.items()):
             scene(CLASSES[true_class], seed=9000 + i).save(root / path, quality=90)
@@ -146,14 +154,17 @@ def write_corrections(path: Path, *rows: tuple[str, str, str]) -> Path:
     return path
 
 
-@pytest.mark.parametrize("rows, expected", [
-    ((("train/Blue/no such photo.jpg", "drop", ""),), "does not exist in"),
-    ((("train/Blue/blue 0.jpg", "delete", ""),), "action 'delete' is not one of keep, drop, relabel"),
-    ((("train/Blue/blue 0.jpg", "relabel", "Purple"),), "new_label 'Purple' is not a class of train/"),
-    ((("train/Blue/blue 0.jpg", "relabel", ""),), "action relabel needs a new_label"),
-    ((("train/Blue/blue 0.jpg", "drop", ""), ("train/Blue/blue 0.jpg", "relabel", "Red")), "another action than on line 2"),
-    ((("../elsewhere.jpg", "drop", ""),), "is not a photo of"),
-])
+@pytest.mark.parametrize(
+    "rows, expected",
+    [
+        ((("train/Blue/no such photo.jpg", "drop", ""),), "does not exist in"),
+        ((("train/Blue/blue 0.jpg", "delete", ""),), "action 'delete' is not one of keep, drop, relabel"),
+        ((("train/Blue/blue 0.jpg", "relabel", "Purple"),), "new_label 'Purple' is not a class of train/"),
+        ((("train/Blue/blue 0.jpg", "relabel", ""),), "action relabel needs a new_label"),
+        ((("train/Blue/blue 0.jpg", "drop", ""), ("train/Blue/blue 0.jpg", "relabel", "Red")), "another action than on line 2"),
+        ((("../elsewhere.jpg", "drop", ""),), "is not a photo of"),
+    ],
+)
 def test_bad_corrections_are_refused_in_one_line(tmp_path, rows, expected):
     root = make_audit_set(tmp_path / "gems", train=2, test=1, classes={"Blue": (0, 0, 255), "Red": (255, 0, 0)})
     csv_path = write_corrections(tmp_path / "c.csv", *rows)

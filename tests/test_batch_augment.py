@@ -153,7 +153,9 @@ def test_rotate90_turns_by_exact_quarter_turns_all_four_ways():
 
 def test_flips_happen_half_of_the_time():
     image = dot_image(12, 12)
-    out = BatchAugment(Augmentation(rotation=0, zoom=0, shift=0, shear=0, hflip=True, vflip=True), SIZE)(image.unsqueeze(0).repeat(400, 1, 1, 1))
+    out = BatchAugment(Augmentation(rotation=0, zoom=0, shift=0, shear=0, hflip=True, vflip=True), SIZE)(
+        image.unsqueeze(0).repeat(400, 1, 1, 1)
+    )
     _, cx, cy, _ = moments(out)
     assert 0.4 < (cx > SIZE / 2).float().mean() < 0.6
     assert 0.4 < (cy > SIZE / 2).float().mean() < 0.6
@@ -220,7 +222,9 @@ class Recorder(GemClassifier):
 
 
 def test_datamodule_augments_training_batches_on_the_device(tiny_dataset, isolated_cache, tmp_path):
-    datamodule = GemDataModule(str(tiny_dataset), augment_on="device", **datamodule_kwargs(isolated_cache, augment=Augmentation(vflip=True, brightness=0.2)))
+    datamodule = GemDataModule(
+        str(tiny_dataset), augment_on="device", **datamodule_kwargs(isolated_cache, augment=Augmentation(vflip=True, brightness=0.2))
+    )
     datamodule.prepare_data()
     datamodule.setup("fit")
     images, _, _ = next(iter(datamodule.train_dataloader()))
@@ -229,7 +233,9 @@ def test_datamodule_augments_training_batches_on_the_device(tiny_dataset, isolat
     model = Recorder(datamodule.class_names, 32, network=TINY_NETWORK)
     model.seen = []
     # The model summary (on by default) sends the example input through the same hook.
-    trainer = Trainer(accelerator="cpu", max_steps=2, val_check_interval=2, logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    trainer = Trainer(
+        accelerator="cpu", max_steps=2, val_check_interval=2, logger=False, enable_progress_bar=False, default_root_dir=tmp_path
+    )
     trainer.fit(model, datamodule=datamodule)
     assert trainer.global_step == 2
     train = [s for s in model.seen if s[0] == "train"]

@@ -27,7 +27,7 @@ def shapes(count: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Te
     for i in range(count):
         r, c = (int(v) for v in rng.integers(2, SIZE - SHAPE - 2, 2))
         if labels[i] == 0:
-            images[i, r:r + SHAPE, c:c + SHAPE] = 250
+            images[i, r : r + SHAPE, c : c + SHAPE] = 250
         else:
             images[i][(rows - r - SHAPE / 2) ** 2 + (cols - c - SHAPE / 2) ** 2 <= (SHAPE / 2 + 0.7) ** 2] = 250
         corners.append((r, c))

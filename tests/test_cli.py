@@ -75,10 +75,22 @@ def test_checkpoint_class_mismatch_is_refused(tiny_dataset, tmp_path, cpu_env, i
     from conftest import make_dataset
 
     env = dict(cpu_env, GEM_LIGHTNING_CACHE=str(isolated_cache))
-    run_cli("fit", *common(tmp_path, "fit"), "--data.data_dir", str(tiny_dataset), *TINY_MODEL, "--trainer.max_steps", "1", env=env, cwd=tmp_path)
+    run_cli(
+        "fit",
+        *common(tmp_path, "fit"),
+        "--data.data_dir",
+        str(tiny_dataset),
+        *TINY_MODEL,
+        "--trainer.max_steps",
+        "1",
+        env=env,
+        cwd=tmp_path,
+    )
     other = make_dataset(tmp_path / "other", 3, 1, classes={"Cat": (1, 2, 3), "Dog": (200, 100, 0)})
     ckpt = tmp_path / "runs" / "fit" / "version_0" / "checkpoints" / "last.ckpt"
-    result = run_cli("validate", *common(tmp_path, "v"), "--data.data_dir", str(other), "--ckpt_path", str(ckpt), env=env, cwd=tmp_path, check=False)
+    result = run_cli(
+        "validate", *common(tmp_path, "v"), "--data.data_dir", str(other), "--ckpt_path", str(ckpt), env=env, cwd=tmp_path, check=False
+    )
     assert result.returncode == 2 and "trained on 3 classes" in result.stderr
 
 
@@ -100,7 +112,9 @@ def test_console_script_is_main_py(tmp_path, cpu_env):
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["gem-lightning"] == "gem_lightning.cli.app:main"
     assert "from gem_lightning.cli.app import main" in (REPO / "main.py").read_text()
-    result = run_cli("prepare", "--source", str(tmp_path / "missing"), "--output", str(tmp_path / "out"), env=cpu_env, cwd=tmp_path, check=False)
+    result = run_cli(
+        "prepare", "--source", str(tmp_path / "missing"), "--output", str(tmp_path / "out"), env=cpu_env, cwd=tmp_path, check=False
+    )
     assert result.returncode == 2 and "missing" in result.stderr  # tools' exit status reaches the shell
 
 
@@ -119,7 +133,14 @@ def test_bad_model_setting_is_one_error_line(tiny_dataset, tmp_path, monkeypatch
     from gem_lightning.cli.app import cli_main
 
     monkeypatch.chdir(tmp_path)
-    args = ["--config", str(REPO / "configs" / "gemstones.yaml"), "--data.data_dir", str(tiny_dataset), "--model.network.convs_per_block", "[1, 2]"]
+    args = [
+        "--config",
+        str(REPO / "configs" / "gemstones.yaml"),
+        "--data.data_dir",
+        str(tiny_dataset),
+        "--model.network.convs_per_block",
+        "[1, 2]",
+    ]
     with pytest.raises(SystemExit) as exit_info:
         cli_main(args, run=False)
     assert exit_info.value.code == 2

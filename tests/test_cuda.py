@@ -53,7 +53,9 @@ def test_fit_validate_test_predict_on_the_gpu(precision, augment_on, tiny_datase
     trainer = fit.trainer
     assert trainer.strategy.root_device.type == "cuda" and trainer.precision == precision
     assert torch.cuda.max_memory_allocated() > 0, "nothing was allocated on the GPU"
-    assert (getattr(trainer.precision_plugin, "scaler", None) is not None) == (precision == "16-mixed"), "fp16 needs a loss scaler, bf16 none"
+    assert (getattr(trainer.precision_plugin, "scaler", None) is not None) == (precision == "16-mixed"), (
+        "fp16 needs a loss scaler, bf16 none"
+    )
     assert trainer.global_step == 3 * math.ceil(24 / 8)  # 30 training images, 20 % for validation
     assert math.isfinite(float(trainer.callback_metrics["train/loss_epoch"]))
     val_acc = float(trainer.callback_metrics["val/acc"])
@@ -81,7 +83,7 @@ def test_channels_last_reaches_the_convolutions_on_the_gpu():
     first_conv.register_forward_hook(lambda module, inputs, output: seen.append((inputs[0], output)))
     with torch.autocast("cuda", dtype=torch.bfloat16):
         model(torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, device="cuda"))
-    (inputs, output), = seen
+    ((inputs, output),) = seen
     assert inputs.is_cuda and inputs.is_contiguous(memory_format=torch.channels_last)
     assert output.dtype == torch.bfloat16 and output.is_contiguous(memory_format=torch.channels_last)
 

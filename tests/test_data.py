@@ -182,7 +182,12 @@ def test_changed_file_is_decoded_again_never_stale(tiny_dataset, isolated_cache)
 
 
 def test_cache_key_includes_size_and_crop():
-    tags = {DecodeSettings(64).tag, DecodeSettings(72).tag, DecodeSettings(64, autocrop=True).tag, DecodeSettings(64, background=(0, 0, 0)).tag}
+    tags = {
+        DecodeSettings(64).tag,
+        DecodeSettings(72).tag,
+        DecodeSettings(64, autocrop=True).tag,
+        DecodeSettings(64, background=(0, 0, 0)).tag,
+    }
     assert len(tags) == 4
 
 

@@ -66,12 +66,15 @@ def test_impossible_fine_tuning_setting_is_named():
         GemClassifier(["a", "b"], 64, network=TINY_NETWORK, backbone_lr_ratio=0.0)
 
 
-@pytest.mark.parametrize("setting, value, message", [
-    ("weight", 1.5, "model.distillation.weight must be from 0 to 1"),
-    ("temperature", 0.0, "model.distillation.temperature must be above 0"),
-    ("teacher", None, "model.distillation.teacher is not set"),
-    ("teacher", "nowhere.ckpt", "'nowhere.ckpt' does not exist"),
-])
+@pytest.mark.parametrize(
+    "setting, value, message",
+    [
+        ("weight", 1.5, "model.distillation.weight must be from 0 to 1"),
+        ("temperature", 0.0, "model.distillation.temperature must be above 0"),
+        ("teacher", None, "model.distillation.teacher is not set"),
+        ("teacher", "nowhere.ckpt", "'nowhere.ckpt' does not exist"),
+    ],
+)
 def test_impossible_distillation_settings_are_named(setting, value, message, tmp_path):
     from gem_lightning.errors import UserInputError
     from gem_lightning.training.distillation import Distillation
@@ -80,7 +83,6 @@ def test_impossible_distillation_settings_are_named(setting, value, message, tmp
     teacher.write_bytes(b"")
     with pytest.raises(UserInputError, match=message):
         Distillation(**{"teacher": str(teacher), setting: value}).check()
-
 
 
 @pytest.mark.slow
@@ -93,8 +95,19 @@ def test_student_sees_its_own_size_while_the_teacher_sees_the_batch_as_loaded(tm
 
     original = Teacher.logits
     monkeypatch.setattr(Teacher, "logits", lambda self, images: seen.setdefault("teacher", tuple(images.shape)) and original(self, images))
-    student = fit(data, tmp_path, "student", "--data.image_size", "48", "--model.distillation.teacher", teacher,
-                  "--model.distillation.student_size", "32", "--trainer.max_epochs", "1")
+    student = fit(
+        data,
+        tmp_path,
+        "student",
+        "--data.image_size",
+        "48",
+        "--model.distillation.teacher",
+        teacher,
+        "--model.distillation.student_size",
+        "32",
+        "--trainer.max_epochs",
+        "1",
+    )
     assert seen["teacher"][-2:] == (48, 48)  # the batch as loaded, not upsampled from the student's size
     model = load_model(student)
     assert model.image_size == 32 and model.classifier.example_input_array.shape[-1] == 32  # the checkpoint predicts at 32 px
@@ -118,8 +131,21 @@ def test_balanced_class_weights_follow_the_training_split(tmp_path, monkeypatch)
         photo.rename(data / "train" / "Red Stone" / f"more {photo.name}")
     from gem_lightning.cli.app import cli_main
 
-    cli = cli_main(["fit", *common(tmp_path, "balanced"), "--data.data_dir", str(data), *TINY_MODEL, "--trainer.max_epochs", "1",
-                    "--data.val_fraction", "0", "--model.class_weights", "balanced"])
+    cli = cli_main(
+        [
+            "fit",
+            *common(tmp_path, "balanced"),
+            "--data.data_dir",
+            str(data),
+            *TINY_MODEL,
+            "--trainer.max_epochs",
+            "1",
+            "--data.val_fraction",
+            "0",
+            "--model.class_weights",
+            "balanced",
+        ]
+    )
     counts = cli.datamodule.class_counts("train")
     assert sorted(counts) == [2, 2, 12]
     assert (cli.model.loss_weights * torch.tensor(counts, dtype=torch.float32)).tolist() == pytest.approx([16 / 3] * 3)

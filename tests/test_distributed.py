@@ -36,18 +36,26 @@ SEVEN_COLOURS = {
 }
 """Seven classes, so that top-5 accuracy is not trivially 1."""
 
-LAUNCH_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "RANK", "LOCAL_RANK", "WORLD_SIZE", "GROUP_RANK",
-                    "ROLE_RANK", "LOCAL_WORLD_SIZE", "GROUP_WORLD_SIZE", "ROLE_WORLD_SIZE", "ROLE_NAME")
+LAUNCH_VARIABLES = (
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "NODE_RANK",
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "GROUP_RANK",
+    "ROLE_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_WORLD_SIZE",
+    "ROLE_WORLD_SIZE",
+    "ROLE_NAME",
+)
 LAUNCH_PREFIXES = ("SLURM_", "TORCHELASTIC_", "PL_")
 
 
 def clean_launch_env(env: dict[str, str]) -> dict[str, str]:
     """``env`` without the variables of an outer launcher (pytest itself may run inside SLURM or torchrun)."""
-    return {
-        key: value
-        for key, value in env.items()
-        if key not in LAUNCH_VARIABLES and not key.startswith(LAUNCH_PREFIXES)
-    }
+    return {key: value for key, value in env.items() if key not in LAUNCH_VARIABLES and not key.startswith(LAUNCH_PREFIXES)}
 
 
 def subprocess_env(base: dict[str, str], cache: Path, *, threads: int = 2) -> dict[str, str]:
@@ -57,11 +65,11 @@ def subprocess_env(base: dict[str, str], cache: Path, *, threads: int = 2) -> di
     return env
 
 
-def run_command(command: list[str], env: dict[str, str], *, timeout: float = 240, cwd: Path = REPO,
-                check: bool = True) -> subprocess.CompletedProcess:
+def run_command(
+    command: list[str], env: dict[str, str], *, timeout: float = 240, cwd: Path = REPO, check: bool = True
+) -> subprocess.CompletedProcess:
     """Run ``command`` in its own process group; on timeout kill the whole group (DDP ranks included)."""
-    proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -118,22 +126,36 @@ def ddp_fit(tmp_path_factory, request):
     root = tmp_path_factory.mktemp("ddp")
     data = seven_class_dataset(root / "gems")
     base = root / "base.yaml"
-    base.write_text(yaml.safe_dump({
-        "seed_everything": 7,
-        "trainer": {"precision": "32-true", "enable_progress_bar": False, "log_every_n_steps": 1,
-                    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                               "init_args": {"save_dir": str(root / "fit"), "name": "gem"}}},
-        "model": {"network": TINY_NETWORK.to_config(),
-                  "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.01}}},
-        "data": {"data_dir": str(data), "image_size": 32, "batch_size": EVAL_BATCH, "num_workers": 0,
-                 "val_fraction": 0.375, "seed": 3},
-        "summary": {"max_depth": 0},
-    }))
+    base.write_text(
+        yaml.safe_dump(
+            {
+                "seed_everything": 7,
+                "trainer": {
+                    "precision": "32-true",
+                    "enable_progress_bar": False,
+                    "log_every_n_steps": 1,
+                    "logger": {
+                        "class_path": "lightning.pytorch.loggers.CSVLogger",
+                        "init_args": {"save_dir": str(root / "fit"), "name": "gem"},
+                    },
+                },
+                "model": {"network": TINY_NETWORK.to_config(), "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.01}}},
+                "data": {
+                    "data_dir": str(data),
+                    "image_size": 32,
+                    "batch_size": EVAL_BATCH,
+                    "num_workers": 0,
+                    "val_fraction": 0.375,
+                    "seed": 3,
+                },
+                "summary": {"max_depth": 0},
+            }
+        )
+    )
     env = subprocess_env(dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore"), root / "cache", threads=1)
     run_cli(["fit", "--config", base, *ddp_args(2), "--trainer.max_epochs", "2"], env)
     (version,) = (root / "fit" / "gem").iterdir()
-    return {"root": root, "data": data, "base": base, "env": env, "version": version,
-            "ckpt": version / "checkpoints" / "last.ckpt"}
+    return {"root": root, "data": data, "base": base, "env": env, "version": version, "ckpt": version / "checkpoints" / "last.ckpt"}
 
 
 def split_sizes(data: Path, cache: Path) -> dict[str, int]:
@@ -176,8 +198,21 @@ def ddp_stream(ddp_fit):
 @pytest.mark.slow
 def test_ddp_fit_streams_a_shard_to_each_process(ddp_fit, ddp_stream):
     save_dir = ddp_fit["root"] / "fit-stream"
-    run_cli(["fit", "--config", ddp_fit["base"], *ddp_args(2), "--data.data_dir", ddp_stream, "--trainer.max_epochs", "2",
-             "--trainer.logger.init_args.save_dir", save_dir], ddp_fit["env"])
+    run_cli(
+        [
+            "fit",
+            "--config",
+            ddp_fit["base"],
+            *ddp_args(2),
+            "--data.data_dir",
+            ddp_stream,
+            "--trainer.max_epochs",
+            "2",
+            "--trainer.logger.init_args.save_dir",
+            save_dir,
+        ],
+        ddp_fit["env"],
+    )
     checkpoint = torch.load(next(save_dir.rglob("last.ckpt")), map_location="cpu", weights_only=False)
     # 21 training images streamed to 2 processes, a shard each (LitData evens the shares): 3 batches of at
     # most 5 per epoch, where one process reading them all would take 5.
@@ -201,8 +236,20 @@ def test_evaluation_metrics_are_exact_under_ddp(ddp_fit, ddp_stream, subcommand,
     for processes in (1, 2):
         save_dir = ddp_fit["root"] / f"{subcommand}-{source}-{processes}"
         run = run_cli if processes == 2 else run_cli_in_process
-        run([subcommand, "--config", ddp_fit["base"], *ddp_args(processes), "--ckpt_path", ddp_fit["ckpt"], *data,
-             "--trainer.logger.init_args.save_dir", save_dir], ddp_fit["env"])
+        run(
+            [
+                subcommand,
+                "--config",
+                ddp_fit["base"],
+                *ddp_args(processes),
+                "--ckpt_path",
+                ddp_fit["ckpt"],
+                *data,
+                "--trainer.logger.init_args.save_dir",
+                save_dir,
+            ],
+            ddp_fit["env"],
+        )
         metrics[processes] = read_metrics(save_dir)
 
     for key in ("acc", "acc_top5", "f1", "samples", "loss"):
@@ -233,9 +280,23 @@ def test_predict_under_ddp_writes_each_image_once_in_input_order(ddp_fit):
     for processes in (1, 2):
         output = ddp_fit["root"] / f"predictions-{processes}.csv"
         run = run_cli if processes == 2 else run_cli_in_process
-        run(["predict", "--config", ddp_fit["base"], *ddp_args(processes), "--ckpt_path", ddp_fit["ckpt"],
-             "--data.predict_path", folder, "--predictions.output", output,
-             "--trainer.logger.init_args.save_dir", ddp_fit["root"] / f"predict-{processes}"], ddp_fit["env"])
+        run(
+            [
+                "predict",
+                "--config",
+                ddp_fit["base"],
+                *ddp_args(processes),
+                "--ckpt_path",
+                ddp_fit["ckpt"],
+                "--data.predict_path",
+                folder,
+                "--predictions.output",
+                output,
+                "--trainer.logger.init_args.save_dir",
+                ddp_fit["root"] / f"predict-{processes}",
+            ],
+            ddp_fit["env"],
+        )
         rows = list(csv.DictReader(output.open()))
         rejected = list(csv.DictReader(output.with_name(f"{output.stem}.rejected.csv").open()))
         leftovers = [p.name for p in output.parent.iterdir() if p.name.startswith(f".{output.name}")]
@@ -296,11 +357,30 @@ def cli_trainer(tiny_dataset: Path, *extra: str):
             if "subcommand" in self.config:  # run=False parses without a subcommand: nothing to restore
                 super().before_instantiate_classes()
 
-    cli = InProcessCLI(GemClassifier, GemDataModule, seed_everything_default=42, run=False, args=[
-        "--data.data_dir", str(tiny_dataset), "--data.image_size", "32", "--data.num_workers", "0",
-        "--data.cache_dir", "null", *TINY_MODEL, "--trainer.accelerator", "cpu", "--trainer.strategy", "ddp",
-        "--trainer.logger", "false", *extra,
-    ])
+    cli = InProcessCLI(
+        GemClassifier,
+        GemDataModule,
+        seed_everything_default=42,
+        run=False,
+        args=[
+            "--data.data_dir",
+            str(tiny_dataset),
+            "--data.image_size",
+            "32",
+            "--data.num_workers",
+            "0",
+            "--data.cache_dir",
+            "null",
+            *TINY_MODEL,
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.strategy",
+            "ddp",
+            "--trainer.logger",
+            "false",
+            *extra,
+        ],
+    )
     return cli.trainer
 
 
@@ -308,9 +388,17 @@ def test_slurm_variables_select_the_slurm_environment(tiny_dataset, launcher_env
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
     for key, value in {
-        "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NNODES": "1", "SLURM_JOB_NUM_NODES": "1",
-        "SLURM_PROCID": "1", "SLURM_LOCALID": "1", "SLURM_NODEID": "0", "SLURM_JOB_ID": "4242",
-        "SLURM_JOB_NAME": "gem-fit", "SLURM_NODELIST": "gpu[07-08]", "SLURM_CPUS_PER_TASK": "1",
+        "SLURM_NTASKS": "2",
+        "SLURM_NTASKS_PER_NODE": "2",
+        "SLURM_NNODES": "1",
+        "SLURM_JOB_NUM_NODES": "1",
+        "SLURM_PROCID": "1",
+        "SLURM_LOCALID": "1",
+        "SLURM_NODEID": "0",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NAME": "gem-fit",
+        "SLURM_NODELIST": "gpu[07-08]",
+        "SLURM_CPUS_PER_TASK": "1",
     }.items():
         launcher_env.setenv(key, value)
     trainer = cli_trainer(tiny_dataset, "--trainer.devices", "2", "--trainer.num_nodes", "1")
@@ -326,9 +414,17 @@ def test_torchrun_variables_select_the_torchelastic_environment(tiny_dataset, la
     from lightning.pytorch.plugins.environments import TorchElasticEnvironment
 
     for key, value in {
-        "TORCHELASTIC_RUN_ID": "gem", "RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4", "GROUP_RANK": "1",
-        "ROLE_RANK": "3", "LOCAL_WORLD_SIZE": "2", "GROUP_WORLD_SIZE": "2", "ROLE_WORLD_SIZE": "4",
-        "MASTER_ADDR": "node0", "MASTER_PORT": "29500",
+        "TORCHELASTIC_RUN_ID": "gem",
+        "RANK": "3",
+        "LOCAL_RANK": "1",
+        "WORLD_SIZE": "4",
+        "GROUP_RANK": "1",
+        "ROLE_RANK": "3",
+        "LOCAL_WORLD_SIZE": "2",
+        "GROUP_WORLD_SIZE": "2",
+        "ROLE_WORLD_SIZE": "4",
+        "MASTER_ADDR": "node0",
+        "MASTER_PORT": "29500",
     }.items():
         launcher_env.setenv(key, value)
     trainer = cli_trainer(tiny_dataset, "--trainer.devices", "2", "--trainer.num_nodes", "2")
@@ -370,8 +466,15 @@ def test_slurm_script_launches_one_task_per_device_and_resumes_from_the_newest_c
     (bin_dir / "srun").write_text(FAKE_SRUN)
     (bin_dir / "srun").chmod(0o755)
     env = clean_launch_env(dict(os.environ))
-    env.update(PATH=f"{bin_dir}:{env['PATH']}", SRUN_ARGS=str(tmp_path / "args"), SLURM_JOB_ID="77",
-               SLURM_JOB_NAME="gem-fit", SLURM_NNODES="2", SLURM_NTASKS_PER_NODE="4", RUN_DIR=str(tmp_path / "run"))
+    env.update(
+        PATH=f"{bin_dir}:{env['PATH']}",
+        SRUN_ARGS=str(tmp_path / "args"),
+        SLURM_JOB_ID="77",
+        SLURM_JOB_NAME="gem-fit",
+        SLURM_NNODES="2",
+        SLURM_NTASKS_PER_NODE="4",
+        RUN_DIR=str(tmp_path / "run"),
+    )
 
     def launched() -> list[str]:
         run_command(["bash", str(script), "--trainer.max_epochs", "3"], env, timeout=30, cwd=tmp_path)
@@ -379,9 +482,14 @@ def test_slurm_script_launches_one_task_per_device_and_resumes_from_the_newest_c
 
     args = launched()
     main = args.index("main.py")
-    assert args[main + 1:main + 6] == ["fit", "--config", "configs/gemstones.yaml", "--config", "configs/ddp_gpu.yaml"], args
-    for flag, value in (("--trainer.num_nodes", "2"), ("--trainer.devices", "4"), ("--trainer.strategy", "ddp"),
-                        ("--checkpoint.dirpath", f"{tmp_path}/run/checkpoints"), ("--trainer.max_epochs", "3")):
+    assert args[main + 1 : main + 6] == ["fit", "--config", "configs/gemstones.yaml", "--config", "configs/ddp_gpu.yaml"], args
+    for flag, value in (
+        ("--trainer.num_nodes", "2"),
+        ("--trainer.devices", "4"),
+        ("--trainer.strategy", "ddp"),
+        ("--checkpoint.dirpath", f"{tmp_path}/run/checkpoints"),
+        ("--trainer.max_epochs", "3"),
+    ):
         assert args[args.index(flag) + 1] == value, (flag, args)
     assert "--ckpt_path" not in args, "nothing to resume on the first start"
 
@@ -397,11 +505,35 @@ def test_slurm_script_launches_one_task_per_device_and_resumes_from_the_newest_c
 def test_torchrun_script_trains_with_two_processes(tmp_path, isolated_cache, cpu_env):
     data = make_dataset(tmp_path / "gems", train_per_class=5, test_per_class=1)
     env = subprocess_env(cpu_env, isolated_cache, threads=1)
-    env.update(PYTHON=sys.executable, NPROC_PER_NODE="2", RUN_ID="t1", RUN_DIR=str(tmp_path / "run"),
-               CONFIG=str(REPO / "configs" / "fp32.yaml"), DDP_CONFIG=str(REPO / "configs" / "ddp_cpu.yaml"))
-    args = ["--data.data_dir", data, "--data.image_size", "32", "--data.batch_size", "4", "--data.num_workers", "0",
-            *TINY_MODEL, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.enable_progress_bar",
-            "false", "--summary.max_depth", "0", "--trainer.logger.init_args.save_dir", tmp_path / "logs"]
+    env.update(
+        PYTHON=sys.executable,
+        NPROC_PER_NODE="2",
+        RUN_ID="t1",
+        RUN_DIR=str(tmp_path / "run"),
+        CONFIG=str(REPO / "configs" / "fp32.yaml"),
+        DDP_CONFIG=str(REPO / "configs" / "ddp_cpu.yaml"),
+    )
+    args = [
+        "--data.data_dir",
+        data,
+        "--data.image_size",
+        "32",
+        "--data.batch_size",
+        "4",
+        "--data.num_workers",
+        "0",
+        *TINY_MODEL,
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--summary.max_depth",
+        "0",
+        "--trainer.logger.init_args.save_dir",
+        tmp_path / "logs",
+    ]
     result = run_command(["bash", str(REPO / "scripts" / "torchrun_fit.sh"), *map(str, args)], env, timeout=240, cwd=tmp_path)
     checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert checkpoints == ["best-000.ckpt", "last.ckpt"], checkpoints

@@ -24,7 +24,10 @@ def write_checkpoint(path, seed: int, class_names=CLASSES, image_size: int = 32,
     """A checkpoint as training writes it (weights and hyperparameters), of a randomly initialised tiny model."""
     torch.manual_seed(seed)
     model = GemClassifier(class_names, image_size, network=TINY_NETWORK, **settings)
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), "pytorch-lightning_version": lightning.__version__}, path)
+    torch.save(
+        {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), "pytorch-lightning_version": lightning.__version__},
+        path,
+    )
     return path
 
 
@@ -71,11 +74,35 @@ def test_fitted_temperature_undoes_overconfidence_and_lowers_the_calibration_err
 @pytest.mark.slow
 def test_calibrate_and_ensemble_through_the_command_line(tmp_path, cpu_env):
     data = make_dataset(tmp_path / "gems", train_per_class=12)
-    common = ["--data.data_dir", data, "--data.image_size", "32", "--data.val_fraction", "0.3", "--data.num_workers", "0",
-              "--trainer.accelerator", "cpu", "--trainer.logger.init_args.save_dir", tmp_path / "runs", *TINY_MODEL]
+    common = [
+        "--data.data_dir",
+        data,
+        "--data.image_size",
+        "32",
+        "--data.val_fraction",
+        "0.3",
+        "--data.num_workers",
+        "0",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.logger.init_args.save_dir",
+        tmp_path / "runs",
+        *TINY_MODEL,
+    ]
     checkpoints = []
     for seed in (0, 1):
-        run_cli("fit", *common, "--trainer.max_epochs", "3", "--seed_everything", seed, "--checkpoint.monitor", "null", env=cpu_env, cwd=tmp_path)
+        run_cli(
+            "fit",
+            *common,
+            "--trainer.max_epochs",
+            "3",
+            "--seed_everything",
+            seed,
+            "--checkpoint.monitor",
+            "null",
+            env=cpu_env,
+            cwd=tmp_path,
+        )
         checkpoints.append(sorted((tmp_path / "runs").rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)[-1])
     calibrated = tmp_path / "calibrated.ckpt"
     result = run_cli("calibrate", "--ckpt_path", checkpoints[0], "--output", calibrated, *common, env=cpu_env, cwd=tmp_path)
@@ -84,15 +111,29 @@ def test_calibrate_and_ensemble_through_the_command_line(tmp_path, cpu_env):
     assert fitted["temperature"] > 0 and fitted["temperature"] != 1.0 and fitted["ece_after"] <= fitted["ece_before"] + 1e-6
     original, recalibrated = load_model(checkpoints[0]).classifier, load_model(calibrated).classifier
     with torch.no_grad():
-        torch.testing.assert_close(recalibrated.predict_proba(images()), with_temperature(original.predict_proba(images()), fitted["temperature"]),
-                                   rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            recalibrated.predict_proba(images()),
+            with_temperature(original.predict_proba(images()), fitted["temperature"]),
+            rtol=1e-4,
+            atol=1e-5,
+        )
 
     ensemble = tmp_path / "ensemble.ckpt"
     run_cli("ensemble", calibrated, checkpoints[1], "--output", ensemble, env=cpu_env, cwd=tmp_path)
     tested = run_cli("test", "--ckpt_path", ensemble, *common, env=cpu_env, cwd=tmp_path)
     assert "test/acc" in tested.stdout
-    run_cli("predict", "--ckpt_path", ensemble, *common, "--data.predict_path", data / "test", "--predictions.output", tmp_path / "predictions.csv",
-            env=cpu_env, cwd=tmp_path)
+    run_cli(
+        "predict",
+        "--ckpt_path",
+        ensemble,
+        *common,
+        "--data.predict_path",
+        data / "test",
+        "--predictions.output",
+        tmp_path / "predictions.csv",
+        env=cpu_env,
+        cwd=tmp_path,
+    )
     with (tmp_path / "predictions.csv").open() as file:
         row = next(csv.DictReader(file))
     top = load_model(ensemble).classify(row["path"], top_k=1)[0]
@@ -102,8 +143,21 @@ def test_calibrate_and_ensemble_through_the_command_line(tmp_path, cpu_env):
     session = onnxruntime.InferenceSession(str(tmp_path / "exported" / "model.onnx"), providers=["CPUExecutionProvider"])
     exported = session.run(None, {session.get_inputs()[0].name: images().float().numpy()})[0]
     with torch.no_grad():
-        torch.testing.assert_close(torch.from_numpy(exported), load_model(ensemble).classifier.predict_proba(images()), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            torch.from_numpy(exported), load_model(ensemble).classifier.predict_proba(images()), rtol=1e-4, atol=1e-5
+        )
 
-    refused = run_cli("calibrate", "--ckpt_path", checkpoints[1], "--output", tmp_path / "x.ckpt", *common, "--data.val_fraction", "0",
-                      env=cpu_env, cwd=tmp_path, check=False)
+    refused = run_cli(
+        "calibrate",
+        "--ckpt_path",
+        checkpoints[1],
+        "--output",
+        tmp_path / "x.ckpt",
+        *common,
+        "--data.val_fraction",
+        "0",
+        env=cpu_env,
+        cwd=tmp_path,
+        check=False,
+    )
     assert refused.returncode == 2 and "set --data.val_fraction" in refused.stderr and "Traceback" not in refused.stderr

@@ -29,7 +29,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     seed_everything(0)
     datamodule = GemDataModule(str(make_dataset(root / "gems")), **datamodule_kwargs(root / "cache"))
     model = GemClassifier(datamodule.class_names, 32, network=TINY_NETWORK)
-    trainer = Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = Trainer(
+        max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+    )
     trainer.fit(model, datamodule=datamodule)
     checkpoint = root / "model.ckpt"
     trainer.save_checkpoint(checkpoint)

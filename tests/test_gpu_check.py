@@ -30,8 +30,14 @@ def test_dry_run_goes_through_every_step(tmp_path, cpu_env, isolated_cache):
     data = make_dataset(tmp_path / "gems", train_per_class=12, test_per_class=3)
     out = tmp_path / "results" / "check"
     env = dict(clean_launch_env(cpu_env), GEM_LIGHTNING_CACHE=str(isolated_cache), OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--data-dir", str(data), "--out", str(out)],
-                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=1800)  # fmt: skip (hang guard)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--dry-run", "--data-dir", str(data), "--out", str(out)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )  # fmt: skip (hang guard)
     log = (tmp_path / "results" / "check.log").read_text() if (tmp_path / "results" / "check.log").is_file() else ""
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:] + log[-4000:]
 
@@ -45,7 +51,9 @@ def test_dry_run_goes_through_every_step(tmp_path, cpu_env, isolated_cache):
 
     (cli,) = steps["cli"]["tables"]
     commands = [(row[0], row[1], row[2], row[3]) for row in cli["rows"]]
-    assert commands == [("bf16-mixed", "loader", c, "ok") for c in ("fit", "validate", "test", "predict")] + [("bf16-mixed", "device", "fit", "ok")]
+    assert commands == [("bf16-mixed", "loader", c, "ok") for c in ("fit", "validate", "test", "predict")] + [
+        ("bf16-mixed", "device", "fit", "ok")
+    ]
     fit = cli["rows"][0][5]
     assert fit["device"] == "cpu" and fit["channels_last"] is True and fit["steps"] == 3
     assert cli["rows"][3][5]["rows"] == 8  # predict: 2 batches of 4 (the dry run's limit)

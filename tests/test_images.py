@@ -410,7 +410,11 @@ def test_bytes_decode_exactly_as_the_file(tmp_path, kind):
 
 @pytest.mark.parametrize(
     "reason, damage",
-    [(CORRUPT, lambda data: data[: len(data) // 2]), (NOT_AN_IMAGE, lambda data: b"<!DOCTYPE html><p>403 Forbidden</p>"), (EMPTY, lambda data: b"")],
+    [
+        (CORRUPT, lambda data: data[: len(data) // 2]),
+        (NOT_AN_IMAGE, lambda data: b"<!DOCTYPE html><p>403 Forbidden</p>"),
+        (EMPTY, lambda data: b""),
+    ],
 )
 def test_bad_bytes_fail_as_the_file_does_and_name_the_upload(tmp_path, reason, damage):
     path = tmp_path / "bad.jpg"
@@ -509,9 +513,7 @@ def test_bounding_box_rejects_wrong_input():
 # --------------------------------------------------------------------------- real photos
 
 
-@pytest.mark.skipif(
-    not GEMSTONES.is_dir(), reason=f"shared gemstones dataset not found at {GEMSTONES}"
-)
+@pytest.mark.skipif(not GEMSTONES.is_dir(), reason=f"shared gemstones dataset not found at {GEMSTONES}")
 def test_real_gemstone_photos():
     photos = sorted(GEMSTONES.glob("*/*/*.jpg"))
     assert photos, f"no photos under {GEMSTONES}"

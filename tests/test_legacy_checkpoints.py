@@ -46,8 +46,17 @@ def todays_model(name: str) -> GemClassifier:
 def legacy_checkpoint(name: str, path: Path) -> tuple[Path, GemClassifier]:
     """A checkpoint as the flat-hyperparameter code wrote it, holding the weights of today's equivalent model."""
     model = todays_model(name)
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": LEGACY[name]["hparams"], "hparams_name": "kwargs",
-                "pytorch-lightning_version": LEGACY[name]["lightning_version"], "epoch": 0, "global_step": 1}, path)
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": LEGACY[name]["hparams"],
+            "hparams_name": "kwargs",
+            "pytorch-lightning_version": LEGACY[name]["lightning_version"],
+            "epoch": 0,
+            "global_step": 1,
+        },
+        path,
+    )
     return path, model
 
 
@@ -86,8 +95,23 @@ def test_the_command_line_and_the_api_predict_with_a_flat_checkpoint(tmp_path, c
     path, _ = legacy_checkpoint("vgg", tmp_path / "vgg.ckpt")
     photos = make_dataset(tmp_path / "gems", 1, 2) / "test"
     out = tmp_path / "predictions.csv"
-    run_cli("predict", "--ckpt_path", path, "--data.predict_path", photos, "--predictions.output", out, "--model.tta", "hflip",
-            "--trainer.logger.init_args.save_dir", tmp_path / "runs", "--trainer.enable_progress_bar", "false", env=cpu_env, cwd=tmp_path)
+    run_cli(
+        "predict",
+        "--ckpt_path",
+        path,
+        "--data.predict_path",
+        photos,
+        "--predictions.output",
+        out,
+        "--model.tta",
+        "hflip",
+        "--trainer.logger.init_args.save_dir",
+        tmp_path / "runs",
+        "--trainer.enable_progress_bar",
+        "false",
+        env=cpu_env,
+        cwd=tmp_path,
+    )
     rows = {Path(row["path"]).name: row for row in csv.DictReader(out.open())}
     api = load_model(path)
     for photo in sorted(photos.rglob("*.jpg")):

@@ -26,8 +26,9 @@ LIGHTNING_PACKAGES = {"lightning", "pytorch_lightning", "lightning_fabric"}
 def _instance(cls: type) -> object:
     """An instance of a Lightning class, for the attributes that its ``__init__`` sets."""
     if issubclass(cls, Trainer):
-        return Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                       enable_progress_bar=False, enable_model_summary=False)
+        return Trainer(
+            accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+        )
     if issubclass(cls, SignalConnector):
         return cls(_instance(Trainer))
     if issubclass(cls, ModelCheckpoint):
@@ -60,8 +61,7 @@ def _importable(module: str) -> bool:
 @pytest.mark.parametrize("dotted", PRIVATE_NAMES)
 def test_every_listed_private_name_exists(dotted):
     owner, attribute, _ = resolve(dotted)
-    assert attribute.startswith("_") or getattr(owner, "__name__", "").startswith("_"), \
-        f"{dotted} is public: list only private names"
+    assert attribute.startswith("_") or getattr(owner, "__name__", "").startswith("_"), f"{dotted} is public: list only private names"
 
 
 def test_the_list_names_each_private_name_once():
@@ -90,8 +90,7 @@ def private_lightning_imports(path: Path) -> list[str]:
 
 def test_only_the_compat_module_imports_private_lightning_names():
     assert private_lightning_imports(COMPAT_MODULE), "the scan sees the compat module's own imports"
-    elsewhere = [found for path in sorted(PACKAGE.rglob("*.py")) if path != COMPAT_MODULE
-                 for found in private_lightning_imports(path)]
+    elsewhere = [found for path in sorted(PACKAGE.rglob("*.py")) if path != COMPAT_MODULE for found in private_lightning_imports(path)]
     assert not elsewhere, "import private Lightning names through gem_lightning.lightning_compat:\n" + "\n".join(elsewhere)
 
 
@@ -150,6 +149,7 @@ def test_every_private_lightning_name_a_subclass_overrides_or_uses_is_listed():
     listed = {(owner, attribute) for owner, attribute, _ in map(resolve, PRIVATE_NAMES)}
     uses = lightning_private_uses()
     assert any(name == "_parse_ckpt_path" for _, _, name in uses), "the scan sees GemCLI's override"
-    missing = [f"{where}.{name}" for where, cls, name in uses
-               if not any((base, name) in listed for base in cls.__mro__ if _from_lightning(base))]
+    missing = [
+        f"{where}.{name}" for where, cls, name in uses if not any((base, name) in listed for base in cls.__mro__ if _from_lightning(base))
+    ]
     assert not missing, "list these in gem_lightning.lightning_compat.PRIVATE_NAMES:\n" + "\n".join(missing)

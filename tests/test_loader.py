@@ -56,8 +56,9 @@ def test_forkserver_workers_draw_the_same_augmented_batches_as_forked_ones(tiny_
     """The start method changes how workers start, not what they yield: same seed, same bytes."""
     batches = {}
     for method in ("fork", "forkserver"):
-        datamodule = GemDataModule(str(tiny_dataset), **datamodule_kwargs(isolated_cache, num_workers=2),
-                                   multiprocessing_context=method, persistent_workers=False)
+        datamodule = GemDataModule(
+            str(tiny_dataset), **datamodule_kwargs(isolated_cache, num_workers=2), multiprocessing_context=method, persistent_workers=False
+        )
         datamodule.setup("fit")
         batches[method] = epoch_of_batches(datamodule)
     assert len(batches["fork"]) > 1

@@ -57,7 +57,11 @@ def test_convs_per_block_sets_each_block_depth():
 
 @pytest.mark.parametrize(
     "config",
-    [VGGSpec(), VGGSpec(batch_norm=True, head="gap", convs_per_block=(1, 1, 2, 2, 1)), VGGSpec(hidden_units=0, channels=(8, 8), pools=("max", "none"))],
+    [
+        VGGSpec(),
+        VGGSpec(batch_norm=True, head="gap", convs_per_block=(1, 1, 2, 2, 1)),
+        VGGSpec(hidden_units=0, channels=(8, 8), pools=("max", "none")),
+    ],
 )
 def test_gradients_reach_every_parameter(config):
     model = VGG(num_classes=5, image_size=48, config=config)
@@ -104,7 +108,9 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
         spec.load_pretrained(spec.build(num_classes=3, image_size=32))
 
 
-@pytest.mark.parametrize("spec", [VGGSpec(channels=(8, 16), pools=("max", "avg"), convs_per_block=(1, 2)), TorchvisionSpec("resnet18", weights="w.pt")])
+@pytest.mark.parametrize(
+    "spec", [VGGSpec(channels=(8, 16), pools=("max", "avg"), convs_per_block=(1, 2)), TorchvisionSpec("resnet18", weights="w.pt")]
+)
 def test_a_spec_round_trips_through_its_plain_config(spec):
     config = spec.to_config()
     assert spec_from_config(config) == spec

@@ -18,7 +18,9 @@ def tiny_model(class_names, **overrides) -> GemClassifier:
 
 
 def trainer(tmp_path, **overrides) -> Trainer:
-    kwargs = dict(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    kwargs = dict(
+        accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path
+    )
     return Trainer(**{**kwargs, **overrides})
 
 
@@ -41,7 +43,6 @@ def test_hflip_tta_averages_an_image_and_its_mirror():
     assert torch.allclose(model.predict_proba(images), expected, atol=1e-6)
 
 
-
 def test_dihedral_tta_averages_the_eight_views_and_cannot_tell_them_apart():
     model = tiny_model(["a", "b"], tta="dihedral").eval()
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
@@ -51,6 +52,7 @@ def test_dihedral_tta_averages_the_eight_views_and_cannot_tell_them_apart():
     assert torch.allclose(probs, expected, atol=1e-6)
     assert not torch.allclose(probs, model(images).softmax(-1), atol=1e-4)  # the views differ
     assert torch.allclose(model.predict_proba(images.rot90(1, dims=(-2, -1)).flip(-1)), probs, atol=1e-5)
+
 
 def test_validation_metrics_equal_a_direct_computation(tiny_dataset, isolated_cache, tmp_path):
     datamodule = GemDataModule(str(tiny_dataset), **datamodule_kwargs(isolated_cache))

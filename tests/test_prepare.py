@@ -69,8 +69,12 @@ def test_identical_files_stay_on_one_side(tmp_path):
     for seed in range(6):
         out = tmp_path / f"out{seed}"
         result = prepare_dataset(source, out, test_fraction=0.5, seed=seed)
-        sides = {split for split in ("train", "test") for p in iter_files(out / split / "Amber") if p.name in
-                 {"amber_0.jpg", "copy_0.jpg", "copy_1.jpg", "copy_2.jpg", "copy_3.jpg"}}
+        sides = {
+            split
+            for split in ("train", "test")
+            for p in iter_files(out / split / "Amber")
+            if p.name in {"amber_0.jpg", "copy_0.jpg", "copy_1.jpg", "copy_2.jpg", "copy_3.jpg"}
+        }
         assert len(sides) == 1, f"seed {seed}: identical files split across {sides}"
         assert sum(result.counts()["train"].values()) + sum(result.counts()["test"].values()) == 41
     assert "groups of identical files" in result.summary
@@ -169,8 +173,9 @@ def test_cli_existing_output_exits_2(source, tmp_path, capsys):
 
 
 def test_cli_prints_the_summary(source, tmp_path, capsys):
-    status = main(["--source", str(source), "--output", str(tmp_path / "gems"), "--test-fraction", "0.25",
-                   "--seed", "1", "--mode", "symlink"])
+    status = main(
+        ["--source", str(source), "--output", str(tmp_path / "gems"), "--test-fraction", "0.25", "--seed", "1", "--mode", "symlink"]
+    )
     out = capsys.readouterr().out
     assert status == 0
     assert "Symlinked 37 images of 3 classes" in out and "Amber" in out

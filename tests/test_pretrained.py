@@ -60,7 +60,11 @@ def test_a_file_in_the_efficientnet_pytorch_layout_given_by_path_is_mapped(tmp_p
     networks = [spec.build(7, 64) for spec in (by_path, by_name)]
     for spec, network in zip((by_path, by_name), networks):
         spec.load_pretrained(network)
-    assert all(torch.equal(a, b) for (name, a), b in zip(networks[0].state_dict().items(), networks[1].state_dict().values()) if "classifier" not in name)
+    assert all(
+        torch.equal(a, b)
+        for (name, a), b in zip(networks[0].state_dict().items(), networks[1].state_dict().values())
+        if "classifier" not in name
+    )
     with pytest.raises(UserInputError, match="0 of .* tensors matched"):
         load_weights(TimmSpec("tf_efficientnet_lite0").build(7, 64), str(copy))  # Lite1's 21 blocks do not fit Lite0's 16
 
@@ -118,7 +122,18 @@ def bad_weights(tmp_path, kind: str) -> str:
 )
 def test_bad_weights_are_one_error_line_before_training(kind, message, tiny_dataset, tmp_path, cpu_env):
     weights = bad_weights(tmp_path, kind)
-    args = ["fit", *common(tmp_path, "bad"), "--data.data_dir", str(tiny_dataset), "--model.network", "TorchvisionSpec", "--model.network.name", "resnet18", "--model.network.weights", weights]
+    args = [
+        "fit",
+        *common(tmp_path, "bad"),
+        "--data.data_dir",
+        str(tiny_dataset),
+        "--model.network",
+        "TorchvisionSpec",
+        "--model.network.name",
+        "resnet18",
+        "--model.network.weights",
+        weights,
+    ]
     result = run_cli(*args, env=cpu_env, cwd=tmp_path, check=False)
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -127,7 +142,9 @@ def test_bad_weights_are_one_error_line_before_training(kind, message, tiny_data
 
 
 @pytest.mark.slow
-def test_fine_tune_freezes_then_trains_all_but_the_frozen_stages_and_predicts_without_the_weights_file(tiny_dataset, tmp_path, cpu_env, isolated_cache):
+def test_fine_tune_freezes_then_trains_all_but_the_frozen_stages_and_predicts_without_the_weights_file(
+    tiny_dataset, tmp_path, cpu_env, isolated_cache
+):
     from safetensors.torch import save_file
 
     lite0_file()
@@ -202,7 +219,9 @@ def test_fine_tuned_timm_checkpoint_exports_and_classifies_like_the_checkpoint(t
     lite0_file()
     datamodule = GemDataModule(str(tiny_dataset), image_size=64, batch_size=8, num_workers=0, val_fraction=0.3)
     model = GemClassifier(datamodule.class_names, 64, network=TimmSpec(LITE0, weights="efficientnet-lite0"))
-    trainer = Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = Trainer(
+        max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+    )
     trainer.fit(model, datamodule=datamodule)
     checkpoint = tmp_path / "lite0.ckpt"
     trainer.save_checkpoint(checkpoint)
@@ -224,8 +243,11 @@ def test_fine_tuned_timm_checkpoint_exports_and_classifies_like_the_checkpoint(t
 
 def test_frozen_stages_freeze_the_stem_and_first_stages_and_are_refused_beyond_the_last_stage():
     network = TimmSpec(LITE0, frozen_stages=2).build(3, 64)
-    trainable = {name.split(".")[0] + (f".{name.split('.')[1]}" if name.startswith("blocks.") else "")
-                 for name, p in network.named_parameters() if p.requires_grad}
+    trainable = {
+        name.split(".")[0] + (f".{name.split('.')[1]}" if name.startswith("blocks.") else "")
+        for name, p in network.named_parameters()
+        if p.requires_grad
+    }
     assert not trainable & {"conv_stem", "bn1", "blocks.0", "blocks.1"} and {"blocks.2", "classifier"} <= trainable
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in network.blocks[1].modules())  # statistics frozen too
     with pytest.raises(UserInputError, match="model.network.frozen_stages must be between 0 and 7"):
@@ -242,9 +264,18 @@ def test_evaluating_with_the_training_config_restated_reads_neither_weights_nor_
     weights = tmp_path / "start.pt"
     torch.save(TimmSpec("test_efficientnet").build(1000, 32).state_dict(), weights)
     config = tmp_path / "finetune.yaml"
-    config.write_text(yaml.safe_dump({"model": {
-        "network": {"class_path": "gem_lightning.models.TimmSpec", "init_args": {"name": "test_efficientnet", "weights": str(weights)}},
-    }}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model": {
+                    "network": {
+                        "class_path": "gem_lightning.models.TimmSpec",
+                        "init_args": {"name": "test_efficientnet", "weights": str(weights)},
+                    },
+                }
+            }
+        )
+    )
     run = [*common(tmp_path, "ft"), "--data.data_dir", str(tiny_dataset), "--config", str(config)]
     fitted = cli_main(["fit", *run, "--trainer.max_steps", "1"])
     checkpoint = fitted.trainer.checkpoint_callback.last_model_path

@@ -35,8 +35,16 @@ def test_impossible_settings_are_named(setting, message):
         ProgressiveResizing(**setting).check()
 
 
-SCHEDULE = ["--data.progressive_resizing.initial_scale", "0.5", "--data.progressive_resizing.delay_fraction", "0.25",
-            "--data.progressive_resizing.finetune_fraction", "0.25", "--data.progressive_resizing.size_increment", "8"]
+SCHEDULE = [
+    "--data.progressive_resizing.initial_scale",
+    "0.5",
+    "--data.progressive_resizing.delay_fraction",
+    "0.25",
+    "--data.progressive_resizing.finetune_fraction",
+    "0.25",
+    "--data.progressive_resizing.size_increment",
+    "8",
+]
 
 
 class SeenSizes(Callback):
@@ -58,8 +66,25 @@ def test_fit_trains_small_then_full_size_and_validates_at_full_size(tmp_path, mo
     from gem_lightning.cli.app import cli_main
 
     seen = SeenSizes()
-    cli = cli_main(["fit", *common(tmp_path, "progressive"), "--data.data_dir", str(data), *TINY_MODEL, "--model.network.head", "gap",
-                    "--data.image_size", "64", "--trainer.max_epochs", "4", "--data.val_fraction", "0.25", *SCHEDULE], callbacks=[seen])
+    cli = cli_main(
+        [
+            "fit",
+            *common(tmp_path, "progressive"),
+            "--data.data_dir",
+            str(data),
+            *TINY_MODEL,
+            "--model.network.head",
+            "gap",
+            "--data.image_size",
+            "64",
+            "--trainer.max_epochs",
+            "4",
+            "--data.val_fraction",
+            "0.25",
+            *SCHEDULE,
+        ],
+        callbacks=[seen],
+    )
     total = cli.trainer.estimated_stepping_batches
     schedule = cli.datamodule.progressive_resizing
     assert len(seen.train) == total == 4 * 4  # 27 training photos in batches of 8, 4 epochs
@@ -71,7 +96,9 @@ def test_fit_trains_small_then_full_size_and_validates_at_full_size(tmp_path, mo
 
 @pytest.mark.slow
 def test_a_network_of_one_input_size_is_refused_in_one_line(tiny_dataset, tmp_path, cpu_env):
-    result = run_cli("fit", *common(tmp_path, "flatten"), "--data.data_dir", tiny_dataset, *TINY_MODEL, *SCHEDULE, env=cpu_env, cwd=tmp_path, check=False)
+    result = run_cli(
+        "fit", *common(tmp_path, "flatten"), "--data.data_dir", tiny_dataset, *TINY_MODEL, *SCHEDULE, env=cpu_env, cwd=tmp_path, check=False
+    )
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr
     assert "data.progressive_resizing" in errors[0] and "head: gap" in errors[0]

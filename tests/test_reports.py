@@ -33,8 +33,16 @@ from gem_lightning.training.callbacks.reports import (
 from gem_lightning.training.metrics import ECE_BINS
 from gem_lightning.training.module import GemClassifier
 
-REPORT_FILES = ("confusion_matrix.png", "misclassified.png", "misclassified.csv", "reliability.png", "per_class.csv", "confused_pairs.csv", "metrics.json",
-                "report.md")
+REPORT_FILES = (
+    "confusion_matrix.png",
+    "misclassified.png",
+    "misclassified.csv",
+    "reliability.png",
+    "per_class.csv",
+    "confused_pairs.csv",
+    "metrics.json",
+    "report.md",
+)
 
 
 def tiny_model(class_names: list[str]) -> GemClassifier:

@@ -84,12 +84,34 @@ def resume_setup(tmp_path, isolated_cache, cpu_env):
 
     def args(run: str) -> list[str]:
         return [
-            "fit", "--data.data_dir", str(data), "--data.image_size", "32", "--data.batch_size", "4",
-            "--data.num_workers", "0", *TINY_MODEL, "--trainer.accelerator", "cpu", "--trainer.devices", "1",
-            "--trainer.precision", "32-true", "--trainer.deterministic", "true", "--trainer.max_epochs", str(EPOCHS),
-            "--trainer.enable_progress_bar", "false", "--summary.max_depth", "0",
-            "--trainer.logger.init_args.save_dir", str(tmp_path / run / "logs"),
-            "--checkpoint.dirpath", str(tmp_path / run / "checkpoints"),
+            "fit",
+            "--data.data_dir",
+            str(data),
+            "--data.image_size",
+            "32",
+            "--data.batch_size",
+            "4",
+            "--data.num_workers",
+            "0",
+            *TINY_MODEL,
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.devices",
+            "1",
+            "--trainer.precision",
+            "32-true",
+            "--trainer.deterministic",
+            "true",
+            "--trainer.max_epochs",
+            str(EPOCHS),
+            "--trainer.enable_progress_bar",
+            "false",
+            "--summary.max_depth",
+            "0",
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path / run / "logs"),
+            "--checkpoint.dirpath",
+            str(tmp_path / run / "checkpoints"),
         ]
 
     return {"tmp": tmp_path, "shim": shim, "env": env, "args": args}
@@ -105,8 +127,14 @@ def start_paused_fit(setup: dict, run: str, epoch: int, batch: int, *extra: str)
     log = setup["tmp"] / f"{run}.log"
     env = dict(setup["env"], GEM_TEST_PAUSE=f"{epoch}:{batch}:{marker}")
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, str(setup["shim"]), *setup["args"](run), *extra], env=env, cwd=REPO,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, str(setup["shim"]), *setup["args"](run), *extra],
+            env=env,
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + 240
     while not marker.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -131,10 +159,14 @@ def assert_same_training_state(resumed: dict, reference: dict) -> None:
     """Same step, weights and Adam moments, to float tolerance (in practice bit for bit)."""
     assert (resumed["epoch"], resumed["global_step"]) == (reference["epoch"], reference["global_step"])
     for name, expected in reference["state_dict"].items():
-        torch.testing.assert_close(resumed["state_dict"][name], expected, rtol=0, atol=1e-6,
-                                   msg=lambda m, name=name: f"{name} differs from the uninterrupted run: {m}")
-    for expected, actual in zip(reference["optimizer_states"][0]["state"].values(),
-                                resumed["optimizer_states"][0]["state"].values()):
+        torch.testing.assert_close(
+            resumed["state_dict"][name],
+            expected,
+            rtol=0,
+            atol=1e-6,
+            msg=lambda m, name=name: f"{name} differs from the uninterrupted run: {m}",
+        )
+    for expected, actual in zip(reference["optimizer_states"][0]["state"].values(), resumed["optimizer_states"][0]["state"].values()):
         torch.testing.assert_close(actual["exp_avg"], expected["exp_avg"], rtol=0, atol=1e-6)
         torch.testing.assert_close(actual["exp_avg_sq"], expected["exp_avg_sq"], rtol=0, atol=1e-6)
 
@@ -200,8 +232,18 @@ def test_ddp_sigterm_stops_every_rank_and_epoch_checkpoints_replay_exactly(resum
     (fresh ones each epoch, started from the forkserver), the resumed epoch's shuffle (Lightning
     creates that iterator before it sets the sampler's epoch)."""
     setup = dict(resume_setup, env=dict(resume_setup["env"], OMP_NUM_THREADS="1"))
-    ddp = ["--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_epochs", "2",
-           "--data.num_workers", "1", "--data.persistent_workers", "false"]
+    ddp = [
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.max_epochs",
+        "2",
+        "--data.num_workers",
+        "1",
+        "--data.persistent_workers",
+        "false",
+    ]
     steps = 3  # 24 training images over 2 ranks: 3 batches of 4 per epoch
     fit(setup, "ddp-straight", *ddp)
     reference = load(setup["tmp"] / "ddp-straight" / "checkpoints" / "last.ckpt")
@@ -246,20 +288,46 @@ def test_slurm_requeue_signal_under_ddp_saves_on_every_rank_then_requeues(resume
         port = sock.getsockname()[1]
     marker = tmp / "slurm.paused"
     common = dict(
-        resume_setup["env"], OMP_NUM_THREADS="1", PATH=f"{bin_dir}:{os.environ['PATH']}", SCONTROL_CALLS=str(tmp / "calls"),
-        SLURM_NTASKS="2", SLURM_NTASKS_PER_NODE="2", SLURM_NNODES="1", SLURM_NODEID="0", SLURM_JOB_ID="4242",
-        SLURM_JOB_NAME="gem-fit", SLURM_NODELIST="localhost", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+        resume_setup["env"],
+        OMP_NUM_THREADS="1",
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+        SCONTROL_CALLS=str(tmp / "calls"),
+        SLURM_NTASKS="2",
+        SLURM_NTASKS_PER_NODE="2",
+        SLURM_NNODES="1",
+        SLURM_NODEID="0",
+        SLURM_JOB_ID="4242",
+        SLURM_JOB_NAME="gem-fit",
+        SLURM_NODELIST="localhost",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
         GEM_TEST_PAUSE=f"1:1:{marker}",
     )
-    args = [*resume_setup["args"]("slurm"), "--trainer.devices", "2", "--trainer.num_nodes", "1",
-            "--trainer.strategy", "ddp", "--trainer.max_epochs", "2"]
+    args = [
+        *resume_setup["args"]("slurm"),
+        "--trainer.devices",
+        "2",
+        "--trainer.num_nodes",
+        "1",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.max_epochs",
+        "2",
+    ]
     tasks, logs = [], []
     for rank in (0, 1):
         logs.append(tmp / f"slurm-task{rank}.log")
         with logs[-1].open("w") as out:
-            tasks.append(subprocess.Popen([sys.executable, str(resume_setup["shim"]), *args], cwd=REPO, stdout=out,
-                                          stderr=subprocess.STDOUT, start_new_session=True,
-                                          env=dict(common, SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank))))
+            tasks.append(
+                subprocess.Popen(
+                    [sys.executable, str(resume_setup["shim"]), *args],
+                    cwd=REPO,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    env=dict(common, SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank)),
+                )
+            )
     try:
         deadline = time.monotonic() + 240
         while not marker.exists():
@@ -303,7 +371,7 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"], "the temporary file is removed"
 
 
-KILLED_WRITE = '''
+KILLED_WRITE = """
 import os, signal, sys, torch
 from gem_lightning.resilience import AtomicCheckpointIO
 
@@ -316,14 +384,15 @@ def save_then_die(obj, file, *args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)     # ...when the process dies
 torch.save = save_then_die
 AtomicCheckpointIO().save_checkpoint({"global_step": 2, "weights": torch.zeros(100_000)}, target)
-'''
+"""
 
 
 def test_process_killed_while_writing_leaves_the_previous_checkpoint(tmp_path, cpu_env, isolated_cache):
     target = tmp_path / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint({"global_step": 1, "weights": torch.arange(100_000.0)}, target)
-    result = run_command([sys.executable, "-c", KILLED_WRITE, str(target)], subprocess_env(cpu_env, isolated_cache),
-                         timeout=120, check=False)
+    result = run_command(
+        [sys.executable, "-c", KILLED_WRITE, str(target)], subprocess_env(cpu_env, isolated_cache), timeout=120, check=False
+    )
     assert result.returncode == -signal.SIGKILL, result.stdout[-2000:]
     assert load(target)["global_step"] == 1, "last.ckpt is still the previous, complete checkpoint"
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "last.ckpt"]
@@ -357,8 +426,14 @@ def test_atomic_write_goes_through_a_synced_temporary_file_in_the_target_folder(
 
 
 def test_make_resumable_installs_each_piece_once(tmp_path):
-    trainer = Trainer(default_root_dir=tmp_path, accelerator="cpu", devices=1, logger=False,
-                      callbacks=[ModelCheckpoint(dirpath=tmp_path)], enable_progress_bar=False)
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        callbacks=[ModelCheckpoint(dirpath=tmp_path)],
+        enable_progress_bar=False,
+    )
     assert make_resumable(make_resumable(trainer)) is trainer
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
     kinds = [type(cb) for cb in trainer.callbacks]
@@ -382,9 +457,18 @@ class ConstantMetricModel(BoringModel):
 
 def test_last_checkpoint_is_the_latest_epoch_even_when_the_monitor_does_not_improve(tmp_path):
     callback = ResumableModelCheckpoint(dirpath=tmp_path, monitor="score", mode="max", save_last=True, filename="best")
-    trainer = Trainer(default_root_dir=tmp_path, accelerator="cpu", devices=1, max_epochs=3, limit_train_batches=2,
-                      limit_val_batches=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                      callbacks=[callback])
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        devices=1,
+        max_epochs=3,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+    )
     trainer.fit(ConstantMetricModel())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "last.ckpt"]
     assert load(tmp_path / "best.ckpt")["global_step"] == 2, "the best is from epoch 0"

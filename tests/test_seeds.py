@@ -11,7 +11,10 @@ from gem_lightning.cli.commands.seeds import main, summarize
 
 
 def test_summary_reports_mean_and_std_in_percent():
-    rows = [{"test/acc": 0.5, "test/acc_top5": 0.9, "test/f1": 0.4, "fit_s": 10.0}, {"test/acc": 0.7, "test/acc_top5": 1.0, "test/f1": 0.6, "fit_s": 12.0}]
+    rows = [
+        {"test/acc": 0.5, "test/acc_top5": 0.9, "test/f1": 0.4, "fit_s": 10.0},
+        {"test/acc": 0.7, "test/acc_top5": 1.0, "test/f1": 0.6, "fit_s": 12.0},
+    ]
     text = summarize(rows)
     assert "test/acc          60.00 +- 14.14%" in text and "fit_s             11.00 +- 1.41 s" in text
 
@@ -59,7 +62,14 @@ def test_default_csv_goes_to_the_first_seeds_run_folder(tmp_path, monkeypatch):
     def fake_run_seed(fit_args, seed):
         checkpoints = tmp_path / "runs" / "gems" / f"version_{seed}" / "checkpoints"
         checkpoints.mkdir(parents=True)
-        return {"seed": seed, "fit_s": 1.0, "checkpoint": str(checkpoints / "best.ckpt"), "test/acc": 0.5, "test/acc_top5": 0.9, "test/f1": 0.4}
+        return {
+            "seed": seed,
+            "fit_s": 1.0,
+            "checkpoint": str(checkpoints / "best.ckpt"),
+            "test/acc": 0.5,
+            "test/acc_top5": 0.9,
+            "test/f1": 0.4,
+        }
 
     monkeypatch.setattr("gem_lightning.cli.commands.seeds.run_seed", fake_run_seed)
     main(["--seeds", "3", "4"])

@@ -57,7 +57,15 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
 @pytest.fixture(scope="module")
 def server(trained) -> Server:
     """One server for the module, batching, with the API key given through the environment."""
-    running = start_server(trained.checkpoint, trained.root / "serve.log", server_env(trained.root, API_KEY), "--max_batch_size", "8", "--batch_timeout", "0.05")
+    running = start_server(
+        trained.checkpoint,
+        trained.root / "serve.log",
+        server_env(trained.root, API_KEY),
+        "--max_batch_size",
+        "8",
+        "--batch_timeout",
+        "0.05",
+    )
     yield running
     assert running.stop() == 0, running.log.read_text()
 
@@ -105,7 +113,8 @@ def test_raw_multipart_and_json_bodies_give_the_same_answer(server, trained):
     boundary = "gem-boundary"
     multipart = (
         f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'.encode()
-        + photo + f"\r\n--{boundary}--\r\n".encode()
+        + photo
+        + f"\r\n--{boundary}--\r\n".encode()
     )
     assert ranked(server.predict(multipart, f"multipart/form-data; boundary={boundary}")) == raw
     as_json = json.dumps({"image": base64.b64encode(photo).decode()}).encode()
@@ -180,7 +189,9 @@ def test_a_bad_upload_in_a_batch_fails_alone(server, trained):
 
 def test_sigterm_lets_the_requests_in_flight_finish(trained, tmp_path):
     """Requests waiting in a batch when SIGTERM arrives are answered; then the server and all its processes exit."""
-    server = start_server(trained.checkpoint, tmp_path / "serve.log", server_env(tmp_path), "--max_batch_size", "64", "--batch_timeout", "3")
+    server = start_server(
+        trained.checkpoint, tmp_path / "serve.log", server_env(tmp_path), "--max_batch_size", "64", "--batch_timeout", "3"
+    )
     photo = trained.photos[0].read_bytes()
     answers: list = []
     threads = [threading.Thread(target=lambda: answers.append(server.predict(photo))) for _ in range(6)]
@@ -215,7 +226,11 @@ def test_serve_refuses_a_missing_or_foreign_checkpoint_or_a_busy_port_in_one_lin
         ):
             result = subprocess.run(
                 [sys.executable, str(REPO / "main.py"), "serve", "--ckpt_path", str(ckpt), "--port", port],
-                env=server_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                env=server_env(tmp_path),
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=120,
             )
             assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr, result.stderr
 
@@ -278,6 +293,7 @@ def test_uploads_are_decoded_in_memory_in_the_http_process_as_predict_decodes_fi
     image, top_k, cam = api.decode_request(prepared)
     assert top_k == 2 and not cam and torch.equal(image, model.preprocess(photo))
     assert api.decode_request(junk) == (Unusable("not an image (format not recognised)"), 1, False)
+
 
 def test_with_no_decode_threads_the_worker_decodes_the_bytes(trained):
     """``serve --decode_threads 0``: the HTTP process hands the bytes on, the model worker decodes them alike."""

@@ -42,9 +42,18 @@ def real_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (root / "gems" / "train").mkdir(parents=True, exist_ok=True)
         (root / "gems" / "train" / name).symlink_to(GEMSTONES / "train" / name)
     seed_everything(0)
-    datamodule = GemDataModule(str(root / "gems"), image_size=64, batch_size=16, num_workers=0, cache_dir=str(root / "cache"), autocrop=True)
-    model = GemClassifier(datamodule.class_names, 64, preprocessing=datamodule.preprocessing, network=VGGSpec(channels=(8, 16, 32), pools=("max",) * 3, hidden_units=32))
-    trainer = Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    datamodule = GemDataModule(
+        str(root / "gems"), image_size=64, batch_size=16, num_workers=0, cache_dir=str(root / "cache"), autocrop=True
+    )
+    model = GemClassifier(
+        datamodule.class_names,
+        64,
+        preprocessing=datamodule.preprocessing,
+        network=VGGSpec(channels=(8, 16, 32), pools=("max",) * 3, hidden_units=32),
+    )
+    trainer = Trainer(
+        max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+    )
     trainer.fit(model, datamodule=datamodule)
     trainer.save_checkpoint(root / "gems.ckpt")
     return root / "gems.ckpt"

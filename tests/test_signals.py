@@ -68,8 +68,15 @@ def run_loader_script(tmp_path: Path, method: str) -> tuple[subprocess.Completed
     script.write_text(LOADER_SCRIPT)
     handled = tmp_path / "handled.txt"
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, str(script), method, str(handled)], env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), method, str(handled)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         stdout, stderr = proc.communicate(timeout=120)
     except subprocess.TimeoutExpired:
@@ -116,8 +123,17 @@ def test_lightning_handlers_are_installed_for_the_trainer_process_only(tmp_path)
             seen["SIGTERM"] = signal.getsignal(signal.SIGTERM)
 
     before = signal.getsignal(signal.SIGTERM)
-    trainer = make_resumable(Trainer(default_root_dir=tmp_path, max_steps=1, logger=False, enable_checkpointing=False,
-                                     enable_progress_bar=False, enable_model_summary=False, callbacks=[Look()]))
+    trainer = make_resumable(
+        Trainer(
+            default_root_dir=tmp_path,
+            max_steps=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[Look()],
+        )
+    )
     trainer.fit(BoringModel())
     assert isinstance(seen["SIGTERM"], OwnProcessHandler) and seen["SIGTERM"].pid == os.getpid(), seen
     assert signal.getsignal(signal.SIGTERM) is before  # restored after fit
@@ -125,9 +141,11 @@ def test_lightning_handlers_are_installed_for_the_trainer_process_only(tmp_path)
 
 @pytest.mark.parametrize("slurm", [True, False])
 def test_sigusr1_outside_training_is_recorded_under_slurm_and_fatal_elsewhere(tmp_path, slurm):
-    code = ("import os, signal\nfrom gem_lightning.resilience.signals import listen_for_requeue_signal, take_requeue_request\n"
-            "listen_for_requeue_signal()\nos.kill(os.getpid(), signal.SIGUSR1)\n"
-            "assert take_requeue_request() and not take_requeue_request()\nprint('alive')\n")
+    code = (
+        "import os, signal\nfrom gem_lightning.resilience.signals import listen_for_requeue_signal, take_requeue_request\n"
+        "listen_for_requeue_signal()\nos.kill(os.getpid(), signal.SIGUSR1)\n"
+        "assert take_requeue_request() and not take_requeue_request()\nprint('alive')\n"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env["PYTHONPATH"] = str(REPO)
     if slurm:
@@ -140,13 +158,13 @@ def test_sigusr1_outside_training_is_recorded_under_slurm_and_fatal_elsewhere(tm
         assert result.returncode == -signal.SIGUSR1, (result.returncode, result.stderr)
 
 
-EXIT_SCRIPT = textwrap.dedent('''
+EXIT_SCRIPT = textwrap.dedent("""
     import time
     from gem_lightning.resilience.signals import listen_for_requeue_signal
     assert listen_for_requeue_signal()
     print("listening", flush=True)
     time.sleep(0.2)
-''')
+""")
 
 
 def test_a_requeue_signal_while_the_interpreter_shuts_down_does_not_kill_the_task(tmp_path):

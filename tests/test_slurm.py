@@ -50,8 +50,14 @@ def jobs(cluster, tmp_path_factory):
     pausing.write_text(f'#!/bin/bash\nshift\nexec {sys.executable} {REPO / "tests" / "pausing_main.py"} "$@"\n')
     pausing.chmod(0o755)
     base_env = clean_launch_env(dict(os.environ))
-    base_env.update(PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore", GEM_LIGHTNING_CACHE=str(root / "cache"),
-                    CONFIG="configs/quickstart.yaml", DDP_CONFIG="configs/ddp_cpu.yaml", OMP_NUM_THREADS="1")
+    base_env.update(
+        PYTHONPATH=str(REPO),
+        PYTHONWARNINGS="ignore",
+        GEM_LIGHTNING_CACHE=str(root / "cache"),
+        CONFIG="configs/quickstart.yaml",
+        DDP_CONFIG="configs/ddp_cpu.yaml",
+        OMP_NUM_THREADS="1",
+    )
     return Jobs(cluster, root, data, base_env, pausing)
 
 
@@ -59,20 +65,52 @@ class Jobs:
     def __init__(self, cluster: SlurmCluster, root: Path, data: Path, env: dict[str, str], pausing: Path) -> None:
         self.cluster, self.root, self.data, self.env, self.pausing = cluster, root, data, env, pausing
 
-    def submit(self, run: str, *, epochs: int = EPOCHS, pauses: dict | None = None, sbatch: tuple = (),
-               fit: tuple = ()) -> int:
+    def submit(self, run: str, *, epochs: int = EPOCHS, pauses: dict | None = None, sbatch: tuple = (), fit: tuple = ()) -> int:
         run_dir = self.root / run
         (run_dir / "markers").mkdir(parents=True, exist_ok=True)
-        env = dict(self.env, RUN_DIR=str(run_dir), PYTHON=str(self.pausing) if pauses else sys.executable,
-                   GEM_TEST_PAUSES=json.dumps(pauses or {}), GEM_TEST_MARKERS=str(run_dir / "markers"))
-        args = ["--nodes=1", "--ntasks-per-node=2", "--gres=none", "--cpus-per-task=1", f"--job-name={run}",
-                f"--output={run_dir}/slurm-%j.out", *sbatch, REPO / "scripts" / "slurm_fit.sh",
-                "--data.data_dir", self.data, "--data.generate", "null", "--data.image_size", "32",
-                "--data.batch_size", "4", "--data.num_workers", "1", *TINY_MODEL,
-                "--trainer.max_epochs", str(epochs), "--trainer.deterministic", "true",
-                "--data.persistent_workers", "false", "--trainer.enable_progress_bar", "false",
-                "--trainer.log_every_n_steps", "1",
-                "--summary.max_depth", "0", "--trainer.logger.init_args.save_dir", run_dir / "logs", *fit]
+        env = dict(
+            self.env,
+            RUN_DIR=str(run_dir),
+            PYTHON=str(self.pausing) if pauses else sys.executable,
+            GEM_TEST_PAUSES=json.dumps(pauses or {}),
+            GEM_TEST_MARKERS=str(run_dir / "markers"),
+        )
+        args = [
+            "--nodes=1",
+            "--ntasks-per-node=2",
+            "--gres=none",
+            "--cpus-per-task=1",
+            f"--job-name={run}",
+            f"--output={run_dir}/slurm-%j.out",
+            *sbatch,
+            REPO / "scripts" / "slurm_fit.sh",
+            "--data.data_dir",
+            self.data,
+            "--data.generate",
+            "null",
+            "--data.image_size",
+            "32",
+            "--data.batch_size",
+            "4",
+            "--data.num_workers",
+            "1",
+            *TINY_MODEL,
+            "--trainer.max_epochs",
+            str(epochs),
+            "--trainer.deterministic",
+            "true",
+            "--data.persistent_workers",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.log_every_n_steps",
+            "1",
+            "--summary.max_depth",
+            "0",
+            "--trainer.logger.init_args.save_dir",
+            run_dir / "logs",
+            *fit,
+        ]
         return self.cluster.sbatch(args, env, cwd=REPO)
 
     def output(self, run: str) -> str:
@@ -104,8 +142,16 @@ def completed_epochs(jobs: Jobs, run: str) -> int:
 
 
 def record(scenario: str, job: int, info: dict, started: float, **extra) -> None:
-    TRIES.append({"scenario": scenario, "job": job, "state": info.get("JobState"), "restarts": info.get("Restarts"),
-                  "wall_s": round(time.monotonic() - started), **extra})
+    TRIES.append(
+        {
+            "scenario": scenario,
+            "job": job,
+            "state": info.get("JobState"),
+            "restarts": info.get("Restarts"),
+            "wall_s": round(time.monotonic() - started),
+            **extra,
+        }
+    )
 
 
 def kill_every_process_of(jobs: Jobs, job: int) -> None:
@@ -166,11 +212,20 @@ def test_sigusr1_at_four_moments_requeues_each_time_and_the_job_completes(jobs):
         signalled = time.monotonic()
         jobs.cluster.command(["scancel", "--signal=USR1", str(job)])
         if restart in STEP_AT_REQUEUE:
-            info = jobs.cluster.wait_until(job, lambda i: i["Restarts"] == str(int(restart) + 1), JOB_TIMEOUT,
-                                           f"Restarts={int(restart) + 1}")
+            info = jobs.cluster.wait_until(
+                job, lambda i, restart=restart: i["Restarts"] == str(int(restart) + 1), JOB_TIMEOUT, f"Restarts={int(restart) + 1}"
+            )
             saved = jobs.checkpoint("usr1")
-            record("SIGUSR1", job, info, signalled, moment=moment["at"], allocation=int(restart),
-                   resumes_from_step=saved["global_step"], epoch=saved["epoch"])
+            record(
+                "SIGUSR1",
+                job,
+                info,
+                signalled,
+                moment=moment["at"],
+                allocation=int(restart),
+                resumes_from_step=saved["global_step"],
+                epoch=saved["epoch"],
+            )
             assert saved["global_step"] == STEP_AT_REQUEUE[restart], (moment, saved["global_step"])
     info = finished(jobs, "usr1", job)
     saved = jobs.checkpoint("usr1")
@@ -192,10 +247,12 @@ def test_a_real_time_limit_requeues_the_job_before_the_kill_and_it_completes(job
     starved machine the signal may come before training starts: the job then saves and requeues
     after its first batch, which is progress too.)"""
     started = time.monotonic()
-    job = jobs.submit("time-limit", epochs=TIME_LIMIT_EPOCHS, pauses={"0": {"at": "slow", "seconds": 2}},
-                      sbatch=("--time=2", "--signal=USR1@60"))
-    info = jobs.cluster.wait_until(job, lambda i: i["Restarts"] != "0" or i["JobState"] in ("COMPLETED", "FAILED",
-                                   "TIMEOUT", "CANCELLED"), JOB_TIMEOUT, "a requeue")
+    job = jobs.submit(
+        "time-limit", epochs=TIME_LIMIT_EPOCHS, pauses={"0": {"at": "slow", "seconds": 2}}, sbatch=("--time=2", "--signal=USR1@60")
+    )
+    info = jobs.cluster.wait_until(
+        job, lambda i: i["Restarts"] != "0" or i["JobState"] in ("COMPLETED", "FAILED", "TIMEOUT", "CANCELLED"), JOB_TIMEOUT, "a requeue"
+    )
     saved = jobs.checkpoint("time-limit")
     record("time limit", job, info, started, allocation=0, resumes_from_step=saved["global_step"])
     assert info["Restarts"] == "1", f"{info}; output:\n{jobs.output('time-limit')[-4000:]}"

@@ -62,8 +62,16 @@ def fit_stream(stream, cache, tmp_path, *, ckpt_path=None, callbacks_extra=(), *
     seen = SeenIndices()
     datamodule = GemDataModule(str(stream), **datamodule_kwargs(cache, val_fraction=0.3, seed=1, num_workers=1))
     model = GemClassifier(datamodule.class_names, 32, network=TINY_NETWORK)
-    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[seen, *callbacks_extra],
-                      default_root_dir=tmp_path, limit_val_batches=0, **trainer_kwargs)
+    trainer = Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[seen, *callbacks_extra],
+        default_root_dir=tmp_path,
+        limit_val_batches=0,
+        **trainer_kwargs,
+    )
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     return trainer, seen
 
@@ -97,19 +105,57 @@ def test_a_folder_that_is_not_a_finished_stream_is_named(tmp_path, isolated_cach
 @pytest.mark.slow
 def test_the_command_line_optimizes_fits_tests_and_predicts_from_a_stream(tmp_path, cpu_env):
     folder = make_dataset(tmp_path / "gems", 6, 2)
-    run_cli("optimize", "--data_dir", folder, "--output", tmp_path / "encoded", "--format", "encoded", "--image_size", "32",
-            "--num_workers", "1", env=cpu_env, cwd=tmp_path)
+    run_cli(
+        "optimize",
+        "--data_dir",
+        folder,
+        "--output",
+        tmp_path / "encoded",
+        "--format",
+        "encoded",
+        "--image_size",
+        "32",
+        "--num_workers",
+        "1",
+        env=cpu_env,
+        cwd=tmp_path,
+    )
     again = run_cli("optimize", "--data_dir", folder, "--output", tmp_path / "encoded", env=cpu_env, cwd=tmp_path, check=False)
     assert again.returncode == 2 and "already holds data" in again.stderr and "Traceback" not in again.stderr
-    common = ["--data.data_dir", tmp_path / "encoded", "--data.image_size", "32", "--data.batch_size", "4", "--data.num_workers", "0",
-              "--trainer.logger.init_args.save_dir", tmp_path / "runs", "--trainer.enable_progress_bar", "false"]
+    common = [
+        "--data.data_dir",
+        tmp_path / "encoded",
+        "--data.image_size",
+        "32",
+        "--data.batch_size",
+        "4",
+        "--data.num_workers",
+        "0",
+        "--trainer.logger.init_args.save_dir",
+        tmp_path / "runs",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     run_cli("fit", *common, *TINY_MODEL, "--trainer.max_epochs", "1", env=cpu_env, cwd=tmp_path)
     ckpt = next((tmp_path / "runs").rglob("last.ckpt"))
     run_cli("test", *common, "--ckpt_path", ckpt, env=cpu_env, cwd=tmp_path)
     assert read_metrics(tmp_path / "runs" / "gem" / "version_1")["test/samples"] == 6
     out = tmp_path / "predictions.csv"
-    run_cli("predict", "--ckpt_path", ckpt, "--data.predict_path", tmp_path / "encoded", "--predictions.output", out,
-            "--data.num_workers", "0", "--trainer.logger.init_args.save_dir", tmp_path / "runs", env=cpu_env, cwd=tmp_path)
+    run_cli(
+        "predict",
+        "--ckpt_path",
+        ckpt,
+        "--data.predict_path",
+        tmp_path / "encoded",
+        "--predictions.output",
+        out,
+        "--data.num_workers",
+        "0",
+        "--trainer.logger.init_args.save_dir",
+        tmp_path / "runs",
+        env=cpu_env,
+        cwd=tmp_path,
+    )
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 6 and all(row["path"].startswith("test/") for row in rows)
 
@@ -128,8 +174,20 @@ def test_a_damaged_chunk_is_named_in_one_line(folder_and_stream, tmp_path, cpu_e
     trainer = Trainer(accelerator="cpu", logger=False)
     trainer.strategy.connect(model)
     trainer.save_checkpoint(ckpt)
-    result = run_cli("test", "--data.data_dir", damaged, "--data.num_workers", "1", "--ckpt_path", ckpt,
-                     "--trainer.logger.init_args.save_dir", tmp_path / "runs", env=cpu_env, cwd=tmp_path, check=False)
+    result = run_cli(
+        "test",
+        "--data.data_dir",
+        damaged,
+        "--data.num_workers",
+        "1",
+        "--ckpt_path",
+        ckpt,
+        "--trainer.logger.init_args.save_dir",
+        tmp_path / "runs",
+        env=cpu_env,
+        cwd=tmp_path,
+        check=False,
+    )
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert "is damaged" in errors[0] and chunk.name in errors[0]

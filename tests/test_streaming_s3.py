@@ -30,16 +30,64 @@ def store():
 def s3_run(store, tmp_path_factory):
     """A folder optimized into ``s3://gems/stream`` (small chunks, so training fetches them as it goes) and one fit from it."""
     root = tmp_path_factory.mktemp("s3")
-    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1",
-               GEM_LIGHTNING_CACHE=str(root / "cache"), **store.env())
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(REPO),
+        PYTHONWARNINGS="ignore",
+        OMP_NUM_THREADS="1",
+        GEM_LIGHTNING_CACHE=str(root / "cache"),
+        **store.env(),
+    )
     folder = make_dataset(root / "gems", train_per_class=10, test_per_class=3)
     url = f"s3://{store.bucket}/stream"
-    run_cli("optimize", "--data_dir", folder, "--output", url, "--image_size", "32", "--val_fraction", "0.3", "--seed", "1",
-            "--chunk_bytes", "8KB", "--num_workers", "1", env=env, cwd=root)
-    common = ["--data.data_dir", url, "--data.image_size", "32", "--data.batch_size", "4", "--data.num_workers", "1",
-              "--trainer.enable_progress_bar", "false", "--trainer.precision", "32-true", "--trainer.accelerator", "cpu"]
-    run_cli("fit", *common, *TINY_MODEL, "--trainer.max_epochs", "1", "--trainer.logger.init_args.save_dir", root / "fit",
-            "--checkpoint.dirpath", root / "checkpoints", env=env, cwd=root)
+    run_cli(
+        "optimize",
+        "--data_dir",
+        folder,
+        "--output",
+        url,
+        "--image_size",
+        "32",
+        "--val_fraction",
+        "0.3",
+        "--seed",
+        "1",
+        "--chunk_bytes",
+        "8KB",
+        "--num_workers",
+        "1",
+        env=env,
+        cwd=root,
+    )
+    common = [
+        "--data.data_dir",
+        url,
+        "--data.image_size",
+        "32",
+        "--data.batch_size",
+        "4",
+        "--data.num_workers",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.precision",
+        "32-true",
+        "--trainer.accelerator",
+        "cpu",
+    ]
+    run_cli(
+        "fit",
+        *common,
+        *TINY_MODEL,
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.logger.init_args.save_dir",
+        root / "fit",
+        "--checkpoint.dirpath",
+        root / "checkpoints",
+        env=env,
+        cwd=root,
+    )
     return {"root": root, "env": env, "folder": folder, "url": url, "common": common, "ckpt": root / "checkpoints" / "last.ckpt"}
 
 
@@ -54,8 +102,17 @@ def test_two_processes_validate_a_stream_from_s3_exactly_as_one(s3_run):
     for processes in (1, 2):
         save_dir = s3_run["root"] / f"validate-{processes}"
         ddp = ["--config", REPO / "configs" / "ddp_cpu.yaml", "--trainer.devices", "2"] if processes == 2 else []
-        run_cli("validate", *ddp, *s3_run["common"], "--ckpt_path", s3_run["ckpt"], "--trainer.logger.init_args.save_dir", save_dir,
-                env=s3_run["env"], cwd=s3_run["root"])
+        run_cli(
+            "validate",
+            *ddp,
+            *s3_run["common"],
+            "--ckpt_path",
+            s3_run["ckpt"],
+            "--trainer.logger.init_args.save_dir",
+            save_dir,
+            env=s3_run["env"],
+            cwd=s3_run["root"],
+        )
         metrics[processes] = read_metrics(save_dir)
     assert metrics[1]["val/samples"] == 9
     for key in ("val/acc", "val/acc_top5", "val/f1", "val/samples"):
@@ -63,28 +120,54 @@ def test_two_processes_validate_a_stream_from_s3_exactly_as_one(s3_run):
     assert metrics[2]["val/loss"] == pytest.approx(metrics[1]["val/loss"], abs=1e-5)
 
 
-@pytest.mark.parametrize("fault, change, expected", [
-    ("wrong secret key", {"AWS_SECRET_ACCESS_KEY": "not-the-secret"}, "rejected the credentials"),
-    ("missing bucket", {"url": "s3://no-such-bucket/stream"}, "bucket 'no-such-bucket' does not exist"),
-    ("no stream there", {"url": "s3://gems/elsewhere"}, "is not a gem-lightning stream"),
-    ("store not running", {"AWS_ENDPOINT_URL": "http://127.0.0.1:9"}, "cannot reach the S3 endpoint http://127.0.0.1:9"),
-])
+@pytest.mark.parametrize(
+    "fault, change, expected",
+    [
+        ("wrong secret key", {"AWS_SECRET_ACCESS_KEY": "not-the-secret"}, "rejected the credentials"),
+        ("missing bucket", {"url": "s3://no-such-bucket/stream"}, "bucket 'no-such-bucket' does not exist"),
+        ("no stream there", {"url": "s3://gems/elsewhere"}, "is not a gem-lightning stream"),
+        ("store not running", {"AWS_ENDPOINT_URL": "http://127.0.0.1:9"}, "cannot reach the S3 endpoint http://127.0.0.1:9"),
+    ],
+)
 def test_object_store_faults_are_one_line(s3_run, fault, change, expected):
     url = change.pop("url", s3_run["url"])
     env = {**s3_run["env"], **change}
-    args = ["test", *s3_run["common"], "--data.data_dir", url, "--ckpt_path", s3_run["ckpt"],
-            "--trainer.logger.init_args.save_dir", s3_run["root"] / "faults"]
+    args = [
+        "test",
+        *s3_run["common"],
+        "--data.data_dir",
+        url,
+        "--ckpt_path",
+        s3_run["ckpt"],
+        "--trainer.logger.init_args.save_dir",
+        s3_run["root"] / "faults",
+    ]
     assert expected in one_error_line(run_cli(*args, env=env, cwd=s3_run["root"], check=False))
 
 
 def test_a_stream_of_other_classes_and_an_existing_stream_are_refused(s3_run, store):
     other = make_dataset(s3_run["root"] / "other", 4, 1, classes={"Cat": (1, 2, 3), "Dog": (200, 100, 0)})
     url = f"s3://{store.bucket}/other"
-    run_cli("optimize", "--data_dir", other, "--output", url, "--image_size", "32", "--num_workers", "1", env=s3_run["env"], cwd=s3_run["root"])
-    again = run_cli("optimize", "--data_dir", other, "--output", url, "--image_size", "32", env=s3_run["env"], cwd=s3_run["root"], check=False)
+    run_cli(
+        "optimize", "--data_dir", other, "--output", url, "--image_size", "32", "--num_workers", "1", env=s3_run["env"], cwd=s3_run["root"]
+    )
+    again = run_cli(
+        "optimize", "--data_dir", other, "--output", url, "--image_size", "32", env=s3_run["env"], cwd=s3_run["root"], check=False
+    )
     assert "already holds data" in one_error_line(again)
-    wrong = run_cli("test", *s3_run["common"], "--data.data_dir", url, "--ckpt_path", s3_run["ckpt"],
-                    "--trainer.logger.init_args.save_dir", s3_run["root"] / "other-run", env=s3_run["env"], cwd=s3_run["root"], check=False)
+    wrong = run_cli(
+        "test",
+        *s3_run["common"],
+        "--data.data_dir",
+        url,
+        "--ckpt_path",
+        s3_run["ckpt"],
+        "--trainer.logger.init_args.save_dir",
+        s3_run["root"] / "other-run",
+        env=s3_run["env"],
+        cwd=s3_run["root"],
+        check=False,
+    )
     assert "trained on 3 classes" in one_error_line(wrong)
 
 
@@ -92,14 +175,31 @@ def test_the_store_stopping_mid_epoch_ends_in_one_line_and_the_run_resumes_after
     root = s3_run["root"]
     slow = {"GEM_TEST_PAUSES": '{"0": {"at": "slow", "seconds": 0.5}}', "GEM_TEST_MARKERS": str(root)}  # steps of 0.5 s more
     env = dict(s3_run["env"], GEM_LIGHTNING_CACHE=str(root / "cold-cache"), **slow)
-    args = ["fit", *s3_run["common"], *TINY_MODEL, "--trainer.max_epochs", "3", "--trainer.logger.init_args.save_dir", root / "outage",
-            "--checkpoint.dirpath", root / "outage-checkpoints", "--checkpoint.every_n_train_steps", "2",
-            "--trainer.num_sanity_val_steps", "0"]  # the validation chunks are first needed after the store stops
+    args = [
+        "fit",
+        *s3_run["common"],
+        *TINY_MODEL,
+        "--trainer.max_epochs",
+        "3",
+        "--trainer.logger.init_args.save_dir",
+        root / "outage",
+        "--checkpoint.dirpath",
+        root / "outage-checkpoints",
+        "--checkpoint.every_n_train_steps",
+        "2",
+        "--trainer.num_sanity_val_steps",
+        "0",
+    ]  # the validation chunks are first needed after the store stops
     log = root / "outage.log"
     with log.open("w") as err:
-        proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "pausing_main.py"), *map(str, args)], env=env, cwd=root,
-                                stdout=subprocess.DEVNULL,
-                                stderr=err, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, str(REPO / "tests" / "pausing_main.py"), *map(str, args)],
+            env=env,
+            cwd=root,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+        )
     checkpoint = root / "outage-checkpoints" / "last.ckpt"
     deadline = time.time() + 240
     while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:

@@ -1,4 +1,5 @@
 """Tests for the procedural gem dataset generator."""
+
 from __future__ import annotations
 
 import json
@@ -87,9 +88,7 @@ def test_incomplete_root_is_not_mistaken_for_complete(tmp_path: Path) -> None:
     assert (root / "train" / SYNTHETIC_CLASSES[0].name).is_dir() and not (root / "junk").exists()
 
 
-def test_interrupted_generation_leaves_nothing_behind(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_interrupted_generation_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
 
     def failing_render(*args, **kwargs):
@@ -130,8 +129,7 @@ def _centre_redness(folder: Path) -> float:
 
 
 def test_colour_is_a_class_cue(tmp_path: Path) -> None:
-    root = generate_gem_dataset(tmp_path / "colour", num_classes=2, train_per_class=12,
-                                test_per_class=0, image_size=40)
+    root = generate_gem_dataset(tmp_path / "colour", num_classes=2, train_per_class=12, test_per_class=0, image_size=40)
     ruby, emerald = SYNTHETIC_CLASSES[0], SYNTHETIC_CLASSES[1]
     assert "Ruby" in ruby.name and "Emerald" in emerald.name
     assert _centre_redness(root / "train" / ruby.name) > 40

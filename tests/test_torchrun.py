@@ -51,20 +51,52 @@ def kill_node(node: subprocess.Popen) -> None:
 
 def launch(node_rank: int, env: dict[str, str], args: list[str], log: Path) -> subprocess.Popen:
     node_env = dict(env, NODE_RANK=str(node_rank))
-    return subprocess.Popen(["bash", str(REPO / "scripts" / "torchrun_fit.sh"), *args], env=node_env, cwd=log.parent,
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        ["bash", str(REPO / "scripts" / "torchrun_fit.sh"), *args],
+        env=node_env,
+        cwd=log.parent,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def test_two_torchrun_nodes_survive_one_node_being_killed_and_restarted(tmp_path, cpu_env, isolated_cache):
     data = make_dataset(tmp_path / "gems", train_per_class=10, test_per_class=1)
     env = subprocess_env(cpu_env, isolated_cache, threads=1)
-    env.update(NNODES="2", NPROC_PER_NODE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RUN_ID="two-nodes",
-               RUN_DIR=str(tmp_path / "run"), MAX_RESTARTS="3", PYTHON=sys.executable,
-               CONFIG=str(REPO / "configs" / "quickstart.yaml"), DDP_CONFIG=str(REPO / "configs" / "ddp_cpu.yaml"))
-    args = ["--data.data_dir", data, "--data.generate", "null", "--data.image_size", "32", "--data.batch_size", "4",
-            "--data.num_workers", "1", *TINY_MODEL, "--trainer.max_epochs", str(EPOCHS),
-            "--trainer.enable_progress_bar", "false", "--summary.max_depth", "0",
-            "--trainer.logger.init_args.save_dir", tmp_path / "run" / "logs"]
+    env.update(
+        NNODES="2",
+        NPROC_PER_NODE="1",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(free_port()),
+        RUN_ID="two-nodes",
+        RUN_DIR=str(tmp_path / "run"),
+        MAX_RESTARTS="3",
+        PYTHON=sys.executable,
+        CONFIG=str(REPO / "configs" / "quickstart.yaml"),
+        DDP_CONFIG=str(REPO / "configs" / "ddp_cpu.yaml"),
+    )
+    args = [
+        "--data.data_dir",
+        data,
+        "--data.generate",
+        "null",
+        "--data.image_size",
+        "32",
+        "--data.batch_size",
+        "4",
+        "--data.num_workers",
+        "1",
+        *TINY_MODEL,
+        "--trainer.max_epochs",
+        str(EPOCHS),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--summary.max_depth",
+        "0",
+        "--trainer.logger.init_args.save_dir",
+        tmp_path / "run" / "logs",
+    ]
     args = [str(arg) for arg in args]
     logs = [tmp_path / "node0.log", tmp_path / "node1.log"]
     started = time.monotonic()
@@ -73,8 +105,9 @@ def test_two_torchrun_nodes_survive_one_node_being_killed_and_restarted(tmp_path
     try:
         deadline = time.monotonic() + TIMEOUT
         while not last.exists():  # the first epoch is done: kill node 1 in the middle of the next ones
-            assert time.monotonic() < deadline and all(node.poll() is None for node in nodes), \
+            assert time.monotonic() < deadline and all(node.poll() is None for node in nodes), (
                 logs[0].read_text()[-3000:] + logs[1].read_text()[-3000:]
+            )
             time.sleep(0.2)
         kill_node(nodes[1])
         killed_at = torch.load(last, map_location="cpu", weights_only=False)["epoch"]
@@ -91,5 +124,7 @@ def test_two_torchrun_nodes_survive_one_node_being_killed_and_restarted(tmp_path
     saved = torch.load(last, map_location="cpu", weights_only=False)
     assert saved["epoch"] == EPOCHS - 1, saved["epoch"]
     assert killed_at < EPOCHS - 1
-    print(f"two torchrun nodes: node 1 killed after epoch {killed_at}, restarted; "
-          f"completed {saved['epoch'] + 1} epochs in {time.monotonic() - started:.0f} s")
+    print(
+        f"two torchrun nodes: node 1 killed after epoch {killed_at}, restarted; "
+        f"completed {saved['epoch'] + 1} epochs in {time.monotonic() - started:.0f} s"
+    )

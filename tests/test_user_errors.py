@@ -16,10 +16,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable
 
 import pytest
 import torch
@@ -28,7 +28,6 @@ from helpers import TINY_MODEL
 from warm_cli import run_main
 
 pytestmark = pytest.mark.slow  # each row starts the CLI: seconds of imports
-
 
 
 def cli(*args: str, env: dict, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -88,8 +87,16 @@ def reshape_a_weight(checkpoint: dict) -> None:
 
 
 def other_modules_checkpoint(path: Path) -> Path:
-    torch.save({"state_dict": {"encoder.weight": torch.zeros(4, 4)}, "pytorch-lightning_version": "2.6.0",
-                "hyper_parameters": {"hidden": 4}, "epoch": 0, "global_step": 1}, path)
+    torch.save(
+        {
+            "state_dict": {"encoder.weight": torch.zeros(4, 4)},
+            "pytorch-lightning_version": "2.6.0",
+            "hyper_parameters": {"hidden": 4},
+            "epoch": 0,
+            "global_step": 1,
+        },
+        path,
+    )
     return path
 
 
@@ -182,21 +189,44 @@ MISTAKES = [
     Mistake("checkpoint truncated", lambda t, tmp: predict(truncated(t, tmp / "cut.ckpt"), t), ("cut.ckpt", "truncated")),
     Mistake("checkpoint is a text file", lambda t, tmp: predict(a_file(tmp / "notes.ckpt"), t), ("notes.ckpt", "not a checkpoint")),
     Mistake("checkpoint is a folder", lambda t, tmp: predict(t.data, t), ("gems", "is a folder")),
-    Mistake("checkpoint is a bare state dict", lambda t, tmp: predict(bare_state_dict(t, tmp / "weights.ckpt"), t),
-            ("weights.ckpt", "not a Lightning checkpoint")),
-    Mistake("checkpoint of another LightningModule", lambda t, tmp: predict(other_modules_checkpoint(tmp / "other.ckpt"), t),
-            ("other.ckpt", "another model")),
-    Mistake("checkpoint lacks needed hyperparameters", lambda t, tmp: predict(tweaked_checkpoint(t, tmp / "old.ckpt", drop_class_names), t),
-            ("old.ckpt", "class_names")),
-    Mistake("checkpoint weights do not fit its settings", lambda t, tmp: predict(tweaked_checkpoint(t, tmp / "edited.ckpt", reshape_a_weight), t),
-            ("edited.ckpt", "does not fit")),
-    Mistake("resume with other model settings", lambda t, tmp: fit(t, tmp, t.data, "--model.network.hidden_units", "32", "--ckpt_path", t.ckpt),
-            ("last.ckpt", "does not fit", "same model settings")),
-    Mistake("resume from a text file", lambda t, tmp: fit(t, tmp, t.data, "--ckpt_path", a_file(tmp / "x.ckpt")), ("x.ckpt", "not a checkpoint")),
-    Mistake("export a file that is not a checkpoint", lambda t, tmp: ["export", a_file(tmp / "model.ckpt"), "--out", tmp / "out"],
-            ("model.ckpt", "not a checkpoint")),
-    Mistake("predict with neither checkpoint nor data", lambda t, tmp: ["predict", "--data.predict_path", t.data / "test"],
-            ("model.class_names", "--ckpt_path")),
+    Mistake(
+        "checkpoint is a bare state dict",
+        lambda t, tmp: predict(bare_state_dict(t, tmp / "weights.ckpt"), t),
+        ("weights.ckpt", "not a Lightning checkpoint"),
+    ),
+    Mistake(
+        "checkpoint of another LightningModule",
+        lambda t, tmp: predict(other_modules_checkpoint(tmp / "other.ckpt"), t),
+        ("other.ckpt", "another model"),
+    ),
+    Mistake(
+        "checkpoint lacks needed hyperparameters",
+        lambda t, tmp: predict(tweaked_checkpoint(t, tmp / "old.ckpt", drop_class_names), t),
+        ("old.ckpt", "class_names"),
+    ),
+    Mistake(
+        "checkpoint weights do not fit its settings",
+        lambda t, tmp: predict(tweaked_checkpoint(t, tmp / "edited.ckpt", reshape_a_weight), t),
+        ("edited.ckpt", "does not fit"),
+    ),
+    Mistake(
+        "resume with other model settings",
+        lambda t, tmp: fit(t, tmp, t.data, "--model.network.hidden_units", "32", "--ckpt_path", t.ckpt),
+        ("last.ckpt", "does not fit", "same model settings"),
+    ),
+    Mistake(
+        "resume from a text file", lambda t, tmp: fit(t, tmp, t.data, "--ckpt_path", a_file(tmp / "x.ckpt")), ("x.ckpt", "not a checkpoint")
+    ),
+    Mistake(
+        "export a file that is not a checkpoint",
+        lambda t, tmp: ["export", a_file(tmp / "model.ckpt"), "--out", tmp / "out"],
+        ("model.ckpt", "not a checkpoint"),
+    ),
+    Mistake(
+        "predict with neither checkpoint nor data",
+        lambda t, tmp: ["predict", "--data.predict_path", t.data / "test"],
+        ("model.class_names", "--ckpt_path"),
+    ),
     # configs
     Mistake("config file missing", lambda t, tmp: ["fit", "--config", tmp / "nothere.yaml"], ("nothere.yaml", "does not exist")),
     Mistake("config YAML syntax error", lambda t, tmp: ["fit", "--config", bad_yaml(tmp / "bad.yaml")], ("bad.yaml", "line 3")),
@@ -205,50 +235,99 @@ MISTAKES = [
     Mistake("batch_size 0", lambda t, tmp: fit(t, tmp, t.data, "--data.batch_size", "0"), ("data.batch_size", "0")),
     Mistake("val_fraction 1.5", lambda t, tmp: fit(t, tmp, t.data, "--data.val_fraction", "1.5"), ("data.val_fraction", "1.5")),
     Mistake("image_size below the minimum", lambda t, tmp: fit(t, tmp, t.data, "--data.image_size", "16"), ("data.image_size", "16")),
-    Mistake("image_size the network cannot take", lambda t, tmp: fit(t, tmp, t.data, "--model.network.channels", "[4, 4, 4, 4, 4, 4]",
-                                                                      "--model.network.pools", "[max, max, max, max, max, max]"),
-            ("image_size=32", "64")),
+    Mistake(
+        "image_size the network cannot take",
+        lambda t, tmp: fit(
+            t, tmp, t.data, "--model.network.channels", "[4, 4, 4, 4, 4, 4]", "--model.network.pools", "[max, max, max, max, max, max]"
+        ),
+        ("image_size=32", "64"),
+    ),
     Mistake("negative epochs", lambda t, tmp: fit(t, tmp, t.data, "--trainer.max_epochs", "-3"), ("max_epochs", "-3")),
-    Mistake("negative learning rate", lambda t, tmp: fit(t, tmp, t.data, "--model.optimizer.init_args.lr", "-0.1"),
-            ("model.optimizer", "learning rate")),
+    Mistake(
+        "negative learning rate",
+        lambda t, tmp: fit(t, tmp, t.data, "--model.optimizer.init_args.lr", "-0.1"),
+        ("model.optimizer", "learning rate"),
+    ),
     Mistake("top_k 0", lambda t, tmp: fit(t, tmp, t.data, "--model.top_k", "0"), ("model.top_k",)),
-    Mistake("distillation config without a teacher", lambda t, tmp: ["fit", "--config", REPO / "configs" / "gemstones_distill.yaml",
-                                                                           *fit(t, tmp, t.data)[1:]],
-            ("model.distillation.teacher is not set", "--model.distillation.teacher")),
-    Mistake("a model setting of an earlier version", lambda t, tmp: fit(t, tmp, t.data, "--model.arch", "timm/resnet18"),
-            ("model.arch is now model.network", "TimmSpec")),
-    Mistake("a class path of an earlier version", lambda t, tmp: fit(t, tmp, t.data, "--trainer.callbacks+=gem_lightning.callbacks.finetuning.FreezeBackbone"),
-            ("gem_lightning.callbacks.finetuning.FreezeBackbone moved to gem_lightning.training.callbacks.finetuning.FreezeBackbone",)),
-    Mistake("start method the platform lacks", lambda t, tmp: fit(t, tmp, t.data, "--data.multiprocessing_context", "threads"),
-            ("data.multiprocessing_context", "threads")),
+    Mistake(
+        "distillation config without a teacher",
+        lambda t, tmp: ["fit", "--config", REPO / "configs" / "gemstones_distill.yaml", *fit(t, tmp, t.data)[1:]],
+        ("model.distillation.teacher is not set", "--model.distillation.teacher"),
+    ),
+    Mistake(
+        "a model setting of an earlier version",
+        lambda t, tmp: fit(t, tmp, t.data, "--model.arch", "timm/resnet18"),
+        ("model.arch is now model.network", "TimmSpec"),
+    ),
+    Mistake(
+        "a class path of an earlier version",
+        lambda t, tmp: fit(t, tmp, t.data, "--trainer.callbacks+=gem_lightning.callbacks.finetuning.FreezeBackbone"),
+        ("gem_lightning.callbacks.finetuning.FreezeBackbone moved to gem_lightning.training.callbacks.finetuning.FreezeBackbone",),
+    ),
+    Mistake(
+        "start method the platform lacks",
+        lambda t, tmp: fit(t, tmp, t.data, "--data.multiprocessing_context", "threads"),
+        ("data.multiprocessing_context", "threads"),
+    ),
     # data
     Mistake("no data folder", lambda t, tmp: fit(t, tmp, tmp / "nowhere"), ("nowhere", "does not exist")),
     Mistake("no train/ folder", lambda t, tmp: fit(t, tmp, not_a_dataset(tmp / "photos")), ("photos", "no 'train/'")),
     Mistake("data_dir is a file", lambda t, tmp: fit(t, tmp, a_file(tmp / "gems.zip")), ("gems.zip", "is a file")),
     Mistake("train is a file", lambda t, tmp: fit(t, tmp, train_is_a_file(tmp / "d")), ("train", "is a file")),
-    Mistake("empty class folder", lambda t, tmp: fit(t, tmp, dataset(tmp / "d", {"Ruby": 4, "Jade": 4, "Opal": 0})), ("Opal", "no usable images")),
+    Mistake(
+        "empty class folder",
+        lambda t, tmp: fit(t, tmp, dataset(tmp / "d", {"Ruby": 4, "Jade": 4, "Opal": 0})),
+        ("Opal", "no usable images"),
+    ),
     Mistake("single class", lambda t, tmp: fit(t, tmp, dataset(tmp / "d", {"Ruby": 4})), ("Ruby", "at least two")),
-    Mistake("class too small to split", lambda t, tmp: fit(t, tmp, dataset(tmp / "d", {"Ruby": 4, "Jade": 1})),
-            ("Jade (1)", "val_fraction 0")),
+    Mistake(
+        "class too small to split", lambda t, tmp: fit(t, tmp, dataset(tmp / "d", {"Ruby": 4, "Jade": 1})), ("Jade (1)", "val_fraction 0")
+    ),
     Mistake("class folder is a symlink loop", lambda t, tmp: fit(t, tmp, with_looping_class_link(tmp / "d")), ("Loop", "symbolic link")),
-    Mistake("symlink loop in a class, bad_files strict", lambda t, tmp: fit(t, tmp, with_looping_link_inside_a_class(tmp / "d"),
-                                                                            "--data.bad_files", "strict"),
-            ("Ruby/cycle", "symbolic link")),
+    Mistake(
+        "symlink loop in a class, bad_files strict",
+        lambda t, tmp: fit(t, tmp, with_looping_link_inside_a_class(tmp / "d"), "--data.bad_files", "strict"),
+        ("Ruby/cycle", "symbolic link"),
+    ),
     Mistake("no images at all", lambda t, tmp: fit(t, tmp, no_images(tmp / "d")), ("no usable images",)),
-    Mistake("quickstart into a folder that is not a dataset", lambda t, tmp: ["fit", "--config", REPO / "configs" / "quickstart.yaml",
-                                                                              *common(tmp), "--data.data_dir", not_a_dataset(tmp / "mine")],
-            ("mine", "not empty")),
+    Mistake(
+        "quickstart into a folder that is not a dataset",
+        lambda t, tmp: [
+            "fit",
+            "--config",
+            REPO / "configs" / "quickstart.yaml",
+            *common(tmp),
+            "--data.data_dir",
+            not_a_dataset(tmp / "mine"),
+        ],
+        ("mine", "not empty"),
+    ),
     # predict
-    Mistake("predict path matches nothing", lambda t, tmp: predict(t.ckpt, t) + ["--data.predict_path", tmp / "photos" / "*.jpg"],
-            ("data.predict_path", "matches no files")),
-    Mistake("predict output folder cannot be created", lambda t, tmp: predict(t.ckpt, t, "--predictions.output", a_file(tmp / "f") / "p.csv"),
-            ("predictions.output", "f/p.csv")),
-    Mistake("predict output exists", lambda t, tmp: predict(t.ckpt, t, "--predictions.output", earlier_predictions(tmp / "p.csv")),
-            ("p.csv", "already exist", "--predictions.overwrite")),
+    Mistake(
+        "predict path matches nothing",
+        lambda t, tmp: predict(t.ckpt, t) + ["--data.predict_path", tmp / "photos" / "*.jpg"],
+        ("data.predict_path", "matches no files"),
+    ),
+    Mistake(
+        "predict output folder cannot be created",
+        lambda t, tmp: predict(t.ckpt, t, "--predictions.output", a_file(tmp / "f") / "p.csv"),
+        ("predictions.output", "f/p.csv"),
+    ),
+    Mistake(
+        "predict output exists",
+        lambda t, tmp: predict(t.ckpt, t, "--predictions.output", earlier_predictions(tmp / "p.csv")),
+        ("p.csv", "already exist", "--predictions.overwrite"),
+    ),
     # hardware and precision
-    Mistake("gpu accelerator without a GPU", lambda t, tmp: fit(t, tmp, t.data, "--trainer.accelerator", "gpu"), ("gpu",), needs_cpu_only=True),
-    Mistake("16-mixed without a GPU", lambda t, tmp: fit(t, tmp, t.data, "--trainer.precision", "16-mixed"), ("16-mixed", "bf16-mixed"),
-            needs_cpu_only=True),
+    Mistake(
+        "gpu accelerator without a GPU", lambda t, tmp: fit(t, tmp, t.data, "--trainer.accelerator", "gpu"), ("gpu",), needs_cpu_only=True
+    ),
+    Mistake(
+        "16-mixed without a GPU",
+        lambda t, tmp: fit(t, tmp, t.data, "--trainer.precision", "16-mixed"),
+        ("16-mixed", "bf16-mixed"),
+        needs_cpu_only=True,
+    ),
 ]
 
 
@@ -274,7 +353,7 @@ def test_mistake_ends_in_one_error_line(mistake: Mistake, trained, env, tmp_path
     assert "Traceback" not in stderr, stderr[-3000:]
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, stderr[-3000:]
-    message = stderr[stderr.index("error:"):]
+    message = stderr[stderr.index("error:") :]
     record_property("error", message)  # --junitxml keeps the line each mistake prints
     for name in mistake.names:
         assert name in message, f"{name!r} not in: {message}"
@@ -340,7 +419,7 @@ def test_disk_full_during_checkpoint_save_keeps_the_previous_last_ckpt(trained, 
     result = cli(*args[:-1], "2", "--ckpt_path", last, env=env, cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
-    message = result.stderr[result.stderr.index("error:"):]
+    message = result.stderr[result.stderr.index("error:") :]
     assert "the disk is full" in message and str(last) in message and "intact" in message
     assert last.read_bytes() == saved
     assert not [p.name for p in checkpoints.iterdir() if p.name != "last.ckpt"], "no temporary file left behind"
@@ -352,8 +431,15 @@ def test_ctrl_c_during_fit_saves_a_resumable_last_ckpt(env, tmp_path):
     checkpoints = tmp_path / "checkpoints"
     args = ["fit", *common(tmp_path), "--data.data_dir", data, "--data.batch_size", "2", "--data.num_workers", "1",
             "--checkpoint.dirpath", checkpoints, "--trainer.max_epochs", "20"]  # fmt: skip
-    process = subprocess.Popen([sys.executable, str(REPO / "main.py"), *map(str, args)], env=env, cwd=tmp_path,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "main.py"), *map(str, args)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 240
         while not (checkpoints / "last.ckpt").exists() and process.poll() is None and time.monotonic() < deadline:

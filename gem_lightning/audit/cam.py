@@ -67,7 +67,9 @@ def class_activation_maps(model: nn.Module, layer: nn.Module, images: torch.Tens
 def overlay(image: np.ndarray, heatmap: np.ndarray, weight: float = 0.5) -> np.ndarray:
     """The ``HxWx3`` uint8 photo with the map drawn over it in colour (red: most evidence), at the photo's size."""
     if heatmap.shape != image.shape[:2]:
-        heatmap = np.asarray(Image.fromarray((heatmap * 255).astype(np.uint8)).resize(image.shape[1::-1], Image.Resampling.BILINEAR)) / 255.0
+        heatmap = (
+            np.asarray(Image.fromarray((heatmap * 255).astype(np.uint8)).resize(image.shape[1::-1], Image.Resampling.BILINEAR)) / 255.0
+        )
     return show_cam_on_image(image.astype(np.float32) / 255.0, heatmap.astype(np.float32), use_rgb=True, image_weight=1.0 - weight)
 
 
@@ -76,8 +78,15 @@ def peak(heatmap: np.ndarray) -> tuple[int, int]:
     return tuple(int(v) for v in np.unravel_index(int(np.argmax(heatmap)), heatmap.shape))
 
 
-def file_overlays(model: nn.Module, layer: nn.Module, paths: Sequence[Path], classes: Sequence[int], settings: DecodeSettings,
-                  image_size: int, batch_size: int = 16) -> list[np.ndarray | None]:
+def file_overlays(
+    model: nn.Module,
+    layer: nn.Module,
+    paths: Sequence[Path],
+    classes: Sequence[int],
+    settings: DecodeSettings,
+    image_size: int,
+    batch_size: int = 16,
+) -> list[np.ndarray | None]:
     """The overlay of each photo, as the model saw it (decoded with ``settings``, resized to
     ``image_size``), for its class in ``classes``; None for a photo that cannot be decoded."""
     transform = eval_transform(image_size)
@@ -90,8 +99,8 @@ def file_overlays(model: nn.Module, layer: nn.Module, paths: Sequence[Path], cla
             continue
     overlays: list[np.ndarray | None] = [None] * len(paths)
     for start in range(0, len(readable), batch_size):
-        batch = torch.stack(images[start:start + batch_size])
-        chosen = readable[start:start + batch_size]
+        batch = torch.stack(images[start : start + batch_size])
+        chosen = readable[start : start + batch_size]
         maps = class_activation_maps(model, layer, batch, [classes[i] for i in chosen])
         for index, image, heatmap in zip(chosen, batch, maps):
             overlays[index] = overlay(image.permute(1, 2, 0).numpy(), heatmap)

@@ -83,8 +83,9 @@ def union_find_clusters(count: int, pairs: list[tuple[int, int]]) -> list[list[i
     return sorted((g for g in groups.values() if len(g) > 1), key=lambda g: g[0])
 
 
-def find_clusters(hashes: np.ndarray, features: np.ndarray, labels: list[int], splits: list[str],
-                  settings: DuplicateSettings) -> list[Cluster]:
+def find_clusters(
+    hashes: np.ndarray, features: np.ndarray, labels: list[int], splits: list[str], settings: DuplicateSettings
+) -> list[Cluster]:
     """Near-duplicate clusters of the photos, flagged; those spanning classes or splits first."""
     clusters = [
         Cluster(tuple(group), len({labels[i] for i in group}) > 1, len({splits[i] for i in group}) > 1)

@@ -80,8 +80,9 @@ def colour_histogram(image: np.ndarray) -> np.ndarray:
     return (root / max(1e-12, float(np.linalg.norm(root)))).astype(np.float32)
 
 
-def decoded_images(records: list[ImageRecord], settings: DecodeSettings, *, cache_dir, num_workers: int,
-                   multiprocessing_context: str | None) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
+def decoded_images(
+    records: list[ImageRecord], settings: DecodeSettings, *, cache_dir, num_workers: int, multiprocessing_context: str | None
+) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
     """``(index, image or None, reason or None)`` per record, in order; through the decode-once cache
     when there is one, so a second audit (or a fit at the same size) decodes nothing again."""
     if cache_dir is None:
@@ -94,8 +95,15 @@ def decoded_images(records: list[ImageRecord], settings: DecodeSettings, *, cach
         yield index, (None if reason else disk.load(record)), reason
 
 
-def embed(records: list[ImageRecord], settings: DecodeSettings, *, cache_dir=None, num_workers: int = 0,
-          multiprocessing_context: str | None = None, batch_size: int = 32) -> Embedded:
+def embed(
+    records: list[ImageRecord],
+    settings: DecodeSettings,
+    *,
+    cache_dir=None,
+    num_workers: int = 0,
+    multiprocessing_context: str | None = None,
+    batch_size: int = 32,
+) -> Embedded:
     """Decode every record once and compute its feature vector and perceptual hash."""
     extractor = FeatureExtractor()
     kept: list[ImageRecord] = []
@@ -104,8 +112,9 @@ def embed(records: list[ImageRecord], settings: DecodeSettings, *, cache_dir=Non
     colours: list[np.ndarray] = []
     features: list[np.ndarray] = []
     batch: list[np.ndarray] = []
-    for index, image, reason in decoded_images(records, settings, cache_dir=cache_dir, num_workers=num_workers,
-                                               multiprocessing_context=multiprocessing_context):
+    for index, image, reason in decoded_images(
+        records, settings, cache_dir=cache_dir, num_workers=num_workers, multiprocessing_context=multiprocessing_context
+    ):
         if image is None:
             rejected.append(Rejected(records[index].path, reason or "cannot be decoded"))
             continue

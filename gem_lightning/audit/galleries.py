@@ -43,7 +43,7 @@ def paged_grids(rows: Sequence[list[tuple[Path | None, str]]], out_dir: Path, st
     columns = max((len(row) for row in rows), default=0)
     for page, start in enumerate(range(0, len(rows), ROWS_PER_PAGE), start=1):
         images, titles = [], []
-        for row in rows[start:start + ROWS_PER_PAGE]:
+        for row in rows[start : start + ROWS_PER_PAGE]:
             padded = list(row) + [(None, "")] * (columns - len(row))
             images += [thumbnail(path) if path is not None else BLANK for path, _ in padded]
             titles += [text for _, text in padded]
@@ -53,8 +53,9 @@ def paged_grids(rows: Sequence[list[tuple[Path | None, str]]], out_dir: Path, st
     return written
 
 
-def suspect_row(rank: int, photo: Path, given: str, suggested: str, score: float,
-                typical_given: list[Path], typical_suggested: list[Path]) -> list[tuple[Path | None, str]]:
+def suspect_row(
+    rank: int, photo: Path, given: str, suggested: str, score: float, typical_given: list[Path], typical_suggested: list[Path]
+) -> list[tuple[Path | None, str]]:
     """One gallery row: the suspect, then typical photos of the given class, then of the suggested one."""
     row: list[tuple[Path | None, str]] = [(photo, f"#{rank} {photo.name}\ngiven: {given}\n-> {suggested} ({score:.2f})")]
     row += [(path, f"typical {given}") for path in typical_given[:TYPICAL]] + [(None, "")] * (TYPICAL - len(typical_given[:TYPICAL]))
@@ -66,5 +67,7 @@ def cluster_row(number: int, members: list[tuple[Path, str, str]]) -> list[tuple
     """One gallery row: the cluster's photos, each titled with its split, class and file name."""
     shown = members[:MAX_CLUSTER_TILES]
     more = f" (+{len(members) - len(shown)} more)" if len(members) > len(shown) else ""
-    return [(path, f"{'#' + str(number) + ' ' if i == 0 else ''}{split}: {label}\n{path.name}{more if i == len(shown) - 1 else ''}")
-            for i, (path, split, label) in enumerate(shown)]
+    return [
+        (path, f"{'#' + str(number) + ' ' if i == 0 else ''}{split}: {label}\n{path.name}{more if i == len(shown) - 1 else ''}")
+        for i, (path, split, label) in enumerate(shown)
+    ]

@@ -69,8 +69,9 @@ def check_folds(labels: np.ndarray, class_names: list[str], folds: int) -> None:
         )
 
 
-def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, num_classes: int,
-                              *, folds: int = 5, seed: int = 0) -> np.ndarray:
+def out_of_fold_probabilities(
+    features: np.ndarray, labels: np.ndarray, groups: np.ndarray, num_classes: int, *, folds: int = 5, seed: int = 0
+) -> np.ndarray:
     """``(N, num_classes)`` probabilities, each row from a head fitted without that photo's fold."""
     probabilities = np.zeros((len(labels), num_classes), dtype=np.float64)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)

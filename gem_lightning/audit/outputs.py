@@ -45,8 +45,15 @@ def finding_rows(result: AuditResult) -> list[dict[str, str]]:
 
 def _row(result: AuditResult, index: int, finding: str, suggested: str, score: str) -> dict[str, str]:
     record = result.records[index]
-    return {"path": relative(record.path, result.data_dir), "finding": finding, "given_label": result.class_names[record.label],
-            "suggested_label": suggested, "score": score, "action": "keep", "new_label": ""}
+    return {
+        "path": relative(record.path, result.data_dir),
+        "finding": finding,
+        "given_label": result.class_names[record.label],
+        "suggested_label": suggested,
+        "score": score,
+        "action": "keep",
+        "new_label": "",
+    }
 
 
 def write_csv(rows: list[dict[str, str]], path: Path, columns: tuple[str, ...] = COLUMNS) -> Path:
@@ -60,10 +67,16 @@ def write_csv(rows: list[dict[str, str]], path: Path, columns: tuple[str, ...] =
 def cluster_rows(result: AuditResult) -> list[dict[str, str]]:
     """Every member of every near-duplicate cluster, with the cluster's flags."""
     return [
-        {"cluster": str(number), "path": relative(result.records[i].path, result.data_dir), "split": result.splits[i],
-         "label": result.class_names[result.records[i].label], "across_classes": str(c.across_classes).lower(),
-         "across_splits": str(c.across_splits).lower()}
-        for number, c in enumerate(result.clusters, start=1) for i in c.members
+        {
+            "cluster": str(number),
+            "path": relative(result.records[i].path, result.data_dir),
+            "split": result.splits[i],
+            "label": result.class_names[result.records[i].label],
+            "across_classes": str(c.across_classes).lower(),
+            "across_splits": str(c.across_splits).lower(),
+        }
+        for number, c in enumerate(result.clusters, start=1)
+        for i in c.members
     ]
 
 
@@ -78,14 +91,28 @@ def write_galleries(result: AuditResult, out_dir: Path) -> dict[str, list[Path]]
     """The PNGs of each finding kind (at most ``options.max_gallery`` rows each)."""
     names, limit = result.class_names, result.options.max_gallery
     flagged = {s.index for s in result.suspects}
-    suspects = [suspect_row(rank, result.records[s.index].path, names[s.given], names[s.suggested], s.score,
-                            typical_photos(result, s.given, flagged), typical_photos(result, s.suggested, flagged))
-                for rank, s in enumerate(result.suspects[:limit], start=1)]
+    suspects = [
+        suspect_row(
+            rank,
+            result.records[s.index].path,
+            names[s.given],
+            names[s.suggested],
+            s.score,
+            typical_photos(result, s.given, flagged),
+            typical_photos(result, s.suggested, flagged),
+        )
+        for rank, s in enumerate(result.suspects[:limit], start=1)
+    ]
     galleries = {"label_issues": paged_grids(suspects, out_dir, "label_issues", "Label issues: given -> suggested (label quality)")}
-    for kind, wanted, title in (("duplicates_across_classes", "across_classes", "Near-duplicates under different classes"),
-                                ("leaked_test", "across_splits", "Near-duplicates across train/ and test/")):
+    for kind, wanted, title in (
+        ("duplicates_across_classes", "across_classes", "Near-duplicates under different classes"),
+        ("leaked_test", "across_splits", "Near-duplicates across train/ and test/"),
+    ):
         chosen = [(n, c) for n, c in enumerate(result.clusters, start=1) if getattr(c, wanted)][:limit]
-        rows = [cluster_row(n, [(result.records[i].path, result.splits[i], names[result.records[i].label]) for i in c.members]) for n, c in chosen]
+        rows = [
+            cluster_row(n, [(result.records[i].path, result.splits[i], names[result.records[i].label]) for i in c.members])
+            for n, c in chosen
+        ]
         galleries[kind] = paged_grids(rows, out_dir, kind, title)
     return galleries
 
@@ -93,9 +120,12 @@ def write_galleries(result: AuditResult, out_dir: Path) -> dict[str, list[Path]]
 def write_outputs(result: AuditResult, out_dir: Path) -> dict[str, Path]:
     """Every file of the audit into ``out_dir``; returns them by name (``audit.md`` last)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = {"corrections": write_csv(finding_rows(result), out_dir / "corrections.csv"),
-             "near_duplicates": write_csv(cluster_rows(result), out_dir / "near_duplicates.csv",
-                                          ("cluster", "path", "split", "label", "across_classes", "across_splits"))}
+    files = {
+        "corrections": write_csv(finding_rows(result), out_dir / "corrections.csv"),
+        "near_duplicates": write_csv(
+            cluster_rows(result), out_dir / "near_duplicates.csv", ("cluster", "path", "split", "label", "across_classes", "across_splits")
+        ),
+    }
     leaked = [dict(_row(result, i, "leaked_test", "", ""), action="drop") for i in result.leaked_test()]
     files["drop_leaked_test"] = write_csv(leaked, out_dir / "drop_leaked_test.csv")
     galleries = write_galleries(result, out_dir)
@@ -110,29 +140,44 @@ def write_markdown(result: AuditResult, path: Path, galleries: dict[str, list[Pa
     across_splits = [c for c in result.clusters if c.across_splits]
     options = result.options
     lines = [
-        f"# Data audit: {result.data_dir}", "",
+        f"# Data audit: {result.data_dir}",
+        "",
         f"{result.train_count} training and {len(result.records) - result.train_count} test photos, {len(names)} classes "
-        f"({len(result.rejected)} could not be decoded).", "",
-        "| finding | count | gallery |", "|---|---|---|",
+        f"({len(result.rejected)} could not be decoded).",
+        "",
+        "| finding | count | gallery |",
+        "|---|---|---|",
         f"| label issues (cleanlab, {options.folds}-fold out-of-fold probabilities) | {len(result.suspects)} | {_links(galleries['label_issues'])} |",
         f"| near-duplicate clusters | {len(result.clusters)} ({sum(len(c.members) for c in result.clusters)} photos) | |",
         f"| ... spanning classes (label conflicts) | {len(across_classes)} | {_links(galleries['duplicates_across_classes'])} |",
         f"| ... spanning train/ and test/ (leakage) | {len(across_splits)} ({len(result.leaked_test())} test photos) | {_links(galleries['leaked_test'])} |",
-        "", f"Out-of-fold accuracy of the linear head on frozen features: {_oof_accuracy(result):.1%}.",
+        "",
+        f"Out-of-fold accuracy of the linear head on frozen features: {_oof_accuracy(result):.1%}.",
         f"Near-duplicates: pHash distance <= {options.duplicates.max_hash_distance} bits with feature cosine >= "
         f"{options.duplicates.hash_min_similarity}, or feature cosine >= {options.duplicates.min_similarity}.",
-        "Time: " + ", ".join(f"{step} {seconds:.0f} s" for step, seconds in result.seconds.items()) + ".", "",
-        "## Top suspects", "", "| # | photo | given | suggested | label quality |", "|---|---|---|---|---|",
+        "Time: " + ", ".join(f"{step} {seconds:.0f} s" for step, seconds in result.seconds.items()) + ".",
+        "",
+        "## Top suspects",
+        "",
+        "| # | photo | given | suggested | label quality |",
+        "|---|---|---|---|---|",
     ]
-    lines += [f"| {rank} | {relative(result.records[s.index].path, result.data_dir)} | {names[s.given]} | {names[s.suggested]} | {s.score:.3f} |"
-              for rank, s in enumerate(result.suspects[:20], start=1)]
-    lines += ["", "## What to do", "",
-              "1. Look at the galleries. In `corrections.csv` set `action` to `drop` (leave the photo out) or `relabel` "
-              "(and `new_label` to a class folder name) where you agree; `keep` changes nothing.",
-              "2. Train with `--data.corrections <that csv>`: the scan applies it without touching the photo folder and "
-              "says how many photos it dropped and relabelled.",
-              "3. `drop_leaked_test.csv` drops every leaked test photo: `test` with and without it shows how much the leak "
-              "inflated test accuracy.", ""]
+    lines += [
+        f"| {rank} | {relative(result.records[s.index].path, result.data_dir)} | {names[s.given]} | {names[s.suggested]} | {s.score:.3f} |"
+        for rank, s in enumerate(result.suspects[:20], start=1)
+    ]
+    lines += [
+        "",
+        "## What to do",
+        "",
+        "1. Look at the galleries. In `corrections.csv` set `action` to `drop` (leave the photo out) or `relabel` "
+        "(and `new_label` to a class folder name) where you agree; `keep` changes nothing.",
+        "2. Train with `--data.corrections <that csv>`: the scan applies it without touching the photo folder and "
+        "says how many photos it dropped and relabelled.",
+        "3. `drop_leaked_test.csv` drops every leaked test photo: `test` with and without it shows how much the leak "
+        "inflated test accuracy.",
+        "",
+    ]
     lines += [f"Findings: {', '.join(f'`{k}`: {v}' for k, v in FINDINGS.items())}.", ""]
     path.write_text("\n".join(lines), encoding="utf-8")
     return path

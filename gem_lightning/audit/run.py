@@ -89,9 +89,14 @@ def run_audit(folders: FolderData, options: AuditOptions = AuditOptions()) -> Au
     check_folds(labels_before, folders.class_names, options.folds)  # before minutes of decoding
     split_of = {record.path: split for split, scan in scans.items() for record in scan.records}
     settings = DecodeSettings(options.image_size, folders.settings.autocrop, folders.settings.background)
-    embedded = embed([r for scan in scans.values() for r in scan.records], settings, cache_dir=folders.cache_dir,
-                     num_workers=folders.num_workers, multiprocessing_context=folders.multiprocessing_context,
-                     batch_size=options.batch_size)
+    embedded = embed(
+        [r for scan in scans.values() for r in scan.records],
+        settings,
+        cache_dir=folders.cache_dir,
+        num_workers=folders.num_workers,
+        multiprocessing_context=folders.multiprocessing_context,
+        batch_size=options.batch_size,
+    )
     seconds["scan, decode and embed"] = time.perf_counter() - start
     splits = [split_of[r.path] for r in embedded.records]
     labels = [r.label for r in embedded.records]
@@ -106,9 +111,21 @@ def run_audit(folders: FolderData, options: AuditOptions = AuditOptions()) -> Au
     check_folds(train_labels, folders.class_names, options.folds)
     groups = cluster_ids(len(labels), clusters)[train]
     inputs = head_inputs(embedded.features[train], embedded.colours[train])
-    probabilities = out_of_fold_probabilities(inputs, train_labels, groups, len(folders.class_names),
-                                              folds=options.folds, seed=options.seed)
+    probabilities = out_of_fold_probabilities(
+        inputs, train_labels, groups, len(folders.class_names), folds=options.folds, seed=options.seed
+    )
     suspects = rank_label_issues(train_labels, probabilities)
     seconds["label issues"] = time.perf_counter() - start
-    return AuditResult(folders.data_dir, list(folders.class_names), embedded.records, splits, probabilities, suspects, clusters,
-                       embedded.rejected, scans, options, seconds)
+    return AuditResult(
+        folders.data_dir,
+        list(folders.class_names),
+        embedded.records,
+        splits,
+        probabilities,
+        suspects,
+        clusters,
+        embedded.rejected,
+        scans,
+        options,
+        seconds,
+    )

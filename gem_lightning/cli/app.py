@@ -60,9 +60,7 @@ class GemCLI(LightningCLI):
         parser.add_lightning_class_args(LearningCurves, "curves")
         parser.add_lightning_class_args(InferenceRuntime, "inference")  # --inference.runtime torch|onnxruntime|onnxruntime-int8
         parser.set_defaults({"trainer.logger": lazy_instance(CSVLogger, save_dir="runs", name="gem")})
-        parser.link_arguments(
-            "data.class_names", "model.class_names", compute_fn=self._class_names, apply_on="instantiate"
-        )
+        parser.link_arguments("data.class_names", "model.class_names", compute_fn=self._class_names, apply_on="instantiate")
         parser.link_arguments("data.image_size", "model.image_size", apply_on="instantiate")
         parser.link_arguments("data.preprocessing", "model.preprocessing", apply_on="instantiate")
 
@@ -77,7 +75,9 @@ class GemCLI(LightningCLI):
         hparams = checkpoint_hparams(config.get("ckpt_path"))  # checked: one error line for a bad file
         for key, value in hparams.items():
             if key in config.model and key not in LINKED_FROM_DATA | CHOSEN_AT_INFERENCE:
-                config.model[key] = Namespace(class_path=value["class_path"], init_args=Namespace(value["init_args"])) if key == "network" else value
+                config.model[key] = (
+                    Namespace(class_path=value["class_path"], init_args=Namespace(value["init_args"])) if key == "network" else value
+                )
         if "image_size" in hparams:
             config.data.image_size = hparams["image_size"]
         for key, value in (hparams.get("preprocessing") or {}).items():

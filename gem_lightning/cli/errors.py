@@ -14,9 +14,10 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -62,8 +63,11 @@ def report_user_errors() -> Iterator[None]:
         if not stopped:
             raise  # SIGTERM: Lightning's clean stop (status 0), the checkpoint already saved and logged
         if saved:
-            print(f"Interrupted (Ctrl-C): saved a resumable checkpoint to {saved!r}; resume with the same "
-                  f"command plus --ckpt_path {saved!r}.", file=sys.stderr)
+            print(
+                f"Interrupted (Ctrl-C): saved a resumable checkpoint to {saved!r}; resume with the same "
+                f"command plus --ckpt_path {saved!r}.",
+                file=sys.stderr,
+            )
         else:
             print("Interrupted (Ctrl-C) before the first training step; nothing to save.", file=sys.stderr)
         raise SystemExit(CTRL_C_STATUS) from None

@@ -6,7 +6,8 @@ import error; a user who upgrades deserves the new name instead.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from gem_lightning.errors import UserInputError
 

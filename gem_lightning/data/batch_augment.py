@@ -36,8 +36,7 @@ class BatchAugment(torch.nn.Module):
         super().__init__()
         if augment.hue:
             raise UserInputError(
-                f"data.augment.hue={augment.hue} is not supported with data.augment_on=device; "
-                "set hue to 0 or use data.augment_on=loader."
+                f"data.augment.hue={augment.hue} is not supported with data.augment_on=device; set hue to 0 or use data.augment_on=loader."
             )
         self.augment = augment
         self.image_size = image_size

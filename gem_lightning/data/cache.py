@@ -75,8 +75,7 @@ def _as_is(item):
     return item
 
 
-def decode_all(records: list[ImageRecord], settings: DecodeSettings, num_workers: int,
-               multiprocessing_context: str | None = None):
+def decode_all(records: list[ImageRecord], settings: DecodeSettings, num_workers: int, multiprocessing_context: str | None = None):
     """Yield ``(index, image or None, reason or None)`` for every record, decoding in parallel
     (``num_workers`` processes started as ``multiprocessing_context`` says; see ``SignalSafeDataLoader``)."""
     loader = SignalSafeDataLoader(

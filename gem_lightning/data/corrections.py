@@ -61,14 +61,18 @@ def read_corrections(csv_path: str | Path, data_dir: Path, class_names: list[str
     for line, row in rows:
         action = (row.get("action") or "keep").strip().lower()
         if action not in ACTIONS:
-            raise CorrectionsError(f"data.corrections {str(source)!r} line {line}: action {row.get('action')!r} is not one of {', '.join(ACTIONS)}.")
+            raise CorrectionsError(
+                f"data.corrections {str(source)!r} line {line}: action {row.get('action')!r} is not one of {', '.join(ACTIONS)}."
+            )
         if action == "keep":
             continue
         key = _relative_key(row.get("path") or "", data_dir, source, line)
         label = _new_label(row, class_names, source, line) if action == "relabel" else None
         earlier = decided.get(key)
         if earlier is not None and earlier[:2] != (action, label):
-            raise CorrectionsError(f"data.corrections {str(source)!r} line {line}: {key!r} is given another action than on line {earlier[2]}; keep one.")
+            raise CorrectionsError(
+                f"data.corrections {str(source)!r} line {line}: {key!r} is given another action than on line {earlier[2]}; keep one."
+            )
         decided[key] = (action, label, line)
     return Corrections(
         source=source,
@@ -80,7 +84,9 @@ def read_corrections(csv_path: str | Path, data_dir: Path, class_names: list[str
 def _read_rows(source: Path) -> list[tuple[int, dict[str, str]]]:
     """The CSV's rows with their line numbers (the header is line 1)."""
     if not source.is_file():
-        raise CorrectionsError(f"data.corrections {str(source)!r} does not exist (or is a folder): give the CSV that `main.py audit` wrote and you edited.")
+        raise CorrectionsError(
+            f"data.corrections {str(source)!r} does not exist (or is a folder): give the CSV that `main.py audit` wrote and you edited."
+        )
     try:
         with source.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
@@ -107,9 +113,13 @@ def _relative_key(path_text: str, data_dir: Path, source: Path, line: int) -> st
     absolute = os.path.normpath(given if os.path.isabs(given) else os.path.join(root, given))
     relative = Path(os.path.relpath(absolute, root))
     if relative.parts[:1] == ("..",) or relative.parts[:1] not in ((s,) for s in SPLITS) or len(relative.parts) < 3:
-        raise CorrectionsError(f"data.corrections {str(source)!r} line {line}: {given!r} is not a photo of {str(data_dir)!r}'s train/<Class>/ or test/<Class>/.")
+        raise CorrectionsError(
+            f"data.corrections {str(source)!r} line {line}: {given!r} is not a photo of {str(data_dir)!r}'s train/<Class>/ or test/<Class>/."
+        )
     if not os.path.isfile(absolute):
-        raise CorrectionsError(f"data.corrections {str(source)!r} line {line}: {given!r} does not exist in {str(data_dir)!r}; was the photo moved or renamed?")
+        raise CorrectionsError(
+            f"data.corrections {str(source)!r} line {line}: {given!r} does not exist in {str(data_dir)!r}; was the photo moved or renamed?"
+        )
     return relative.as_posix()
 
 

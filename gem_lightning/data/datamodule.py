@@ -49,8 +49,9 @@ DEFAULT_IMAGE_SIZE = 220
 """The seed notebook's input size."""
 
 
-def check_settings(*, image_size: int, val_fraction: float, batch_size: int, num_workers: int | None,
-                   cache_memory_gb: float, multiprocessing_context: str) -> None:
+def check_settings(
+    *, image_size: int, val_fraction: float, batch_size: int, num_workers: int | None, cache_memory_gb: float, multiprocessing_context: str
+) -> None:
     """Refuse values that cannot work, naming the setting, before any folder is read."""
     problems = []
     if image_size < 32:
@@ -64,8 +65,10 @@ def check_settings(*, image_size: int, val_fraction: float, batch_size: int, num
     if cache_memory_gb < 0:
         problems.append(f"data.cache_memory_gb must be 0 or more, got {cache_memory_gb}")
     if multiprocessing_context not in multiprocessing.get_all_start_methods():
-        problems.append(f"data.multiprocessing_context must be one of this platform's start methods "
-                        f"({', '.join(multiprocessing.get_all_start_methods())}), got {multiprocessing_context!r}")
+        problems.append(
+            f"data.multiprocessing_context must be one of this platform's start methods "
+            f"({', '.join(multiprocessing.get_all_start_methods())}), got {multiprocessing_context!r}"
+        )
     if problems:
         raise UserInputError("; ".join(problems) + ".")
 
@@ -148,9 +151,14 @@ class GemDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         image_size = image_size or DEFAULT_IMAGE_SIZE
-        check_settings(image_size=image_size, val_fraction=val_fraction, batch_size=batch_size,
-                       num_workers=num_workers, cache_memory_gb=cache_memory_gb,
-                       multiprocessing_context=multiprocessing_context)
+        check_settings(
+            image_size=image_size,
+            val_fraction=val_fraction,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            cache_memory_gb=cache_memory_gb,
+            multiprocessing_context=multiprocessing_context,
+        )
         if progressive_resizing is not None:
             progressive_resizing.check()
         self.save_hyperparameters(ignore=["augment", "progressive_resizing"])
@@ -185,7 +193,9 @@ class GemDataModule(LightningDataModule):
             self.settings = stream_decode_settings(self.stream, self.stream_info, image_size)
         self.predict_path = predict_path
         if corrections and self.stream:
-            raise UserInputError("data.corrections applies to a photo folder, not a stream: give it to the folder's `fit`, or drop the photos before `optimize`.")
+            raise UserInputError(
+                "data.corrections applies to a photo folder, not a stream: give it to the folder's `fit`, or drop the photos before `optimize`."
+            )
         self.corrections = corrections
         self.class_names = self._read_class_names()
         self.datasets: dict[str, Dataset] = {}
@@ -196,10 +206,18 @@ class GemDataModule(LightningDataModule):
     def folders(self) -> FolderData:
         """The folder's scans, decoded images and rejects (created once ``data_dir`` holds a dataset)."""
         if self._folders is None:
-            self._folders = FolderData(self._require_data_dir("fit"), self.class_names, self.settings, cache=self.cache,
-                                       cache_dir=self.cache_dir, cache_memory_gb=self.cache_memory_gb, bad_files=self.bad_files,
-                                       num_workers=self.num_workers, multiprocessing_context=self.multiprocessing_context,
-                                       corrections=self.corrections)
+            self._folders = FolderData(
+                self._require_data_dir("fit"),
+                self.class_names,
+                self.settings,
+                cache=self.cache,
+                cache_dir=self.cache_dir,
+                cache_memory_gb=self.cache_memory_gb,
+                bad_files=self.bad_files,
+                num_workers=self.num_workers,
+                multiprocessing_context=self.multiprocessing_context,
+                corrections=self.corrections,
+            )
         return self._folders
 
     @property
@@ -288,23 +306,32 @@ class GemDataModule(LightningDataModule):
         self.records["val"] = [store.records[i] for i in val_idx]
         self.datasets["train"] = CachedImageDataset(store, labels, train_idx, self._training_transform())
         self.datasets["val"] = CachedImageDataset(store, labels, val_idx, eval_transform(self.image_size))
-        rank_zero_info(f"Split {len(store.records)} training images into {len(train_idx)} train and {len(val_idx)} validation (seed {self.seed}).")
+        rank_zero_info(
+            f"Split {len(store.records)} training images into {len(train_idx)} train and {len(val_idx)} validation (seed {self.seed})."
+        )
 
     def _setup_stream_train_and_val(self) -> None:
         info = self.stream_info
         if (info.val_fraction, info.seed) != (self.val_fraction, self.seed):
-            rank_zero_warn(f"The stream {self.stream!r} was split with val_fraction {info.val_fraction} and seed {info.seed} when it "
-                           f"was optimized; that split is used (data.val_fraction {self.val_fraction}, data.seed {self.seed} are not).")
+            rank_zero_warn(
+                f"The stream {self.stream!r} was split with val_fraction {info.val_fraction} and seed {info.seed} when it "
+                f"was optimized; that split is used (data.val_fraction {self.val_fraction}, data.seed {self.seed} are not)."
+            )
         self.datasets["train"] = TrainingStream(self.stream, info, self.seed, self.cache_dir)
         has_val = info.counts.get("val", 0) > 0
-        self.datasets["val"] = EvaluationStream(self.stream, "val", info, eval_transform(self.image_size), cache_dir=self.cache_dir) if has_val else []
-        rank_zero_info(f"Streaming {self.stream!r}: {', '.join(f'{k} {v}' for k, v in info.counts.items())} images, "
-                       f"{len(info.class_names)} classes ({info.image_format}, {info.decode.size} px).")
+        self.datasets["val"] = (
+            EvaluationStream(self.stream, "val", info, eval_transform(self.image_size), cache_dir=self.cache_dir) if has_val else []
+        )
+        rank_zero_info(
+            f"Streaming {self.stream!r}: {', '.join(f'{k} {v}' for k, v in info.counts.items())} images, "
+            f"{len(info.class_names)} classes ({info.image_format}, {info.decode.size} px)."
+        )
 
     def _setup_test(self) -> None:
         if self.stream:
-            self.datasets["test"] = EvaluationStream(self.stream, "test", self.stream_info, eval_transform(self.image_size),
-                                                     cache_dir=self.cache_dir)
+            self.datasets["test"] = EvaluationStream(
+                self.stream, "test", self.stream_info, eval_transform(self.image_size), cache_dir=self.cache_dir
+            )
             return
         store = self.folders.load_split("test")
         self.records["test"] = store.records
@@ -345,17 +372,22 @@ class GemDataModule(LightningDataModule):
         """The files ``predict_path`` names, or, when it names a stream, its ``test`` split (or the split named)."""
         root, _, split = predict_path.rstrip("/").rpartition("/")
         if split in SPLITS and is_stream(root):
-            return EvaluationStream(root, split, read_info(root), eval_transform(self.image_size), for_predict=True,
-                                    cache_dir=self.cache_dir)
+            return EvaluationStream(
+                root, split, read_info(root), eval_transform(self.image_size), for_predict=True, cache_dir=self.cache_dir
+            )
         if is_stream(predict_path):
-            return EvaluationStream(predict_path, "test", read_info(predict_path), eval_transform(self.image_size),
-                                    for_predict=True, cache_dir=self.cache_dir)
+            return EvaluationStream(
+                predict_path, "test", read_info(predict_path), eval_transform(self.image_size), for_predict=True, cache_dir=self.cache_dir
+            )
         return PredictDataset(find_predict_files(predict_path), self.settings, eval_transform(self.image_size))
 
     def train_dataloader(self) -> DataLoader:
         if self.stream:
             return SignalSafeStreamingDataLoader(
-                self.datasets["train"], batch_size=self.batch_size, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                self.datasets["train"],
+                batch_size=self.batch_size,
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
                 multiprocessing_context=self.multiprocessing_context,
                 collate_fn=AugmentingCollate(self._training_transform(), collate_channels_last),
             )
@@ -395,15 +427,23 @@ class GemDataModule(LightningDataModule):
         rank, world = self.trainer.global_rank, self.trainer.world_size
         if train:
             fit_loop = self.trainer.fit_loop
-            return FitEpochDistributedSampler(dataset, epoch=lambda: fit_loop.epoch_progress.current.processed,
-                                              num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+            return FitEpochDistributedSampler(
+                dataset,
+                epoch=lambda: fit_loop.epoch_progress.current.processed,
+                num_replicas=world,
+                rank=rank,
+                shuffle=True,
+                seed=self.seed,
+            )
         return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
 
     def class_counts(self, stage: str = "train") -> list[int]:
         """Images of each class in ``stage``'s dataset (after the split), in label order: what class-balanced
         loss weights are computed from."""
         if self.stream:
-            raise UserInputError("model.class_weights: balanced weights need per-class counts, which a stream does not keep; use a folder dataset.")
+            raise UserInputError(
+                "model.class_weights: balanced weights need per-class counts, which a stream does not keep; use a folder dataset."
+            )
         dataset = self.datasets[stage]
         return torch.bincount(torch.tensor([dataset.labels[i] for i in dataset.indices]), minlength=len(self.class_names)).tolist()
 

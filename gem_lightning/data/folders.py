@@ -38,9 +38,20 @@ class FolderData:
         corrections: a CSV of photos to drop or relabel (``gem_lightning.data.corrections``), or None.
     """
 
-    def __init__(self, data_dir: Path, class_names: list[str], settings: DecodeSettings, *, cache: str, cache_dir: Path | None,
-                 cache_memory_gb: float, bad_files: str, num_workers: int, multiprocessing_context: str,
-                 corrections: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        class_names: list[str],
+        settings: DecodeSettings,
+        *,
+        cache: str,
+        cache_dir: Path | None,
+        cache_memory_gb: float,
+        bad_files: str,
+        num_workers: int,
+        multiprocessing_context: str,
+        corrections: str | Path | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.class_names = class_names
         self.settings = settings

@@ -43,8 +43,10 @@ class ProgressiveResizing:
         if not 0 < self.initial_scale <= 1:
             problems.append(f"initial_scale must be in (0, 1], got {self.initial_scale}")
         if self.delay_fraction < 0 or self.finetune_fraction < 0 or self.delay_fraction + self.finetune_fraction > 1:
-            problems.append(f"delay_fraction ({self.delay_fraction}) and finetune_fraction ({self.finetune_fraction}) "
-                            "must be at least 0 and add up to at most 1")
+            problems.append(
+                f"delay_fraction ({self.delay_fraction}) and finetune_fraction ({self.finetune_fraction}) "
+                "must be at least 0 and add up to at most 1"
+            )
         if self.size_increment < 1:
             problems.append(f"size_increment must be at least 1, got {self.size_increment}")
         if problems:

@@ -221,8 +221,10 @@ def format_summary(scans: dict[str, SplitScan], *, min_per_class: int = 2, max_l
                 kind = "LABEL CONFLICT" if group in conflicts else "duplicate"
                 lines.append(f"  {kind}: " + " == ".join(relative_path(r.path, scans[split].root) for r in group))
         if scans[split].dropped or scans[split].relabelled:
-            lines.append(f"\n{split}: data.corrections applied: {len(scans[split].dropped)} file(s) dropped, "
-                         f"{len(scans[split].relabelled)} relabelled (the photo folder is unchanged).")
+            lines.append(
+                f"\n{split}: data.corrections applied: {len(scans[split].dropped)} file(s) dropped, "
+                f"{len(scans[split].relabelled)} relabelled (the photo folder is unchanged)."
+            )
         rejected = scans[split].rejected
         if rejected:
             lines.append(f"\n{split}: {len(rejected)} file(s) not used:")

@@ -17,10 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -238,8 +239,9 @@ class EvaluationStream(Dataset):
     Indexing (not iterating) lets an unpadded distributed sampler give each process an exact share.
     """
 
-    def __init__(self, root: str, split: str, info: StreamInfo, transform: Callable, *, for_predict: bool = False,
-                 cache_dir: Path | None = None) -> None:
+    def __init__(
+        self, root: str, split: str, info: StreamInfo, transform: Callable, *, for_predict: bool = False, cache_dir: Path | None = None
+    ) -> None:
         self.root, self.split, self.info = root, split, info
         self.transform = transform
         self.for_predict = for_predict

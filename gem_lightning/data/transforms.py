@@ -73,8 +73,12 @@ class TrainAugment(torch.nn.Module):
             shrink = cv2.INTER_AREA if h > size or w > size else cv2.INTER_LINEAR
             pixels = cv2.resize(pixels[top : top + h, left : left + w], (size, size), interpolation=shrink)
         warped = cv2.warpAffine(
-            pixels, matrix, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-            borderMode=cv2.BORDER_CONSTANT, borderValue=self.augment.fill,
+            pixels,
+            matrix,
+            (size, size),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=self.augment.fill,
         )
         return torch.from_numpy(warped).permute(2, 0, 1)
 

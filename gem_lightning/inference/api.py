@@ -13,8 +13,8 @@ first use, checked against torch, cached beside it).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
@@ -38,8 +38,13 @@ class GemModel:
         probabilities: ``(B, 3, S, S)`` uint8 images -> ``(B, C)`` probabilities; default: the classifier's.
     """
 
-    def __init__(self, classifier: GemClassifier, device: str | torch.device = "cpu", runtime: str = "torch",
-                 probabilities: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        classifier: GemClassifier,
+        device: str | torch.device = "cpu",
+        runtime: str = "torch",
+        probabilities: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         self.device = torch.device(device)
         self.classifier = classifier.to(self.device).eval()
         self.class_names: list[str] = list(classifier.class_names)
@@ -71,17 +76,17 @@ class GemModel:
     def classify_many(self, paths: Sequence[str | Path], batch_size: int = 32, top_k: int = 5) -> list[Ranked]:
         """The ``top_k`` most probable classes of each photo, in the order given.
 
-    Args:
-        paths: image files.
-        batch_size: photos per forward pass.
-        top_k: classes per photo (at most the number of classes).
+        Args:
+            paths: image files.
+            batch_size: photos per forward pass.
+            top_k: classes per photo (at most the number of classes).
 
-    Returns:
-        One ``[(class name, probability), ...]`` list per photo, most probable first.
+        Returns:
+            One ``[(class name, probability), ...]`` list per photo, most probable first.
 
-    Raises:
-        BadImageError: a file cannot be read as an image.
-    """
+        Raises:
+            BadImageError: a file cannot be read as an image.
+        """
         ranked: list[Ranked] = []
         k = min(top_k, len(self.class_names))
         for start in range(0, len(paths), batch_size):
@@ -92,8 +97,9 @@ class GemModel:
         return ranked
 
 
-def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu", runtime: str = "torch",
-               int8_images: str | Path | None = None) -> GemModel:
+def load_model(
+    ckpt_path: str | Path, device: str | torch.device = "cpu", runtime: str = "torch", int8_images: str | Path | None = None
+) -> GemModel:
     """Load a checkpoint written by training; the checkpoint alone rebuilds the network.
 
     Args:

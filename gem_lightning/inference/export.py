@@ -13,8 +13,8 @@ Usage::
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -74,7 +74,9 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, formats: Seque
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise UserInputError(f"export folder {str(out_dir)!r} cannot be created: {error.strerror or error}; choose another --out.") from error
+        raise UserInputError(
+            f"export folder {str(out_dir)!r} cannot be created: {error.strerror or error}; choose another --out."
+        ) from error
     written: dict[str, Path] = {}
     if "torchscript" in formats:
         written["torchscript"] = export_torchscript(model, size, out_dir / "model.torchscript.pt")
@@ -141,4 +143,3 @@ def _require_onnx() -> None:
         import onnx  # noqa: F401
     except ImportError as error:
         raise ImportError("ONNX export needs the onnx package: pip install 'gem-lightning[onnx]'") from error
-

@@ -13,9 +13,10 @@ than :data:`MAX_INT8_LOSS` lost refuses int8 in one line (and nothing is cached)
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -57,17 +58,23 @@ class Int8Measurement:
         measured = f"on {self.images} held-out photos of {self.source}: top-1 agreement with fp32 {100 * self.agreement:.1f} %"
         if self.fp32_accuracy is None:
             return measured + f" (no class folders, so up to {100 * self.loss:.1f} points of accuracy lost)"
-        return measured + f", accuracy {100 * self.int8_accuracy:.1f} % against fp32's {100 * self.fp32_accuracy:.1f} % ({100 * self.loss:.1f} points lost)"
+        return (
+            measured
+            + f", accuracy {100 * self.int8_accuracy:.1f} % against fp32's {100 * self.fp32_accuracy:.1f} % ({100 * self.loss:.1f} points lost)"
+        )
 
     def refusal(self) -> str | None:
         """Why int8 must not be used, or None."""
         if self.loss > MAX_INT8_LOSS:
-            return f"onnxruntime-int8 loses too much {self.describe()}, more than {100 * MAX_INT8_LOSS:.1f}: use runtime onnxruntime (fp32)."
+            return (
+                f"onnxruntime-int8 loses too much {self.describe()}, more than {100 * MAX_INT8_LOSS:.1f}: use runtime onnxruntime (fp32)."
+            )
         return None
 
 
-def int8_model(classifier: GemClassifier, ckpt_path: str | Path, sha256: str, fp32: Path,
-                int8_images: str | Path | None, threads: int | None) -> Path:
+def int8_model(
+    classifier: GemClassifier, ckpt_path: str | Path, sha256: str, fp32: Path, int8_images: str | Path | None, threads: int | None
+) -> Path:
     """The cached int8 model made from ``fp32``, else one quantized and measured on ``int8_images``."""
     fp32_sha = file_sha256(fp32)
     found = cached_model(ckpt_path, sha256, "int8", fp32_onnx_sha256=fp32_sha)
@@ -124,7 +131,9 @@ def calibration_photos(classifier: GemClassifier, source: str | Path) -> tuple[t
         except BadImageError:
             continue
     if len(images) < MIN_INT8_IMAGES:
-        raise UserInputError(f"int8_images {str(source)!r} holds {len(images)} usable photos; int8 calibration needs at least {MIN_INT8_IMAGES}.")
+        raise UserInputError(
+            f"int8_images {str(source)!r} holds {len(images)} usable photos; int8 calibration needs at least {MIN_INT8_IMAGES}."
+        )
     names = list(classifier.class_names)
     labels = [names.index(folder) for folder in folders] if all(folder in names for folder in folders) else None
     return torch.stack(images), labels
@@ -181,8 +190,9 @@ def shape_nodes(graph: Any) -> list[str]:
     return names
 
 
-def measure_int8(fp32: Path, int8: Path, images: torch.Tensor, labels: Sequence[int] | None, source: str,
-                 threads: int | None = None) -> Int8Measurement:
+def measure_int8(
+    fp32: Path, int8: Path, images: torch.Tensor, labels: Sequence[int] | None, source: str, threads: int | None = None
+) -> Int8Measurement:
     """Top-1 agreement of ``int8`` with ``fp32`` on ``images`` (one view each: TTA would hide what int8 changes),
     and both accuracies when labelled."""
     fp32_top1 = _top1(OnnxProbabilities(fp32, threads=threads), images)
@@ -191,7 +201,9 @@ def measure_int8(fp32: Path, int8: Path, images: torch.Tensor, labels: Sequence[
     if labels is None:
         return Int8Measurement(len(images), source, agreement)
     truth = torch.tensor(list(labels))
-    return Int8Measurement(len(images), source, agreement, float((fp32_top1 == truth).float().mean()), float((int8_top1 == truth).float().mean()))
+    return Int8Measurement(
+        len(images), source, agreement, float((fp32_top1 == truth).float().mean()), float((int8_top1 == truth).float().mean())
+    )
 
 
 def _top1(probabilities: OnnxProbabilities, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:

@@ -14,8 +14,9 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -99,7 +100,9 @@ def store(ckpt_path: str | Path, sha256: str, variant: str, write_model: Callabl
         with atomic_write(sidecar_path(path), "w", what="the ONNX model's sidecar", encoding="utf-8") as file:
             file.write(json.dumps(record, indent=2) + "\n")
         return path
-    raise UserInputError(f"the ONNX model of {ckpt_path} cannot be cached anywhere ({'; '.join(errors)}): set $GEM_LIGHTNING_CACHE to a writable folder.")
+    raise UserInputError(
+        f"the ONNX model of {ckpt_path} cannot be cached anywhere ({'; '.join(errors)}): set $GEM_LIGHTNING_CACHE to a writable folder."
+    )
 
 
 class OnnxProbabilities:
@@ -116,8 +119,13 @@ class OnnxProbabilities:
         threads: ONNX Runtime's intra-op threads (default: torch's, so ``serve --threads`` holds).
     """
 
-    def __init__(self, path: str | Path, tta: str = "none", calibrate: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 threads: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        tta: str = "none",
+        calibrate: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        threads: int | None = None,
+    ) -> None:
         import onnxruntime
 
         options = onnxruntime.SessionOptions()

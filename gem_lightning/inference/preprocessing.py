@@ -8,7 +8,8 @@ model). The checkpoint's hyperparameters say how: image size, auto-crop, backgro
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 

@@ -62,8 +62,9 @@ def require_onnxruntime(runtime: str) -> None:
         raise UserInputError(f"runtime {runtime} needs the onnx and onnxruntime packages ({error.name} is missing): {INSTALL}") from None
 
 
-def onnx_probabilities(classifier: GemClassifier, ckpt_path: str | Path, runtime: str, *,
-                       int8_images: str | Path | None = None, threads: int | None = None) -> OnnxProbabilities:
+def onnx_probabilities(
+    classifier: GemClassifier, ckpt_path: str | Path, runtime: str, *, int8_images: str | Path | None = None, threads: int | None = None
+) -> OnnxProbabilities:
     """The ONNX Runtime form of ``classifier`` (rebuilt from ``ckpt_path``), exported and checked
     or taken from the cache, for ``runtime`` ``onnxruntime`` or ``onnxruntime-int8``.
 
@@ -203,5 +204,3 @@ def torch_probabilities(classifier: GemClassifier, images: torch.Tensor) -> np.n
             return classifier.predict_proba(images.to(device)).float().cpu().numpy()
     finally:
         classifier.train(was_training)
-
-

@@ -35,7 +35,9 @@ class InferenceRuntime(Callback):
         if self.runtime == "torch":
             return
         if stage == "fit":
-            raise UserInputError(f"inference.runtime {self.runtime} is for validate, test and predict with --ckpt_path; fit trains with torch.")
+            raise UserInputError(
+                f"inference.runtime {self.runtime} is for validate, test and predict with --ckpt_path; fit trains with torch."
+            )
         require_onnxruntime(self.runtime)  # before any data is read
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -40,17 +40,25 @@ class EnsembleSpec(NetworkSpec):
         object.__setattr__(self, "members", tuple(dict(member) for member in self.members))
 
     def build(self, num_classes: int, image_size: int) -> nn.Module:
-        return EnsembleNetwork([
-            ImageClassifier(spec_from_config(member["network"]).build(num_classes, image_size), tuple(member["mean"]), tuple(member["std"]),
-                            temperature=member.get("temperature", 1.0))
-            for member in self.members
-        ])
+        return EnsembleNetwork(
+            [
+                ImageClassifier(
+                    spec_from_config(member["network"]).build(num_classes, image_size),
+                    tuple(member["mean"]),
+                    tuple(member["std"]),
+                    temperature=member.get("temperature", 1.0),
+                )
+                for member in self.members
+            ]
+        )
 
     def normalization(self) -> Normalization:
         return Normalization(ENSEMBLE_MEAN, ENSEMBLE_STD)
 
     def classifier(self, network: nn.Module) -> nn.Module:
-        raise UserInputError("model.network: an ensemble is made of trained checkpoints (`python main.py ensemble`); it is not trained itself.")
+        raise UserInputError(
+            "model.network: an ensemble is made of trained checkpoints (`python main.py ensemble`); it is not trained itself."
+        )
 
 
 class EnsembleNetwork(nn.Module):

@@ -80,7 +80,9 @@ def freeze_stages(network: nn.Module, stages: int) -> None:
     groups = timm.models.group_modules(network, network.group_matcher(coarse=True))
     head_group = max(groups)
     if not 0 <= stages < head_group:
-        raise UserInputError(f"model.network.frozen_stages must be between 0 and {head_group - 1} for this model (its stages before the head), got {stages}.")
+        raise UserInputError(
+            f"model.network.frozen_stages must be between 0 and {head_group - 1} for this model (its stages before the head), got {stages}."
+        )
     names = [name for group, modules in groups.items() if group <= stages for name in modules]
     timm.utils.freeze(network, names)
 
@@ -100,7 +102,9 @@ class TorchvisionSpec(NetworkSpec):
     def __post_init__(self) -> None:
         known = torchvision.models.list_models(module=torchvision.models)
         if self.name not in known:
-            raise UserInputError(f"model.network: torchvision has no classification model {self.name!r}. Choose one of: {', '.join(known)}.")
+            raise UserInputError(
+                f"model.network: torchvision has no classification model {self.name!r}. Choose one of: {', '.join(known)}."
+            )
 
     def build(self, num_classes: int, image_size: int) -> nn.Module:
         return torchvision.models.get_model(self.name, weights=None, num_classes=num_classes)

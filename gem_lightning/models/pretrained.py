@@ -11,9 +11,9 @@ from __future__ import annotations
 import importlib
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -71,7 +71,14 @@ def efficientnet_pytorch_to_timm(state: StateDict, target: StateDict) -> StateDi
     the file's keys, so the stage sizes are read from the network's own (``target``'s) keys.
     """
     top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
-    with_expansion = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"}
+    with_expansion = {
+        "_expand_conv": "conv_pw",
+        "_bn0": "bn1",
+        "_depthwise_conv": "conv_dw",
+        "_bn1": "bn2",
+        "_project_conv": "conv_pwl",
+        "_bn2": "bn3",
+    }
     without_expansion = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
     blocks = sorted({int(m.group(1)) for k in state if (m := re.match(r"_blocks\.(\d+)\.", k))})
     stage_of = stage_positions(target)
@@ -125,7 +132,9 @@ NAMED_WEIGHTS: dict[str, NamedWeights] = {
 def read_state_dict(path: Path) -> StateDict:
     """The tensors of a state-dict file, unwrapping ``{"state_dict": ...}`` and ``{"model": ...}``."""
     if not path.is_file():
-        raise UserInputError(f"model.network.weights: {str(path)!r} does not exist; give a state-dict file ({', '.join(WEIGHT_SUFFIXES)}) or one of: {', '.join(NAMED_WEIGHTS)}.")
+        raise UserInputError(
+            f"model.network.weights: {str(path)!r} does not exist; give a state-dict file ({', '.join(WEIGHT_SUFFIXES)}) or one of: {', '.join(NAMED_WEIGHTS)}."
+        )
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -134,7 +143,9 @@ def read_state_dict(path: Path) -> StateDict:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # every reader has its own error types for a damaged file
-        raise UserInputError(f"model.network.weights: cannot read {str(path)!r} as a state dict ({type(error).__name__}: {str(error)[:120]}); is the file complete?") from None
+        raise UserInputError(
+            f"model.network.weights: cannot read {str(path)!r} as a state dict ({type(error).__name__}: {str(error)[:120]}); is the file complete?"
+        ) from None
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -175,4 +186,10 @@ def load_weights(network: nn.Module, weights: str) -> None:
         )
     network.load_state_dict(fitting, strict=False)
     if missing:
-        log.warning("model.network.weights: %d of %d tensors loaded from %s; left at random initialisation: %s", len(fitting), len(own), path, ", ".join(missing))
+        log.warning(
+            "model.network.weights: %d of %d tensors loaded from %s; left at random initialisation: %s",
+            len(fitting),
+            len(own),
+            path,
+            ", ".join(missing),
+        )

@@ -48,6 +48,7 @@ class NetworkSpec(ABC):
         Only a ``fit`` that starts from scratch calls it: a checkpoint holds its effect, so
         evaluating or predicting never needs the weights file.
         """
+        return None  # no pretrained weights: the network keeps its fresh initialisation
 
     def normalization(self) -> Normalization:
         """The mean, std and input size the network's weights expect; ImageNet's statistics by default."""
@@ -124,7 +125,9 @@ def spec_from_config(config: dict[str, Any] | NetworkSpec) -> NetworkSpec:
     try:
         return cls(**dict(config.get("init_args") or {}))
     except TypeError as error:
-        raise UserInputError(f"model.network: the settings {dict(config.get('init_args') or {})} do not fit {class_path}: {error}.") from None
+        raise UserInputError(
+            f"model.network: the settings {dict(config.get('init_args') or {})} do not fit {class_path}: {error}."
+        ) from None
 
 
 def _plain(value: Any) -> Any:

@@ -32,9 +32,7 @@ def check_names(cm: np.ndarray, class_names: Sequence[str]) -> list[str]:
     """Ensure there is exactly one name per confusion-matrix row; return them as strings."""
     names = [str(n) for n in class_names]
     if len(names) != cm.shape[0]:
-        raise ValueError(
-            f"{len(names)} class names given for a {cm.shape[0]}x{cm.shape[0]} confusion matrix"
-        )
+        raise ValueError(f"{len(names)} class names given for a {cm.shape[0]}x{cm.shape[0]} confusion matrix")
     return names
 
 
@@ -135,9 +133,7 @@ def cluster_order(confusion: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- #
 # Per-class metrics and confused pairs
 # --------------------------------------------------------------------------- #
-def per_class_metrics(
-    confusion: np.ndarray, class_names: Sequence[str] | None = None
-) -> list[dict]:
+def per_class_metrics(confusion: np.ndarray, class_names: Sequence[str] | None = None) -> list[dict]:
     """Precision, recall, F1 and support for every class.
 
     Matches torchmetrics' multiclass metrics with ``average=None`` and
@@ -165,9 +161,7 @@ def per_class_metrics(
     ]
 
 
-def most_confused_pairs(
-    confusion: np.ndarray, class_names: list[str], k: int = 15
-) -> list[tuple[str, str, int, float]]:
+def most_confused_pairs(confusion: np.ndarray, class_names: list[str], k: int = 15) -> list[tuple[str, str, int, float]]:
     """The ``k`` largest off-diagonal cells as (true, predicted, count, fraction).
 
     ``fraction`` is the share of the true class sent to the predicted class.
@@ -178,10 +172,6 @@ def most_confused_pairs(
     names = check_names(cm, class_names)
     norm = row_normalise(cm)
     true_idx, pred_idx = np.nonzero(cm)
-    pairs = [
-        (names[t], names[p], int(round(cm[t, p])), float(norm[t, p]))
-        for t, p in zip(true_idx.tolist(), pred_idx.tolist())
-        if t != p
-    ]
+    pairs = [(names[t], names[p], int(round(cm[t, p])), float(norm[t, p])) for t, p in zip(true_idx.tolist(), pred_idx.tolist()) if t != p]
     pairs.sort(key=lambda r: (-r[2], -r[3], r[0], r[1]))
     return pairs[: max(0, k)]

@@ -64,8 +64,7 @@ def confusion_matrix_png(
     # bbox_inches="tight" grows the saved image to hold them.
     fig = new_figure(side + 0.8, side)
     ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
-    image = ax.imshow(norm, cmap="Blues", norm=PowerNorm(gamma=0.5, vmin=0.0, vmax=1.0),
-                      interpolation="nearest", aspect="equal")
+    image = ax.imshow(norm, cmap="Blues", norm=PowerNorm(gamma=0.5, vmin=0.0, vmax=1.0), interpolation="nearest", aspect="equal")
     _label_classes(ax, [names[i] for i in order], np.diag(norm), label_fs)
     _minor_grid(ax, n)
     _outline_clusters(ax, [len(g) for g in confusion_clusters(cm)])
@@ -82,8 +81,9 @@ def _label_classes(ax: Axes, names: list[str], recall: np.ndarray, fontsize: flo
     ax.set_xticks(ticks)
     ax.set_yticks(ticks)
     ax.set_xticklabels(names, rotation=90, fontsize=fontsize)
-    ax.set_yticklabels([f"{name}  {recall[k]:4.0%}" for k, name in enumerate(names)],
-                       fontsize=fontsize, family="monospace" if n > 30 else None)
+    ax.set_yticklabels(
+        [f"{name}  {recall[k]:4.0%}" for k, name in enumerate(names)], fontsize=fontsize, family="monospace" if n > 30 else None
+    )
     ax.tick_params(length=2, pad=1)
     ax.set_xlabel("predicted class", fontsize=fontsize + 3)
     ax.set_ylabel("true class  (recall)", fontsize=fontsize + 3)
@@ -93,8 +93,10 @@ def _heading(cm: np.ndarray, title: str) -> str:
     """The figure title: ``title`` (or a default) over class count, accuracy and sample count."""
     accuracy = float(np.trace(cm) / cm.sum()) if cm.sum() > 0 else 0.0
     heading = title or "Confusion matrix"
-    return (f"{heading}\nrow-normalised, {cm.shape[0]} classes, accuracy {accuracy:.1%}, "
-            f"{int(cm.sum())} samples; classes grouped by mutual confusion")
+    return (
+        f"{heading}\nrow-normalised, {cm.shape[0]} classes, accuracy {accuracy:.1%}, "
+        f"{int(cm.sum())} samples; classes grouped by mutual confusion"
+    )
 
 
 def _colour_bar(fig: Figure, image: AxesImage, ax: Axes, fontsize: float) -> None:
@@ -117,8 +119,7 @@ def _outline_clusters(ax: Axes, group_sizes: Iterable[int]) -> None:
     start = 0
     for size in group_sizes:
         if size > 1:
-            ax.add_patch(Rectangle((start - 0.5, start - 0.5), size, size, fill=False,
-                                   edgecolor="#d4a017", linewidth=1.0))
+            ax.add_patch(Rectangle((start - 0.5, start - 0.5), size, size, fill=False, edgecolor="#d4a017", linewidth=1.0))
         start += size
 
 

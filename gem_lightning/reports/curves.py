@@ -108,8 +108,7 @@ def _plot_metric(ax: Axes, curves: Curves, kind: str, label: str) -> None:
     if drawn:
         ax.legend()
     else:
-        ax.text(0.5, 0.5, f"no {label} logged", ha="center", va="center",
-                transform=ax.transAxes, color="grey")
+        ax.text(0.5, 0.5, f"no {label} logged", ha="center", va="center", transform=ax.transAxes, color="grey")
     ax.set_xlabel("epoch")
     ax.set_ylabel(label)
     ax.set_title(label.capitalize())

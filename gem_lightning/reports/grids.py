@@ -48,15 +48,22 @@ def misclassified_gallery_png(
         return message_png("no misclassified images", path)
     loader = image_loader or _default_loader
     tiles = [_thumbnail(p, loader) for p, _, _, _ in chosen]
-    titles = [_wrap(f"true: {t}\npred: {pr} ({_percent(prob)})", 30)
-              for _, t, pr, prob in chosen]
+    titles = [_wrap(f"true: {t}\npred: {pr} ({_percent(prob)})", 30) for _, t, pr, prob in chosen]
     width = 2.3
     if overlays is not None:
         tiles = [_beside(tile, extra) for tile, extra in zip(tiles, list(overlays) + [None] * len(tiles))]
         width, suffix = 4.2, " (right: where the model looked for the predicted class)"
-    return _draw_tiles(tiles, titles, [_WRONG_COLOUR] * len(chosen), path,
-                       ncols=None, max_cols=6 if overlays is None else 4, tile_in=(width, 2.75), fontsize=9.5,
-                       suptitle=f"Misclassified images ({len(chosen)} of {len(items)}){suffix if overlays is not None else ''}")
+    return _draw_tiles(
+        tiles,
+        titles,
+        [_WRONG_COLOUR] * len(chosen),
+        path,
+        ncols=None,
+        max_cols=6 if overlays is None else 4,
+        tile_in=(width, 2.75),
+        fontsize=9.5,
+        suptitle=f"Misclassified images ({len(chosen)} of {len(items)}){suffix if overlays is not None else ''}",
+    )
 
 
 def _beside(tile: np.ndarray | None, extra: np.ndarray | None) -> np.ndarray | None:
@@ -91,8 +98,7 @@ def prediction_grid_png(
         text, colour = _prediction_title(pred, true, prob)
         titles.append(_wrap(text, 30))
         colours.append(colour)
-    return _draw_tiles(tiles, titles, colours, path, ncols=None, max_cols=5,
-                       tile_in=(2.3, 2.75), fontsize=9.5)
+    return _draw_tiles(tiles, titles, colours, path, ncols=None, max_cols=5, tile_in=(2.3, 2.75), fontsize=9.5)
 
 
 def _prediction_title(pred: str, true: str | None, prob: float) -> tuple[str, str]:
@@ -125,9 +131,17 @@ def image_grid_png(
     if not images:
         return message_png(title or "no images", path)
     tiles = [_as_uint8_rgb(im) for im in images]
-    return _draw_tiles(tiles, [_wrap(str(t), 30) for t in titles],
-                       [_UNKNOWN_COLOUR] * len(tiles), path, ncols=ncols, max_cols=8,
-                       tile_in=(2.2, 2.5), fontsize=9.5, suptitle=title)
+    return _draw_tiles(
+        tiles,
+        [_wrap(str(t), 30) for t in titles],
+        [_UNKNOWN_COLOUR] * len(tiles),
+        path,
+        ncols=ncols,
+        max_cols=8,
+        tile_in=(2.2, 2.5),
+        fontsize=9.5,
+        suptitle=title,
+    )
 
 
 def _as_uint8_rgb(image: np.ndarray) -> np.ndarray:
@@ -164,10 +178,7 @@ def _thumbnail(path: Path, loader: ImageLoader) -> np.ndarray | None:
 
 def _wrap(text: str, width: int) -> str:
     """Wrap each line of ``text`` at ``width`` characters without splitting words."""
-    return "\n".join(
-        textwrap.fill(line, width=width, break_long_words=False) or line
-        for line in text.split("\n")
-    )
+    return "\n".join(textwrap.fill(line, width=width, break_long_words=False) or line for line in text.split("\n"))
 
 
 def _percent(prob: float) -> str:
@@ -203,8 +214,7 @@ def _draw_tiles(
         if i >= len(tiles):
             continue
         if tiles[i] is None:
-            ax.text(0.5, 0.5, "unreadable\nimage", ha="center", va="center",
-                    fontsize=fontsize, color="grey", transform=ax.transAxes)
+            ax.text(0.5, 0.5, "unreadable\nimage", ha="center", va="center", fontsize=fontsize, color="grey", transform=ax.transAxes)
         else:
             ax.imshow(tiles[i], interpolation="antialiased")
         ax.set_title(titles[i], fontsize=fontsize, color=colours[i], pad=3)

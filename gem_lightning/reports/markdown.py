@@ -83,8 +83,7 @@ def _per_class_section(rows: Sequence[Mapping]) -> list[str]:
     ordered = sorted(rows, key=lambda r: (float(r["f1"]), -int(r["support"]), str(r["class"])))
     lines += ["| class | precision | recall | F1 | support |", "| --- | ---: | ---: | ---: | ---: |"]
     lines += [
-        f"| {_md(r['class'])} | {float(r['precision']):.3f} | {float(r['recall']):.3f} "
-        f"| {float(r['f1']):.3f} | {int(r['support'])} |"
+        f"| {_md(r['class'])} | {float(r['precision']):.3f} | {float(r['recall']):.3f} | {float(r['f1']):.3f} | {int(r['support'])} |"
         for r in ordered
     ]
     return lines + [""]

@@ -20,9 +20,7 @@ from gem_lightning.data.datasets import CachedImageDataset
 from gem_lightning.reports.grids import image_grid_png
 
 
-def augmentation_preview(
-    datamodule: GemDataModule, out_dir: Path, n_augmented: int = 6, n_batch: int = 16, *, seed: int = 0
-) -> list[Path]:
+def augmentation_preview(datamodule: GemDataModule, out_dir: Path, n_augmented: int = 6, n_batch: int = 16, *, seed: int = 0) -> list[Path]:
     """Write ``augmentation_preview.png`` and ``train_batch.png`` into ``out_dir``.
 
     The photo and the batch are drawn at random with ``seed``, on a forked RNG, so the preview is
@@ -72,4 +70,3 @@ def _augmentations(dataset: CachedImageDataset, position: int, count: int) -> li
 def _to_hwc(image: torch.Tensor) -> np.ndarray:
     """A ``(3, H, W)`` uint8 tensor as an ``H x W x 3`` numpy array for drawing."""
     return image.permute(1, 2, 0).numpy()
-

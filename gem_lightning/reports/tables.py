@@ -17,9 +17,7 @@ from gem_lightning.reports.confusion import per_class_metrics
 PER_CLASS_FIELDS = ("class", "precision", "recall", "f1", "support")
 
 
-def write_per_class_csv(
-    confusion: np.ndarray, class_names: list[str], path: Path
-) -> Path:
+def write_per_class_csv(confusion: np.ndarray, class_names: list[str], path: Path) -> Path:
     """Write :func:`per_class_metrics` (one row per class, named) to a CSV file.
 
     Creates the parent folder of ``path`` and returns ``path``.

@@ -39,9 +39,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
-            raise TypeError(
-                f"`Trainer.save_checkpoint(..., storage_options=...)` is not supported by `{type(self).__name__}`."
-            )
+            raise TypeError(f"`Trainer.save_checkpoint(..., storage_options=...)` is not supported by `{type(self).__name__}`.")
         if not _is_local(path):
             super().save_checkpoint(checkpoint, path)
             return

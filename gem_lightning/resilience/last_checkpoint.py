@@ -32,7 +32,7 @@ class ResumableModelCheckpoint(ModelCheckpoint):
     def state_key(self) -> str:
         key = super().state_key
         own = type(self).__qualname__
-        return "ModelCheckpoint" + key[len(own):] if key.startswith(own) else key
+        return "ModelCheckpoint" + key[len(own) :] if key.startswith(own) else key
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -216,11 +216,7 @@ class SaveOnSigterm(Callback):
 def _last_checkpoint_of_this_step(trainer: Trainer) -> str | None:
     """``ModelCheckpoint``'s last checkpoint, if it was written at the current global step."""
     callback = trainer.checkpoint_callback
-    if (
-        isinstance(callback, ModelCheckpoint)
-        and callback.last_model_path
-        and last_global_step_saved(callback) == trainer.global_step
-    ):
+    if isinstance(callback, ModelCheckpoint) and callback.last_model_path and last_global_step_saved(callback) == trainer.global_step:
         return callback.last_model_path
     return None
 

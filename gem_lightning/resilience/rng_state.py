@@ -64,12 +64,7 @@ class RNGState(Callback):
 
 
 def _distributed(trainer: Trainer | None) -> bool:
-    return (
-        trainer is not None
-        and trainer.world_size > 1
-        and torch.distributed.is_available()
-        and torch.distributed.is_initialized()
-    )
+    return trainer is not None and trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def _local_rng_state() -> dict[str, Any]:
@@ -93,8 +88,13 @@ def _set_local_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     numpy_state = state["numpy"]
     np.random.set_state(
-        ("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"], numpy_state["has_gauss"],
-         numpy_state["cached_gaussian"])
+        (
+            "MT19937",
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
     )
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))

@@ -33,9 +33,10 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from multiprocessing import resource_tracker
-from typing import Any, Callable, Iterator
+from typing import Any
 
 WORKER_SIGNALS: tuple[signal.Signals, ...] = tuple(
     getattr(signal, name) for name in ("SIGUSR1", "SIGTERM", "SIGINT") if hasattr(signal, name)
@@ -159,8 +160,12 @@ def _record_requeue_request(signum: int, frame: Any) -> None:
     global _requeue_requested
     _requeue_requested = True
     if os.environ.get("SLURM_PROCID", "0") == "0":
-        print(f"Signal {signum} received outside training: if training is still to come it saves and requeues "
-              "the job after its first batch, otherwise the signal is ignored.", file=sys.stderr, flush=True)
+        print(
+            f"Signal {signum} received outside training: if training is still to come it saves and requeues "
+            "the job after its first batch, otherwise the signal is ignored.",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def take_requeue_request() -> bool:

@@ -52,7 +52,12 @@ class GemLitAPI(ls.LitAPI):
     """
 
     def __init__(
-        self, ckpt_path: str | Path, model_id: dict, max_batch_size: int = 1, batch_timeout: float = 0.0, threads: int | None = None,
+        self,
+        ckpt_path: str | Path,
+        model_id: dict,
+        max_batch_size: int = 1,
+        batch_timeout: float = 0.0,
+        threads: int | None = None,
         runtime: str = "torch",
     ) -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout)

@@ -166,7 +166,9 @@ async def _image(request: Request, body: bytes) -> bytes:
     """The image file's bytes from any accepted body, or a RequestProblem."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if not body:
-        raise RequestProblem(400, "the request body is empty: send the image's bytes (or a multipart field 'file', or JSON {\"image\": <base64>}).")
+        raise RequestProblem(
+            400, "the request body is empty: send the image's bytes (or a multipart field 'file', or JSON {\"image\": <base64>})."
+        )
     if content_type.startswith(RAW_TYPES):
         return body
     if content_type == "multipart/form-data":
@@ -198,7 +200,7 @@ def _json_image(body: bytes) -> bytes:
     try:
         document = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RequestProblem(400, f"malformed JSON body ({error}); expected {{\"image\": \"<base64>\"}}.") from None
+        raise RequestProblem(400, f'malformed JSON body ({error}); expected {{"image": "<base64>"}}.') from None
     if not isinstance(document, dict) or not isinstance(document.get("image"), str):
         raise RequestProblem(400, 'the JSON body must be an object with a string field "image" holding the base64 image.')
     text = document["image"]

@@ -83,7 +83,12 @@ def describe_network(network: dict, tta: str) -> dict:
     """The network spec's settings, with ``arch``: the library model's name, or ``vgg``."""
     init_args = dict(network.get("init_args") or {})
     spec = network["class_path"].rpartition(".")[2]
-    return {"arch": init_args.pop("name", None) or spec.removesuffix("Spec").lower(), "spec": network["class_path"], **init_args, "tta": tta}
+    return {
+        "arch": init_args.pop("name", None) or spec.removesuffix("Spec").lower(),
+        "spec": network["class_path"],
+        **init_args,
+        "tta": tta,
+    }
 
 
 def build_server(ckpt_path: str | Path, options: ServeOptions = ServeOptions()) -> ls.LitServer:

@@ -59,7 +59,9 @@ class HeldOutProbabilities(Callback):
         self.targets: list[torch.Tensor] = []
 
     @override
-    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         if not trainer.sanity_checking:
             self.probs.append(outputs["probs"].detach().float().cpu())
             self.targets.append(outputs["targets"].detach().cpu())

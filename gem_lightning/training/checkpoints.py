@@ -123,9 +123,9 @@ def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
     upgraded = {key: value for key, value in hparams.items() if key not in FLAT_NETWORK_KEYS and key not in DISTILLATION_KEYS}
     upgraded["network"] = _network_config(hparams)
     teacher = hparams.get("teacher")
-    upgraded["distillation"] = None if not teacher else {
-        new: hparams[old] for old, new in DISTILLATION_KEYS.items() if hparams.get(old) is not None
-    }
+    upgraded["distillation"] = (
+        None if not teacher else {new: hparams[old] for old, new in DISTILLATION_KEYS.items() if hparams.get(old) is not None}
+    )
     return upgraded
 
 
@@ -134,8 +134,12 @@ def _network_config(hparams: dict[str, Any]) -> dict[str, Any]:
     if arch == "vgg":
         return {"class_path": "gem_lightning.models.vgg.VGGSpec", "init_args": {k: hparams[k] for k in VGG_KEYS if k in hparams}}
     if arch.startswith("timm/"):
-        init_args = {"name": arch.removeprefix("timm/"), "weights": hparams.get("weights"),
-                     "kwargs": dict(hparams.get("backbone_kwargs") or {}), "frozen_stages": hparams.get("frozen_stages", 0)}
+        init_args = {
+            "name": arch.removeprefix("timm/"),
+            "weights": hparams.get("weights"),
+            "kwargs": dict(hparams.get("backbone_kwargs") or {}),
+            "frozen_stages": hparams.get("frozen_stages", 0),
+        }
         return {"class_path": "gem_lightning.models.library.TimmSpec", "init_args": init_args}
     return {"class_path": "gem_lightning.models.library.TorchvisionSpec", "init_args": {"name": arch, "weights": hparams.get("weights")}}
 

@@ -6,8 +6,9 @@ Python API use them as they use one trained model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import lightning
 import torch
@@ -60,7 +61,12 @@ def ensemble_checkpoint(ckpt_paths: Sequence[str | Path], tta: str | None = None
 
 
 def _member_config(hparams: dict[str, Any]) -> dict[str, Any]:
-    return {"network": hparams["network"], "mean": list(hparams["mean"]), "std": list(hparams["std"]), "temperature": hparams.get("temperature", 1.0)}
+    return {
+        "network": hparams["network"],
+        "mean": list(hparams["mean"]),
+        "std": list(hparams["std"]),
+        "temperature": hparams.get("temperature", 1.0),
+    }
 
 
 def _check_members_agree(paths: list[str], hparams: list[dict[str, Any]]) -> None:

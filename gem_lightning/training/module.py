@@ -43,7 +43,9 @@ def check_progressive_resizing(network: NetworkSpec, total_steps: float) -> None
     if fixed:
         raise UserInputError(f"data.progressive_resizing trains on smaller images, but model.network cannot take them: {fixed}.")
     if math.isinf(total_steps) or total_steps < 1:  # inf: no max_epochs nor max_steps; -1: a stream of unknown length without max_steps
-        raise UserInputError("data.progressive_resizing grows the images over the whole run, whose length is unknown: set trainer.max_steps (or trainer.max_epochs for a folder).")
+        raise UserInputError(
+            "data.progressive_resizing grows the images over the whole run, whose length is unknown: set trainer.max_steps (or trainer.max_epochs for a folder)."
+        )
 
 
 def balanced_class_weights(counts: list[int]) -> torch.Tensor:
@@ -56,8 +58,9 @@ def balanced_class_weights(counts: list[int]) -> torch.Tensor:
     return weights
 
 
-def check_training_settings(*, top_k: int, label_smoothing: float, mixup_alpha: float, cutmix_alpha: float,
-                            backbone_lr_ratio: float, temperature: float) -> None:
+def check_training_settings(
+    *, top_k: int, label_smoothing: float, mixup_alpha: float, cutmix_alpha: float, backbone_lr_ratio: float, temperature: float
+) -> None:
     """Refuse values that cannot work, naming the setting, before anything is built."""
     problems = []
     if not 0.0 < backbone_lr_ratio <= 1.0:
@@ -144,8 +147,14 @@ class GemClassifier(LightningModule):
                 f"model.class_names needs at least two classes, got {class_names!r}: give --data.data_dir (a folder "
                 "of train/<Class>/ images) or, to evaluate or predict, --ckpt_path <a trained checkpoint>."
             )
-        check_training_settings(top_k=top_k, label_smoothing=label_smoothing, mixup_alpha=mixup_alpha,
-                                cutmix_alpha=cutmix_alpha, backbone_lr_ratio=backbone_lr_ratio, temperature=temperature)
+        check_training_settings(
+            top_k=top_k,
+            label_smoothing=label_smoothing,
+            mixup_alpha=mixup_alpha,
+            cutmix_alpha=cutmix_alpha,
+            backbone_lr_ratio=backbone_lr_ratio,
+            temperature=temperature,
+        )
         self.network_spec = spec_from_config(network)  # a dict when Lightning rebuilds from a checkpoint outside the CLI
         self.distillation = Distillation(**distillation) if isinstance(distillation, dict) else distillation
         if self.distillation is not None:
@@ -164,7 +173,9 @@ class GemClassifier(LightningModule):
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         network_module = self.network_spec.build(self.num_classes, image_size)
-        self.model = ImageClassifier(network_module, self.hparams.mean, self.hparams.std, channels_last=channels_last, tta=tta, temperature=temperature)
+        self.model = ImageClassifier(
+            network_module, self.hparams.mean, self.hparams.std, channels_last=channels_last, tta=tta, temperature=temperature
+        )
         self.teacher: Teacher | None = None
         self.pretrained_loaded = False
         if compile:
@@ -198,7 +209,9 @@ class GemClassifier(LightningModule):
             check_progressive_resizing(self.network_spec, self.trainer.estimated_stepping_batches)
         if self.hparams.class_weights == "balanced":
             if not hasattr(self.trainer.datamodule, "class_counts"):
-                raise UserInputError("model.class_weights: balanced needs a data module that counts its classes (GemDataModule's class_counts).")
+                raise UserInputError(
+                    "model.class_weights: balanced needs a data module that counts its classes (GemDataModule's class_counts)."
+                )
             self.loss_weights = balanced_class_weights(self.trainer.datamodule.class_counts("train")).to(self.device)
 
     def prepare_training(self, *, from_scratch: bool) -> None:

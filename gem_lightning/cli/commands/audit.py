@@ -35,14 +35,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="main.py audit", description=__doc__.splitlines()[0], add_help=False)
     parser.add_argument("--folds", type=int, default=defaults.folds, help=f"k of the out-of-fold probabilities (default {defaults.folds})")
     parser.add_argument("--output", type=Path, default=None, help="folder for audit.md, galleries and CSVs (default: <run folder>/audit)")
-    parser.add_argument("--image_size", type=int, default=defaults.image_size, help=f"side for the feature network (default {defaults.image_size})")
-    parser.add_argument("--max_hash_distance", type=int, default=duplicates.max_hash_distance,
-                        help=f"near-duplicate when at most this many of 64 pHash bits differ; -1: off (default {duplicates.max_hash_distance})")
-    parser.add_argument("--hash_min_similarity", type=float, default=duplicates.hash_min_similarity,
-                        help=f"... and the feature cosine is at least this (default {duplicates.hash_min_similarity})")
-    parser.add_argument("--min_similarity", type=float, default=duplicates.min_similarity,
-                        help=f"near-duplicate when the feature cosine is at least this; above 1: off (default {duplicates.min_similarity})")
-    parser.add_argument("--max_gallery", type=int, default=defaults.max_gallery, help=f"rows drawn per finding kind (default {defaults.max_gallery})")
+    parser.add_argument(
+        "--image_size", type=int, default=defaults.image_size, help=f"side for the feature network (default {defaults.image_size})"
+    )
+    parser.add_argument(
+        "--max_hash_distance",
+        type=int,
+        default=duplicates.max_hash_distance,
+        help=f"near-duplicate when at most this many of 64 pHash bits differ; -1: off (default {duplicates.max_hash_distance})",
+    )
+    parser.add_argument(
+        "--hash_min_similarity",
+        type=float,
+        default=duplicates.hash_min_similarity,
+        help=f"... and the feature cosine is at least this (default {duplicates.hash_min_similarity})",
+    )
+    parser.add_argument(
+        "--min_similarity",
+        type=float,
+        default=duplicates.min_similarity,
+        help=f"near-duplicate when the feature cosine is at least this; above 1: off (default {duplicates.min_similarity})",
+    )
+    parser.add_argument(
+        "--max_gallery", type=int, default=defaults.max_gallery, help=f"rows drawn per finding kind (default {defaults.max_gallery})"
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed, help=f"seed of the folds (default {defaults.seed})")
     return parser
 
@@ -61,14 +77,23 @@ def main(argv: list[str]) -> int:
     options, fit_args = build_parser().parse_known_args(argv)
     cli = cli_main(fit_args, run=False)
     if cli.datamodule.stream:
-        raise UserInputError("`main.py audit` reads a photo folder (train/<Class>/, test/<Class>/), not a stream: give the folder the stream was optimized from.")
-    audit_options = AuditOptions(folds=options.folds, image_size=options.image_size, seed=options.seed, max_gallery=options.max_gallery,
-                                 duplicates=DuplicateSettings(options.max_hash_distance, options.hash_min_similarity, options.min_similarity))
+        raise UserInputError(
+            "`main.py audit` reads a photo folder (train/<Class>/, test/<Class>/), not a stream: give the folder the stream was optimized from."
+        )
+    audit_options = AuditOptions(
+        folds=options.folds,
+        image_size=options.image_size,
+        seed=options.seed,
+        max_gallery=options.max_gallery,
+        duplicates=DuplicateSettings(options.max_hash_distance, options.hash_min_similarity, options.min_similarity),
+    )
     result = run_audit(cli.datamodule.folders, audit_options)
     print(f"Dataset {str(result.data_dir)!r}:\n{format_summary(result.scans)}")
     out_dir = options.output or Path(cli.trainer.log_dir or "runs") / "audit"
     files = write_outputs(result, out_dir)
     leaked = len(result.leaked_test())
-    print(f"{len(result.suspects)} label issue(s), {sum(c.across_classes for c in result.clusters)} near-duplicate cluster(s) across classes, "
-          f"{leaked} leaked test photo(s). Read {files['audit']}; edit {files['corrections']} and train with --data.corrections <it>.")
+    print(
+        f"{len(result.suspects)} label issue(s), {sum(c.across_classes for c in result.clusters)} near-duplicate cluster(s) across classes, "
+        f"{leaked} leaked test photo(s). Read {files['audit']}; edit {files['corrections']} and train with --data.corrections <it>."
+    )
     return 0

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from gem_lightning.errors import UserInputError
 from gem_lightning.training.calibration import HeldOutProbabilities, expected_calibration_error, fit_temperature, with_temperature
@@ -30,7 +30,9 @@ def main(argv: Sequence[str]) -> dict[str, float]:
     held_out = HeldOutProbabilities()
     cli = cli_main(["validate", *validate_args, "--ckpt_path", str(options.ckpt_path)], callbacks=[held_out])
     if not held_out.probs:
-        raise UserInputError("calibrate fits on the validation split, and it is empty: set --data.val_fraction (and --data.seed) as in training.")
+        raise UserInputError(
+            "calibrate fits on the validation split, and it is empty: set --data.val_fraction (and --data.seed) as in training."
+        )
     probs, targets = held_out.collected()
     trained_temperature = float(cli.model.hparams.temperature)
     temperature = fit_temperature(probs, targets)
@@ -42,6 +44,8 @@ def main(argv: Sequence[str]) -> dict[str, float]:
     }
     save_checkpoint(calibrated_checkpoint(options.ckpt_path, result["temperature"]), options.output)
     options.output.with_suffix(".calibration.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"Temperature {result['temperature']:.3f} fitted on {result['photos']} held-out photos: expected calibration error "
-          f"{result['ece_before']:.4f} -> {result['ece_after']:.4f}. Wrote {options.output}.")
+    print(
+        f"Temperature {result['temperature']:.3f} fitted on {result['photos']} held-out photos: expected calibration error "
+        f"{result['ece_before']:.4f} -> {result['ece_after']:.4f}. Wrote {options.output}."
+    )
     return result

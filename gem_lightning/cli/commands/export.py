@@ -6,8 +6,8 @@ The export itself is :func:`gem_lightning.inference.export.export_checkpoint`.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from gem_lightning.inference.export import FORMATS, export_checkpoint
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from gem_lightning.data.tools.prepare import MODES, prepare_dataset
 
@@ -32,9 +32,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Command-line entry point; returns the exit status (0, or 2 for a user mistake)."""
     args = build_parser(prog).parse_args(argv)
     try:
-        result = prepare_dataset(
-            args.source, args.output, test_fraction=args.test_fraction, seed=args.seed, mode=args.mode
-        )
+        result = prepare_dataset(args.source, args.output, test_fraction=args.test_fraction, seed=args.seed, mode=args.mode)
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -10,8 +10,8 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from gem_lightning.inference.runtime import RUNTIMES
 from gem_lightning.serving.server import ENDPOINTS, ServeOptions, build_server
@@ -30,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--ckpt_path", required=True, type=Path, help="a .ckpt file written by training")
-    parser.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1", "0.0.0.0", "::"], help="address to listen on (0.0.0.0: every interface)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", choices=["127.0.0.1", "0.0.0.0", "::"], help="address to listen on (0.0.0.0: every interface)"
+    )
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (1024-65535)")
     parser.add_argument("--accelerator", default=DEFAULTS.accelerator, choices=["auto", "cpu", "cuda", "mps"], help="where the model runs")
     parser.add_argument("--devices", default=DEFAULTS.devices, help="how many GPUs to use, or auto")
@@ -57,12 +59,21 @@ def build_parser() -> argparse.ArgumentParser:
         "cores, at most 4); 0 decodes in the model worker, one upload after another: on a machine with no core to spare, "
         "a little faster at concurrency 1 (docs/performance.md)",
     )  # fmt: skip
-    parser.add_argument("--max_batch_size", type=int, default=DEFAULTS.max_batch_size, help="most concurrent requests in one forward pass (1: no batching)")
+    parser.add_argument(
+        "--max_batch_size", type=int, default=DEFAULTS.max_batch_size, help="most concurrent requests in one forward pass (1: no batching)"
+    )
     parser.add_argument("--batch_timeout", type=float, default=DEFAULTS.batch_timeout, help="seconds to wait for a batch to fill")
     parser.add_argument("--timeout", type=float, default=DEFAULTS.timeout, help="seconds a request may wait before it gets a 504")
     parser.add_argument("--max_body_mb", type=float, default=DEFAULTS.max_body_mb, help="largest request body in MiB (413 above)")
-    parser.add_argument("--api_key", default=None, help=f"require this key in the X-API-Key header (default: ${API_KEY_ENV} if set, else none)")
-    parser.add_argument("--log_level", default="warning", choices=["critical", "error", "warning", "info", "debug"], help="uvicorn's and LitServe's log level")
+    parser.add_argument(
+        "--api_key", default=None, help=f"require this key in the X-API-Key header (default: ${API_KEY_ENV} if set, else none)"
+    )
+    parser.add_argument(
+        "--log_level",
+        default="warning",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="uvicorn's and LitServe's log level",
+    )
     return parser
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from litdata import optimize
@@ -51,8 +51,12 @@ class _Encoder:
         except BadImageError as error:
             log.warning("left out %s: %s", record.path, error.reason)
             return
-        yield {"image": image if self.image_format == "encoded" else np.ascontiguousarray(image),
-               "label": record.label, "index": index, "path": relative_path(record.path, self.root)}
+        yield {
+            "image": image if self.image_format == "encoded" else np.ascontiguousarray(image),
+            "label": record.label,
+            "index": index,
+            "path": relative_path(record.path, self.root),
+        }
 
 
 def optimize_dataset(
@@ -82,9 +86,16 @@ def optimize_dataset(
     for split, records in splits.items():
         location = split_location(output, split)
         with object_store.explain_s3_errors(location), _staging_folder():
-            optimize(fn=encoder, inputs=list(enumerate(records)), output_dir=location, chunk_bytes=chunk_bytes,
-                     num_workers=num_workers, reorder_files=False, verbose=False,
-                     storage_options=object_store.storage_options(location))
+            optimize(
+                fn=encoder,
+                inputs=list(enumerate(records)),
+                output_dir=location,
+                chunk_bytes=chunk_bytes,
+                num_workers=num_workers,
+                reorder_files=False,
+                verbose=False,
+                storage_options=object_store.storage_options(location),
+            )
         counts[split] = _written_count(output, split, len(records))
     info = StreamInfo(class_names, image_format, decode, val_fraction, seed, counts, source=str(data_dir.resolve()))
     write_info(output, info)

@@ -154,8 +154,7 @@ def _check_output(source: Path, output: Path) -> None:
         raise FileExistsError(f"output {str(output)!r} already exists and is not a folder; choose another path.")
     if output.is_dir() and any(output.iterdir()):
         raise FileExistsError(
-            f"output {str(output)!r} already exists and is not empty; nothing was written. "
-            "Choose a new path, or remove that folder first."
+            f"output {str(output)!r} already exists and is not empty; nothing was written. Choose a new path, or remove that folder first."
         )
     src, out = source.resolve(), output.resolve()
     if out == src or src in out.parents:
@@ -215,9 +214,7 @@ def _write_atomically(output: Path, build) -> None:
             os.replace(tmp, output)  # an empty existing folder is replaced; a non-empty one is not
         except OSError as error:
             if error.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
-                raise FileExistsError(
-                    f"output {str(output)!r} appeared while preparing and is not empty; nothing was written."
-                ) from error
+                raise FileExistsError(f"output {str(output)!r} appeared while preparing and is not empty; nothing was written.") from error
             raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -227,9 +224,7 @@ def _write_atomically(output: Path, build) -> None:
 # --------------------------------------------------------------------------- report
 
 
-def _summary(
-    source: Path, output: Path, full: SplitScan, train: SplitScan, test: SplitScan, *, test_fraction, seed, mode
-) -> str:
+def _summary(source: Path, output: Path, full: SplitScan, train: SplitScan, test: SplitScan, *, test_fraction, seed, mode) -> str:
     verb = {"copy": "Copied", "link": "Hard-linked", "symlink": "Symlinked"}[mode]
     head = (
         f"{verb} {len(full.records)} images of {len(full.classes)} classes from {str(source)!r} into "
@@ -250,4 +245,3 @@ def _summary(
         for item in full.rejected:
             lines.append(f"  {relative_path(item.path, source)}: {item.reason}")
     return "\n".join(lines)
-

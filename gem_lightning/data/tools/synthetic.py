@@ -5,6 +5,7 @@ written as an ordinary image-folder dataset (``<root>/<split>/<Class name>/<clas
 Classes differ by a *combination* of colour, cut outline and facet pattern, so a model has
 to combine cues rather than read off a single one.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -105,10 +106,8 @@ def _xy(points) -> list[float]:
 def _background(rng: np.random.Generator, size: int) -> Image.Image:
     """Solid or linear-gradient backdrop; dark velvet, light paper or any muted colour."""
     kind = rng.choice(["velvet", "paper", "any", "any"])
-    ranges = {"velvet": ((0.3, 0.8), (0.05, 0.25)), "paper": ((0.0, 0.12), (0.78, 0.97)),
-              "any": ((0.0, 0.6), (0.2, 0.9))}[kind]
-    tones = [np.array(_rgb(rng.random(), rng.uniform(*ranges[0]), rng.uniform(*ranges[1])), float)
-             for _ in range(2)]
+    ranges = {"velvet": ((0.3, 0.8), (0.05, 0.25)), "paper": ((0.0, 0.12), (0.78, 0.97)), "any": ((0.0, 0.6), (0.2, 0.9))}[kind]
+    tones = [np.array(_rgb(rng.random(), rng.uniform(*ranges[0]), rng.uniform(*ranges[1])), float) for _ in range(2)]
     if rng.random() < 0.5:
         tones[1] = tones[0]
     angle = rng.uniform(0, 2 * np.pi)
@@ -117,8 +116,9 @@ def _background(rng: np.random.Generator, size: int) -> Image.Image:
     return Image.fromarray((tones[0] + (tones[1] - tones[0]) * t).astype(np.uint8))
 
 
-def _draw_facets(draw: ImageDraw.ImageDraw, pts: np.ndarray, centre: np.ndarray, facets: str,
-                 hsv: tuple[float, float, float], light: float) -> None:
+def _draw_facets(
+    draw: ImageDraw.ImageDraw, pts: np.ndarray, centre: np.ndarray, facets: str, hsv: tuple[float, float, float], light: float
+) -> None:
     """Shade the gem body: lighter facets face the light angle, alternate ones are darker."""
     h, s, v = hsv
 
@@ -176,8 +176,7 @@ def render_gem(gem: GemClass, rng: np.random.Generator, image_size: int = 96) ->
     rim = pts[np.argmax((pts - centre) @ toward)]
     spot = centre + (rim - centre) * rng.uniform(0.3, 0.55)
     r = radius * rng.uniform(0.06, 0.14)
-    draw.ellipse([spot[0] - r, spot[1] - r * 0.7, spot[0] + r, spot[1] + r * 0.7],
-                 fill=(255, 255, 255, int(rng.integers(150, 230))))
+    draw.ellipse([spot[0] - r, spot[1] - r * 0.7, spot[0] + r, spot[1] + r * 0.7], fill=(255, 255, 255, int(rng.integers(150, 230))))
     img = img.resize((image_size, image_size), Image.Resampling.BOX)
     if rng.random() < 0.3:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.9)))
@@ -197,8 +196,7 @@ def _is_complete(root: Path, params: dict) -> bool:
         return False
 
 
-def _write_images(folder: Path, num_classes: int, counts: tuple[int, int], image_size: int,
-                  seed: int) -> None:
+def _write_images(folder: Path, num_classes: int, counts: tuple[int, int], image_size: int, seed: int) -> None:
     for split_index, (split, count) in enumerate(zip(SPLITS, counts)):
         for class_index, gem in enumerate(SYNTHETIC_CLASSES[:num_classes]):
             (folder / split / gem.name).mkdir(parents=True)
@@ -208,8 +206,9 @@ def _write_images(folder: Path, num_classes: int, counts: tuple[int, int], image
                 render_gem(gem, rng, image_size).save(path, quality=int(rng.integers(85, 96)))
 
 
-def generate_gem_dataset(root: Path, *, num_classes: int = 12, train_per_class: int = 40,
-                         test_per_class: int = 10, image_size: int = 96, seed: int = 0) -> Path:
+def generate_gem_dataset(
+    root: Path, *, num_classes: int = 12, train_per_class: int = 40, test_per_class: int = 10, image_size: int = 96, seed: int = 0
+) -> Path:
     """Write the synthetic gem image-folder dataset under `root` (if not already there).
 
     Generation happens in a sibling ``.tmp-<pid>`` folder that is renamed onto `root` only
@@ -220,8 +219,14 @@ def generate_gem_dataset(root: Path, *, num_classes: int = 12, train_per_class: 
     root = Path(root)
     if not 1 <= num_classes <= len(SYNTHETIC_CLASSES):
         raise ValueError(f"num_classes must be between 1 and {len(SYNTHETIC_CLASSES)}, got {num_classes}")
-    params = {"version": GENERATOR_VERSION, "num_classes": num_classes, "train_per_class": train_per_class,
-              "test_per_class": test_per_class, "image_size": image_size, "seed": seed}
+    params = {
+        "version": GENERATOR_VERSION,
+        "num_classes": num_classes,
+        "train_per_class": train_per_class,
+        "test_per_class": test_per_class,
+        "image_size": image_size,
+        "seed": seed,
+    }
     if _is_complete(root, params):
         return root
     if root.exists() and any(root.iterdir()) and not (root / MARKER).exists():

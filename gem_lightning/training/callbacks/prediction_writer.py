@@ -62,7 +62,9 @@ class PredictionWriter(BasePredictionWriter):
 
     def _refuse_to_overwrite(self) -> None:
         if self.path.is_dir():
-            raise UserInputError(f"predictions.output {str(self.path)!r} is a folder; give a file name, e.g. {str(self.path / self.path.name)}.csv.")
+            raise UserInputError(
+                f"predictions.output {str(self.path)!r} is a folder; give a file name, e.g. {str(self.path / self.path.name)}.csv."
+            )
         existing = [path for path in (self.path, self.rejected_path, self.grid_path) if path.exists()]
         if existing and not self.overwrite:
             raise UserInputError(

@@ -95,12 +95,16 @@ class EvaluationReport(Callback):
         self._results = []
 
     @override
-    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         if self._active(trainer):
             self._collect(outputs)
 
     @override
-    def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_test_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         if self._active(trainer):
             self._collect(outputs)
 
@@ -197,13 +201,21 @@ def where_it_looked(trainer: Trainer, items: list[tuple[Path, str, str, float]])
     try:
         from gem_lightning.audit.cam import file_overlays
     except ImportError:
-        rank_zero_info("EvaluationReport: install gem-lightning[audit] (grad-cam) to see where the model looked in the misclassified gallery.")
+        rank_zero_info(
+            "EvaluationReport: install gem-lightning[audit] (grad-cam) to see where the model looked in the misclassified gallery."
+        )
         return None
     module = trainer.lightning_module
     names = list(module.class_names)
     layer = module.network_spec.cam_layer(module.model.network)
-    return file_overlays(module.model, layer, [path for path, *_ in items], [names.index(predicted) for _, _, predicted, _ in items],
-                         trainer.datamodule.settings, module.hparams.image_size)
+    return file_overlays(
+        module.model,
+        layer,
+        [path for path, *_ in items],
+        [names.index(predicted) for _, _, predicted, _ in items],
+        trainer.datamodule.settings,
+        module.hparams.image_size,
+    )
 
 
 def misclassified_items(
@@ -256,14 +268,20 @@ def write_evaluation_report(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pairs = most_confused_pairs(confusion, class_names, k=top_pairs)
-    files = {"Confusion matrix": confusion_matrix_png(confusion, class_names, out_dir / "confusion_matrix.png", title=f"Confusion matrix ({stage})")}
+    files = {
+        "Confusion matrix": confusion_matrix_png(
+            confusion, class_names, out_dir / "confusion_matrix.png", title=f"Confusion matrix ({stage})"
+        )
+    }
     if misclassified is not None:
         files["Misclassified images"] = misclassified_gallery_png(
             misclassified, out_dir / "misclassified.png", max_images=max_gallery, image_loader=load_rgb, overlays=overlays
         )
         files["Every misclassified image (CSV)"] = _write_misclassified_csv(misclassified, out_dir / "misclassified.csv")
     if reliability is not None:
-        files["Reliability diagram"] = reliability_diagram_png(*reliability, out_dir / "reliability.png", ece=metrics.get(ECE), bins=ECE_BINS)
+        files["Reliability diagram"] = reliability_diagram_png(
+            *reliability, out_dir / "reliability.png", ece=metrics.get(ECE), bins=ECE_BINS
+        )
     files["Per-class metrics (CSV)"] = write_per_class_csv(confusion, class_names, out_dir / "per_class.csv")
     files["Most confused pairs (CSV)"] = _write_pairs_csv(pairs, out_dir / "confused_pairs.csv")
     files["Headline metrics (JSON)"] = _write_json({"stage": stage, **metrics}, out_dir / "metrics.json")
