@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -382,7 +383,7 @@ def step_throughput(ctx: Context, result: StepResult) -> None:
             print(f"  throughput round {round_ + 1} {variant:>6}: {stats['mean']:8.1f} images/s, waiting {stats['wait']:.1%}", flush=True)
     ceiling = ctx.results["environment"].figures.get("matmul_bfloat16_tflops", float("nan")) * 1e12
     table = result.table(
-        f"Training throughput, {ctx.device}, augmentation in the loader, {datamodule.num_workers} loader workers, "
+        f"Training throughput, {ctx.device}, augmentation in the loader, {datamodule.loader.workers} loader workers, "
         f"{args.steps} steps after {args.warmup}, median of {ctx.sizes.rounds} rounds",
         [
             "variant",
@@ -424,7 +425,7 @@ def step_data_wait(ctx: Context, result: StepResult) -> None:
             args = throughput_args(ctx, augment_on=augment_on, steps=ctx.sizes.wait_steps)
             datamodule = config_datamodule(ctx, variant, augment_on)
             for workers in ctx.sizes.workers:
-                datamodule.num_workers, datamodule.persistent_workers = workers, workers > 0
+                datamodule.loader = dataclasses.replace(datamodule.loader, num_workers=workers)
                 images, seconds = data_pipeline.timed_pass(datamodule.train_dataloader(), ctx.sizes.loader_batches)
                 args.num_workers = workers
                 stats = train_throughput.run_cli(args, variant, recipes).stats(args.warmup)

@@ -212,12 +212,13 @@ def test_fine_tuned_timm_checkpoint_exports_and_classifies_like_the_checkpoint(t
     from lightning.pytorch import Trainer
 
     from gem_lightning.data.datamodule import GemDataModule
+    from gem_lightning.data.loader import Loader
     from gem_lightning.inference.api import load_model
     from gem_lightning.inference.export import export_checkpoint
     from gem_lightning.training.module import GemClassifier
 
     lite0_file()
-    datamodule = GemDataModule(str(tiny_dataset), image_size=64, batch_size=8, num_workers=0, val_fraction=0.3)
+    datamodule = GemDataModule(str(tiny_dataset), image_size=64, batch_size=8, loader=Loader(num_workers=0), val_fraction=0.3)
     model = GemClassifier(datamodule.class_names, 64, network=TimmSpec(LITE0, weights="efficientnet-lite0"))
     trainer = Trainer(
         max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False

@@ -33,7 +33,7 @@ from gem_lightning.training.checkpoints import check_checkpoint_fits, checkpoint
 from gem_lightning.training.metrics import MONITOR
 from gem_lightning.training.module import GemClassifier
 
-LINKED_FROM_DATA = {"class_names", "image_size", "preprocessing"}
+LINKED_FROM_DATA = {"class_names", "image_size", "preprocessing", "class_counts", "progressive_resizing"}
 CHOSEN_AT_INFERENCE = {"tta", "top_k", "channels_last", "compile"}
 """Model options a user may change when evaluating or predicting with a trained checkpoint."""
 
@@ -63,6 +63,8 @@ class GemCLI(LightningCLI):
         parser.link_arguments("data.class_names", "model.class_names", compute_fn=self._class_names, apply_on="instantiate")
         parser.link_arguments("data.image_size", "model.image_size", apply_on="instantiate")
         parser.link_arguments("data.preprocessing", "model.preprocessing", apply_on="instantiate")
+        parser.link_arguments("data.class_counts", "model.class_counts", apply_on="instantiate")
+        parser.link_arguments("data.progressive_resizing", "model.progressive_resizing", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
         """From a checkpoint, rebuild the network as it was trained and feed the data what it expects."""

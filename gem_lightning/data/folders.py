@@ -12,7 +12,7 @@ from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from gem_lightning.data.cache import DecodeSettings, DiskCache, ImageStore, build_store, estimated_bytes
+from gem_lightning.data.cache import Cache, DecodeSettings, DiskCache, ImageStore, build_store, estimated_bytes
 from gem_lightning.data.corrections import Corrections, apply_corrections, read_corrections
 from gem_lightning.data.scan import DatasetLayoutError, ImageRecord, Rejected, SplitScan, format_summary, scan_split
 from gem_lightning.errors import UserInputError
@@ -29,9 +29,7 @@ class FolderData:
         data_dir: the dataset folder (``train/<Class>/``, ``test/<Class>/``).
         class_names: class names in label order.
         settings: how images are decoded.
-        cache: ``memory`` or ``disk`` (see ``GemDataModule``).
-        cache_dir: where decoded images persist, or None (memory only).
-        cache_memory_gb: memory budget of the in-memory cache.
+        cache: where decoded images are kept (``data.cache``).
         bad_files: ``skip`` or ``strict``.
         num_workers: decoding processes.
         multiprocessing_context: how they start.
@@ -44,9 +42,7 @@ class FolderData:
         class_names: list[str],
         settings: DecodeSettings,
         *,
-        cache: str,
-        cache_dir: Path | None,
-        cache_memory_gb: float,
+        cache: Cache,
         bad_files: str,
         num_workers: int,
         multiprocessing_context: str,
@@ -56,8 +52,7 @@ class FolderData:
         self.class_names = class_names
         self.settings = settings
         self.cache = cache
-        self.cache_dir = cache_dir
-        self.cache_memory_gb = cache_memory_gb
+        self.cache_dir = cache.directory
         self.bad_files = bad_files
         self.num_workers = num_workers
         self.multiprocessing_context = multiprocessing_context
@@ -144,14 +139,14 @@ class FolderData:
         return DiskCache(self.cache_dir, self.settings) if self.cache_dir is not None else None
 
     def _fits_in_memory(self, count: int) -> bool:
-        if self.cache == "disk" and self.cache_dir is not None:
+        if self.cache.mode == "disk" and self.cache_dir is not None:
             return False
         needed = estimated_bytes(count, self.settings)
-        fits = needed <= self.cache_memory_gb * 2**30
+        fits = needed <= self.cache.memory_gb * 2**30
         if not fits and self.cache_dir is not None:
             rank_zero_warn(
-                f"The decoded images need {needed / 2**30:.1f} GiB, above data.cache_memory_gb="
-                f"{self.cache_memory_gb}; reading them from the disk cache in {str(self.cache_dir)!r} instead."
+                f"The decoded images need {needed / 2**30:.1f} GiB, above data.cache.memory_gb="
+                f"{self.cache.memory_gb}; reading them from the disk cache in {str(self.cache_dir)!r} instead."
             )
             return False
         return True

@@ -64,7 +64,7 @@ class SaveOnSigterm(Callback):
     (``gem_lightning.resilience.signals.listen_for_requeue_signal``) is acted on after the first batch.
 
     Every handler runs only in the process that installed it (``gem_lightning.resilience.signals``): loader
-    workers started by ``fork`` (``data.multiprocessing_context``) inherit them but never act on them.
+    workers started by ``fork`` (``data.loader.multiprocessing_context``) inherit them but never act on them.
 
     Args:
         filename: name (without ``.ckpt``) of the checkpoint in the ``ModelCheckpoint`` folder;

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -17,6 +18,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics import MeanMetric
 from torchvision.transforms import v2
 
+from gem_lightning.data.progressive_resizing import ProgressiveResizing
 from gem_lightning.errors import UserInputError
 from gem_lightning.models import NetworkSpec, VGGSpec, spec_from_config
 from gem_lightning.models.classifier import TTA, ImageClassifier
@@ -83,9 +85,14 @@ class GemClassifier(LightningModule):
 
     Args:
         class_names: class names in label order; linked from the data module by the CLI.
-        image_size: side of the square input; linked from the data module by the CLI.
+        image_size: side of the square input; linked from the data module by the CLI; default: the
+            network's input size.
         preprocessing: how photos were decoded for training (auto-crop, background colour);
             linked from the data module, kept so that serving decodes photos the same way.
+        class_counts: the training split's images per class, asked when ``fit`` starts (after the
+            data is set up); linked from the data module by the CLI; needed by ``class_weights: balanced``.
+        progressive_resizing: the data module's schedule, linked by the CLI: a fit checks that the
+            network takes the smaller images and that the run's length is known.
         network: the network spec (``class_path`` and ``init_args`` in YAML):
             ``gem_lightning.models.VGGSpec`` (the seed's CNN, the default), ``TimmSpec`` (any timm
             model, with pretrained weights from local files), ``TorchvisionSpec``, or your own
@@ -121,8 +128,10 @@ class GemClassifier(LightningModule):
     def __init__(
         self,
         class_names: list[str],
-        image_size: int = 220,
+        image_size: int | None = None,
         preprocessing: dict | None = None,
+        class_counts: Callable[[], list[int]] | None = None,
+        progressive_resizing: ProgressiveResizing | None = None,
         *,
         network: NetworkSpec = VGGSpec(),
         mean: tuple[float, float, float] | None = None,
@@ -160,7 +169,8 @@ class GemClassifier(LightningModule):
         if self.distillation is not None:
             self.distillation.check()
             image_size = self.distillation.student_size or image_size  # the student's checkpoint predicts at its own size
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        image_size = image_size or self.network_spec.normalization().input_size
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "class_counts", "progressive_resizing"])
         self.hparams.image_size = image_size
         # Saved as plain, resolved values: the checkpoint alone rebuilds the network (and loads with weights_only).
         self.hparams.network = self.network_spec.to_config()
@@ -172,6 +182,10 @@ class GemClassifier(LightningModule):
         self.class_names = list(class_names)
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
+        self.class_counts = class_counts
+        self.progressive_resizing = progressive_resizing
+        self.class_counts = class_counts
+        self.progressive_resizing = progressive_resizing
         network_module = self.network_spec.build(self.num_classes, image_size)
         self.model = ImageClassifier(
             network_module, self.hparams.mean, self.hparams.std, channels_last=channels_last, tta=tta, temperature=temperature
@@ -205,14 +219,15 @@ class GemClassifier(LightningModule):
             self.prepare_training(from_scratch=self.trainer.ckpt_path is None)
 
     def on_fit_start(self) -> None:
-        if getattr(self.trainer.datamodule, "progressive_resizing", None) is not None:
+        if self.progressive_resizing is not None:
             check_progressive_resizing(self.network_spec, self.trainer.estimated_stepping_batches)
         if self.hparams.class_weights == "balanced":
-            if not hasattr(self.trainer.datamodule, "class_counts"):
+            if self.class_counts is None:
                 raise UserInputError(
-                    "model.class_weights: balanced needs a data module that counts its classes (GemDataModule's class_counts)."
+                    "model.class_weights: balanced needs the training split's class counts: give class_counts "
+                    "(the CLI links GemDataModule.class_counts)."
                 )
-            self.loss_weights = balanced_class_weights(self.trainer.datamodule.class_counts("train")).to(self.device)
+            self.loss_weights = balanced_class_weights(self.class_counts()).to(self.device)
 
     def prepare_training(self, *, from_scratch: bool) -> None:
         """Read, once, what only training needs: the network's pretrained weights (from scratch only: a

@@ -70,13 +70,14 @@ def main(argv: list[str]) -> int:
     from gem_lightning.audit.outputs import write_outputs
     from gem_lightning.audit.run import AuditOptions, run_audit
     from gem_lightning.cli.app import cli_main
+    from gem_lightning.data.sources import FolderSource
 
     if {"-h", "--help"} & set(argv):
         build_parser().print_help()
         print("\nand every `fit` option below (the data settings are read from them):\n")
     options, fit_args = build_parser().parse_known_args(argv)
     cli = cli_main(fit_args, run=False)
-    if cli.datamodule.stream:
+    if not isinstance(cli.datamodule.source, FolderSource):
         raise UserInputError(
             "`main.py audit` reads a photo folder (train/<Class>/, test/<Class>/), not a stream: give the folder the stream was optimized from."
         )
@@ -87,7 +88,7 @@ def main(argv: list[str]) -> int:
         max_gallery=options.max_gallery,
         duplicates=DuplicateSettings(options.max_hash_distance, options.hash_min_similarity, options.min_similarity),
     )
-    result = run_audit(cli.datamodule.folders, audit_options)
+    result = run_audit(cli.datamodule.source.folders, audit_options)
     print(f"Dataset {str(result.data_dir)!r}:\n{format_summary(result.scans)}")
     out_dir = options.output or Path(cli.trainer.log_dir or "runs") / "audit"
     files = write_outputs(result, out_dir)
