@@ -515,11 +515,12 @@ def ddp_probe(args: argparse.Namespace) -> None:
 
     class Probe(Callback):
         def on_train_start(self, trainer, pl_module) -> None:
+            modules = list(pl_module.modules())
             figures.update(backend=dist.get_backend(), world_size=dist.get_world_size(), device=str(pl_module.device),
                            wrapper=type(trainer.strategy.model).__name__,
                            ddp_wrapped=isinstance(trainer.strategy.model, DistributedDataParallel),
-                           sync_batchnorm_layers=sum(isinstance(m, torch.nn.SyncBatchNorm) for m in pl_module.modules()),
-                           batchnorm_layers=sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in pl_module.modules()))  # fmt: skip
+                           sync_batchnorm_layers=sum(isinstance(m, torch.nn.SyncBatchNorm) for m in modules),
+                           batchnorm_layers=sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in modules))  # fmt: skip
 
         def on_train_end(self, trainer, pl_module) -> None:
             value = torch.ones(1, device=pl_module.device)
@@ -568,7 +569,8 @@ def step_compile(ctx: Context, result: StepResult) -> None:
             )
             stats = run.stats(args.warmup)
             uncompiled = uncompiled or stats
-            table.rows.append([variant, compiled, round(stats["first"], 2), round(stats["first"] - uncompiled["first"], 2) if compiled else "–",
+            compile_s = round(stats["first"] - uncompiled["first"], 2) if compiled else "–"
+            table.rows.append([variant, compiled, round(stats["first"], 2), compile_s,
                                round(stats["mean"], 1), round(stats["mean"] / uncompiled["mean"], 3)])  # fmt: skip
             print(f"  compile {variant} compiled={compiled}: first step {stats['first']:.1f} s, {stats['mean']:.1f} images/s", flush=True)
 
@@ -721,7 +723,8 @@ def main(argv=None) -> int:
         finally:
             signal.signal(signal.SIGALRM, previous_handler)
     print(
-        f"\n{render_markdown(meta, results)}\nwrote {output_path(args.out, 'json')}, {output_path(args.out, 'md')}, {output_path(args.out, 'log')}"
+        f"\n{render_markdown(meta, results)}\n"
+        f"wrote {output_path(args.out, 'json')}, {output_path(args.out, 'md')}, {output_path(args.out, 'log')}"
     )
     return 0 if all(r.status in ("ok", "skipped") for r in results.values()) else 1
 

@@ -418,8 +418,9 @@ def main(argv=None) -> None:
     quiet()
     variants = [v for v in args.variants.split(",") if v]
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; {args.image_size} px, batch {args.batch_size}, "
-        f"{args.precision}, channels_last, augment_on={args.augment_on}, compile={args.compile}; {args.steps} steps after {args.warmup} warm-up, {args.rounds} rounds"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; "
+        f"{args.image_size} px, batch {args.batch_size}, {args.precision}, channels_last, "
+        f"augment_on={args.augment_on}, compile={args.compile}; {args.steps} steps after {args.warmup} warm-up, {args.rounds} rounds"
     )
     datamodule = make_datamodule(args)
     print(f"{len(datamodule.datasets['train'])} training images, {datamodule.loader.workers} loader worker(s)")

@@ -153,8 +153,8 @@ def test_fine_tune_freezes_then_trains_all_but_the_frozen_stages_and_predicts_wi
     env = dict(cpu_env, GEM_LIGHTNING_CACHE=str(isolated_cache))
     run_cli(
         "fit", *common(tmp_path, "ft"), "--data.data_dir", str(tiny_dataset), *LITE0_NETWORK, "--model.network.weights", str(weights),
-        "--model.backbone_lr_ratio", "0.5", "--model.network.frozen_stages", "1", "--trainer.max_epochs", "2", "--checkpoint.save_top_k", "-1",
-        "--checkpoint.filename", "epoch{epoch}", "--checkpoint.monitor", "null",
+        "--model.backbone_lr_ratio", "0.5", "--model.network.frozen_stages", "1", "--trainer.max_epochs", "2",
+        "--checkpoint.save_top_k", "-1", "--checkpoint.filename", "epoch{epoch}", "--checkpoint.monitor", "null",
         "--trainer.callbacks+=gem_lightning.training.callbacks.finetuning.FreezeBackbone", "--trainer.callbacks.epochs=1",
         env=env, cwd=tmp_path,
     )  # fmt: skip

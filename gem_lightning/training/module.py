@@ -46,7 +46,8 @@ def check_progressive_resizing(network: NetworkSpec, total_steps: float) -> None
         raise UserInputError(f"data.progressive_resizing trains on smaller images, but model.network cannot take them: {fixed}.")
     if math.isinf(total_steps) or total_steps < 1:  # inf: no max_epochs nor max_steps; -1: a stream of unknown length without max_steps
         raise UserInputError(
-            "data.progressive_resizing grows the images over the whole run, whose length is unknown: set trainer.max_steps (or trainer.max_epochs for a folder)."
+            "data.progressive_resizing grows the images over the whole run, whose length is unknown: "
+            "set trainer.max_steps (or trainer.max_epochs for a folder)."
         )
 
 

@@ -79,7 +79,8 @@ def main(argv: list[str]) -> int:
     cli = cli_main(fit_args, run=False)
     if not isinstance(cli.datamodule.source, FolderSource):
         raise UserInputError(
-            "`main.py audit` reads a photo folder (train/<Class>/, test/<Class>/), not a stream: give the folder the stream was optimized from."
+            "`main.py audit` reads a photo folder (train/<Class>/, test/<Class>/), not a stream: "
+            "give the folder the stream was optimized from."
         )
     audit_options = AuditOptions(
         folds=options.folds,
@@ -93,8 +94,9 @@ def main(argv: list[str]) -> int:
     out_dir = options.output or Path(cli.trainer.log_dir or "runs") / "audit"
     files = write_outputs(result, out_dir)
     leaked = len(result.leaked_test())
+    across_classes = sum(c.across_classes for c in result.clusters)
     print(
-        f"{len(result.suspects)} label issue(s), {sum(c.across_classes for c in result.clusters)} near-duplicate cluster(s) across classes, "
+        f"{len(result.suspects)} label issue(s), {across_classes} near-duplicate cluster(s) across classes, "
         f"{leaked} leaked test photo(s). Read {files['audit']}; edit {files['corrections']} and train with --data.corrections <it>."
     )
     return 0
