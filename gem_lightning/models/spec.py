@@ -66,7 +66,7 @@ class NetworkSpec(ABC):
         return classifier_head(network)
 
     def cam_layer(self, network: nn.Module) -> nn.Module:
-        """The layer whose activations class activation maps weigh (Grad-CAM, ``gem_lightning.audit.cam``):
+        """The layer whose activations class activation maps weigh (Grad-CAM, ``gem_lightning.reports.cam``):
         the last feature map before pooling, which still says where things are."""
         return feature_map_module(network)
 

@@ -107,7 +107,7 @@ class GemLitAPI(ls.LitAPI):
         """The photo with the Grad-CAM map of ``label`` over it, a PNG data URL (the torch network's,
         whatever the runtime); None without the ``audit`` extra (``grad-cam``)."""
         try:
-            from gem_lightning.audit.cam import overlay_data_url
+            from gem_lightning.reports.cam import overlay_data_url
         except ImportError:
             return None
         return overlay_data_url(self.model.classifier, image.to(self.model.device), label)

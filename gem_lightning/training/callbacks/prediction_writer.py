@@ -14,7 +14,7 @@ from typing_extensions import override
 
 from gem_lightning.errors import UserInputError
 from gem_lightning.files import atomic_write
-from gem_lightning.training.callbacks.reports import write_prediction_grid
+from gem_lightning.reports.prediction_grid import write_prediction_grid
 
 
 class PredictionWriter(BasePredictionWriter):
