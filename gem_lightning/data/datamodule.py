@@ -21,11 +21,12 @@ from gem_lightning.data.augmentation import Augmentation
 from gem_lightning.data.batch_augment import BatchAugment
 from gem_lightning.data.cache import Cache, DecodeSettings
 from gem_lightning.data.datasets import collate_channels_last, collate_predictions
+from gem_lightning.data.labels_file import is_labels_file
 from gem_lightning.data.loader import Loader, SignalSafeDataLoader, start_worker_server
 from gem_lightning.data.progressive_resizing import ProgressiveResizing, resize_batch
 from gem_lightning.data.samplers import FitEpochDistributedSampler
 from gem_lightning.data.scan import DatasetLayoutError, Rejected
-from gem_lightning.data.sources import DataSource, FolderSource, StreamSource, Transforms
+from gem_lightning.data.sources import DataSource, FolderSource, LabelsFileSource, StreamSource, Task, Transforms
 from gem_lightning.data.sources.predict import predict_dataset
 from gem_lightning.data.streaming import is_stream
 from gem_lightning.data.transforms import cache_size_for, eval_transform, train_transform
@@ -54,8 +55,10 @@ class GemDataModule(LightningDataModule):
 
     Args:
         data_dir: folder holding ``train/<Class>/...`` and optionally ``test/<Class>/...``; or a
-            stream written by ``main.py optimize`` (a folder with ``gem_dataset.json``, or
-            ``s3://bucket/prefix``): its split and decode settings are used, nothing is scanned.
+            labels file (``<file>.csv``: ``path,labels[,split]``, several ``;``-separated labels a
+            photo: multi-label training); or a stream written by ``main.py optimize`` (a folder with
+            ``gem_dataset.json``, or ``s3://bucket/prefix``): its split and decode settings are used,
+            nothing is scanned.
         generate: ``synthetic`` writes the embedded procedural gem dataset into ``data_dir`` on
             first use (for the quickstart; nothing is downloaded), if ``data_dir`` is absent or
             empty; a ``data_dir`` that already holds ``train/`` is trained on as it is.
@@ -137,6 +140,22 @@ class GemDataModule(LightningDataModule):
             if generate:
                 raise DatasetLayoutError("data.generate needs data.data_dir: the folder to write the embedded dataset into.")
             return None
+        if is_labels_file(data_dir):
+            if corrections or generate:
+                raise UserInputError(
+                    f"data.{'corrections' if corrections else 'generate'} applies to a folder of class folders, not a labels "
+                    "file: edit the labels file itself."
+                )
+            return LabelsFileSource(
+                Path(data_dir).expanduser(),
+                decode,
+                val_fraction=hparams.val_fraction,
+                seed=hparams.seed,
+                cache=self.cache,
+                bad_files=hparams.bad_files,
+                num_workers=self.loader.workers,
+                multiprocessing_context=self.loader.multiprocessing_context,
+            )
         if is_stream(data_dir):
             if corrections:
                 raise UserInputError(
@@ -164,6 +183,11 @@ class GemDataModule(LightningDataModule):
             multiprocessing_context=self.loader.multiprocessing_context,
             corrections=corrections,
         )
+
+    @property
+    def task(self) -> Task | None:
+        """``multiclass`` or ``multilabel``, as the source's targets are; None without data (a checkpoint decides)."""
+        return self.source.task if self.source else None
 
     @property
     def preprocessing(self) -> dict:

@@ -65,9 +65,12 @@ class FolderData:
         """Decode every image of ``train/`` and ``test/`` into the disk cache (once per machine)."""
         if self.cache_dir is None:
             return
-        for split in ("train", "test"):
-            if (self.data_dir / split).is_dir():
-                self._disk_cache().fill(self.scan(split).records, self.num_workers, self.multiprocessing_context)
+        for split in self.splits():
+            self._disk_cache().fill(self.scan(split).records, self.num_workers, self.multiprocessing_context)
+
+    def splits(self) -> list[str]:
+        """The splits the dataset has."""
+        return [split for split in ("train", "test") if (self.data_dir / split).is_dir()]
 
     def load_split(self, split: str) -> ImageStore:
         """The split's decoded images; reports (or, with ``bad_files: strict``, refuses) what it leaves out."""
@@ -91,18 +94,18 @@ class FolderData:
 
     def check_class_sizes(self, records: list[ImageRecord], val_fraction: float) -> None:
         """Every class needs training images, and two to be split into train and validation."""
-        counts = Counter(record.label for record in records)
-        train_dir = self.data_dir / "train"
+        counts = Counter(label for record in records for label in record.label_set)
+        train_dir = self.where("train")
         empty = [name for label, name in enumerate(self.class_names) if counts[label] == 0]
         if empty:
             raise DatasetLayoutError(
-                f"class folder(s) with no usable images in {str(train_dir)!r}: {', '.join(empty)}. A class needs "
+                f"class folder(s) with no usable images in {train_dir!r}: {', '.join(empty)}. A class needs "
                 "training images: add photos, or remove the folder (the summary above lists files not used)."
             )
         thin = [f"{name} ({counts[label]})" for label, name in enumerate(self.class_names) if counts[label] < 2]
         if thin and val_fraction > 0:
             raise DatasetLayoutError(
-                f"class(es) in {str(train_dir)!r} too small to split into train and validation: {', '.join(thin)} "
+                f"class(es) in {train_dir!r} too small to split into train and validation: {', '.join(thin)} "
                 "usable image(s); each needs at least 2. Add photos, remove the folder, or set --data.val_fraction 0."
             )
 
@@ -110,13 +113,20 @@ class FolderData:
         """Probe and hash the split's files once per process (``prepare_data`` and ``setup`` share it),
         with ``data.corrections`` applied."""
         if split not in self.scans:
-            split_dir = self.data_dir / split
-            if not split_dir.is_dir():
-                raise DatasetLayoutError(f"{str(split_dir)!r} does not exist: `{split}` needs a {split}/<Class>/ folder in data_dir.")
-            scan = scan_split(split_dir, self.class_names)
-            corrections = self.corrections()
-            self.scans[split] = apply_corrections(scan, corrections, self.data_dir) if corrections else scan
+            self.scans[split] = self._scan(split)
         return self.scans[split]
+
+    def where(self, split: str) -> str:
+        """Where ``split``'s photos are listed, for messages."""
+        return str(self.data_dir / split)
+
+    def _scan(self, split: str) -> SplitScan:
+        split_dir = self.data_dir / split
+        if not split_dir.is_dir():
+            raise DatasetLayoutError(f"{str(split_dir)!r} does not exist: `{split}` needs a {split}/<Class>/ folder in data_dir.")
+        scan = scan_split(split_dir, self.class_names)
+        corrections = self.corrections()
+        return apply_corrections(scan, corrections, self.data_dir) if corrections else scan
 
     def corrections(self) -> Corrections | None:
         """The corrections file, read and checked once (every problem in it is one error line)."""

@@ -18,6 +18,7 @@ from gem_lightning.data.scan import Rejected
 from gem_lightning.errors import UserInputError
 
 Stage = Literal["fit", "test"]
+Task = Literal["multiclass", "multilabel"]
 
 
 class Transforms(NamedTuple):
@@ -33,10 +34,13 @@ class DataSource(ABC):
     Attributes:
         class_names: class names in label order.
         decode: how images are decoded before the transforms; a model must be served with the same.
+        task: ``multiclass`` (one class an image; integer targets) or ``multilabel`` (any number;
+            multi-hot float targets).
     """
 
     class_names: list[str]
     decode: DecodeSettings
+    task: Task = "multiclass"
 
     def prepare(self) -> None:
         """Once per machine, before ``datasets``: whatever is slow and shareable (e.g. filling a disk cache)."""

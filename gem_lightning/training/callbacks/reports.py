@@ -25,9 +25,10 @@ from typing_extensions import override
 
 from gem_lightning.reports.curves import learning_curves_png
 from gem_lightning.reports.evaluation import Reliability, SampleResult, confusion_matrix, misclassified_items, write_evaluation_report
-from gem_lightning.training.metrics import ACC, ACC_TOP5, ECE, ECE_BINS, F1, LOSS, SAMPLES
+from gem_lightning.reports.multilabel import write_multilabel_report
+from gem_lightning.training.metrics import ACC, ACC_TOP5, ECE, ECE_BINS, F1, LOSS, MAP, MAP_MICRO, SAMPLES
 
-HEADLINE_METRICS = (ACC, ACC_TOP5, F1, ECE, LOSS, SAMPLES)
+HEADLINE_METRICS = (ACC, ACC_TOP5, MAP, MAP_MICRO, F1, ECE, LOSS, SAMPLES)
 """Logged metrics (without the ``<stage>/`` prefix) that ``metrics.json`` and ``report.md`` show."""
 
 
@@ -54,6 +55,7 @@ class EvaluationReport(Callback):
         self.top_pairs = top_pairs
         self.cam = cam
         self._results: list[SampleResult] = []
+        self._label_results: list[tuple[int, torch.Tensor, torch.Tensor]] = []
 
     def _active(self, trainer: Trainer) -> bool:
         """Whether the evaluation now running gets a report."""
@@ -65,11 +67,11 @@ class EvaluationReport(Callback):
 
     @override
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._results = []
+        self._results, self._label_results = [], []
 
     @override
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._results = []
+        self._results, self._label_results = [], []
 
     @override
     def on_validation_batch_end(
@@ -86,7 +88,12 @@ class EvaluationReport(Callback):
             self._collect(outputs)
 
     def _collect(self, outputs: dict[str, torch.Tensor]) -> None:
-        """Keep index, target, predicted class and its probability of every image in the batch."""
+        """Keep index, target, predicted class and its probability of every image in the batch (multi-label:
+        its probabilities and targets)."""
+        if outputs["targets"].ndim == 2:
+            rows = zip(outputs["indices"].tolist(), outputs["probs"].detach().float().cpu(), outputs["targets"].cpu())
+            self._label_results += [(index, probs, targets) for index, probs, targets in rows]
+            return
         probability, prediction = outputs["probs"].detach().float().max(dim=-1)
         rows = zip(outputs["indices"].tolist(), outputs["targets"].tolist(), prediction.tolist(), probability.tolist())
         self._results += [SampleResult(*row) for row in rows]
@@ -110,8 +117,12 @@ class EvaluationReport(Callback):
         ``trainer.callback_metrics``.
         """
         results = gather_results(self._results)
+        label_results = gather_results(self._label_results)
         out_dir = Path(trainer.log_dir) / f"report-{stage}"  # log_dir broadcasts: call it everywhere
         if not trainer.is_global_zero:
+            return
+        if label_results:
+            self._write_multilabel(trainer, stage, label_results, out_dir)
             return
         class_names = list(trainer.lightning_module.class_names)
         matrix = confusion_matrix(results, len(class_names))
@@ -133,8 +144,22 @@ class EvaluationReport(Callback):
         )
         rank_zero_info(f"Wrote the {stage} report to {out_dir / 'report.md'}")
 
+    @staticmethod
+    def _write_multilabel(trainer: Trainer, stage: str, results: list, out_dir: Path) -> None:
+        _, probs, targets = zip(*results)
+        module = trainer.lightning_module
+        files = write_multilabel_report(
+            out_dir,
+            probs=torch.stack(probs),
+            targets=torch.stack(targets),
+            thresholds=module.multilabel.thresholds.cpu(),
+            class_names=list(module.class_names),
+            metrics=headline_metrics(trainer.callback_metrics, stage),
+        )
+        rank_zero_info(f"Wrote the {stage} report (average precision per label) to {files['per_label'].parent}")
 
-def gather_results(results: list[SampleResult]) -> list[SampleResult]:
+
+def gather_results(results: list) -> list:
     """Every process's per-image results, on every process, sorted by dataset index.
 
     Under DDP the evaluation sampler gives each process a different, unpadded share of the
