@@ -17,6 +17,8 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from gem_lightning.data.scan import DatasetLayoutError, ImageRecord, Rejected, SplitScan, file_digest, probe_file
 
 COLUMNS = ("path", "labels", "split")
@@ -120,3 +122,10 @@ def _row_problem(row: LabelRow, csv_path: Path) -> str | None:
         return f"missing file ({where})"
     reason = probe_file(row.path)
     return f"{reason} ({where})" if reason else None
+
+
+def multi_hot(labels: tuple[int, ...], num_classes: int) -> torch.Tensor:
+    """``(num_classes,)`` float32 with ones at ``labels``: a multi-label target."""
+    target = torch.zeros(num_classes)
+    target[list(labels)] = 1.0
+    return target

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import Dataset
 
 from gem_lightning.data.cache import Cache, DecodeSettings, ImageStore
 from gem_lightning.data.datasets import CachedImageDataset
 from gem_lightning.data.folders import FolderData
-from gem_lightning.data.labels_file import LabelRow, class_names_of, read_labels_file, scan_rows
+from gem_lightning.data.labels_file import LabelRow, class_names_of, multi_hot, read_labels_file, scan_rows
 from gem_lightning.data.scan import ImageRecord, Rejected, SplitScan
 from gem_lightning.data.sources.base import DataSource, Stage, Transforms
 from gem_lightning.data.split import multilabel_split
@@ -125,10 +124,3 @@ class LabelsFileSource(DataSource):
     @property
     def rejected(self) -> dict[str, list[Rejected]]:
         return self.data.rejected
-
-
-def multi_hot(labels: tuple[int, ...], num_classes: int) -> torch.Tensor:
-    """``(num_classes,)`` float32 with ones at ``labels``: a multi-label target."""
-    target = torch.zeros(num_classes)
-    target[list(labels)] = 1.0
-    return target

@@ -35,6 +35,7 @@ class StreamSource(DataSource):
         self.root = root
         self.info = read_info(root)
         self.class_names = list(self.info.class_names)
+        self.task = self.info.task
         self.decode = stream_decode_settings(root, self.info, image_size)
         self.val_fraction, self.seed = val_fraction, seed
         self.cache_dir = cache_dir
