@@ -110,6 +110,7 @@ class SignalSafeDataLoader(DataLoader):
     given, or Lightning's seeding function, which is set by the time the workers start). Same
     arguments and behaviour as ``DataLoader`` otherwise; ``multiprocessing_context`` chooses another
     start method (``fork``: at the risk above; measured no faster, ``benchmarks/worker_start.py``).
+    Overrides torch's private ``_get_iterator``, where the workers start (:mod:`gem_lightning.compat.torch`).
     """
 
     def __init__(self, *args, multiprocessing_context=None, **kwargs) -> None:

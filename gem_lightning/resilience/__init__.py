@@ -50,7 +50,7 @@ calls it, and uses :class:`ResumableModelCheckpoint` for its ``checkpoint`` opti
   the trainer's own process, never by the loader workers that inherit them (``signals``, which also
   keeps loader workers out of the job's signals and records a SLURM requeue signal outside training).
 
-The private Lightning names these rely on are listed in :mod:`gem_lightning.lightning_compat`.
+The private Lightning names these rely on are listed in :mod:`gem_lightning.compat.lightning`.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
-from gem_lightning.lightning_compat import last_global_step_saved, stop_as_on_sigterm
+from gem_lightning.compat.lightning import last_global_step_saved, stop_as_on_sigterm
 from gem_lightning.resilience.signals import install_handler, take_requeue_request
 from gem_lightning.resilience.slurm_requeue import requeue_signal, requeue_slurm_job
 

@@ -181,6 +181,7 @@ class GemClassifier(LightningModule):
         )
         self.teacher: Teacher | None = None
         self.pretrained_loaded = False
+        self._inference_engine: Callable[[torch.Tensor], torch.Tensor] | None = None
         if compile:
             self.model.compile()  # in place: parameter names, hence checkpoints, stay the same
         self.batch_mix = batch_mixing(self.num_classes, mixup_alpha, cutmix_alpha)
@@ -245,8 +246,17 @@ class GemClassifier(LightningModule):
         return self.model(self.at_own_size(images))
 
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
-        """Class probabilities, with test-time augmentation if ``tta`` asks for it."""
+        """Class probabilities, with test-time augmentation if ``tta`` asks for it; from the inference
+        engine instead of the network while one is set (:meth:`set_inference_engine`)."""
+        if self._inference_engine is not None:
+            return self._inference_engine(images)
         return self.model.probabilities(self.at_own_size(images))
+
+    def set_inference_engine(self, engine: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
+        """Let ``engine`` answer :meth:`predict_proba`, hence the evaluation and prediction steps, in place
+        of the network: ``(B, 3, S, S)`` images, 0-255 -> ``(B, num_classes)`` probabilities, TTA and
+        temperature included (``--inference.runtime``'s ONNX Runtime session of this network). None: the network again."""
+        self._inference_engine = engine
 
     def at_own_size(self, images: torch.Tensor) -> torch.Tensor:
         """``images`` downsampled to the network's ``image_size`` where they are larger: a distilled
