@@ -9,6 +9,7 @@ device and progressive resizing.
 from __future__ import annotations
 
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -17,6 +18,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
+from gem_lightning.compat.lightning import fit_epoch_about_to_run
 from gem_lightning.data.augmentation import Augmentation
 from gem_lightning.data.batch_augment import BatchAugment
 from gem_lightning.data.cache import Cache, DecodeSettings
@@ -301,10 +303,9 @@ class GemDataModule(LightningDataModule):
             return None
         rank, world = self.trainer.global_rank, self.trainer.world_size
         if train:
-            fit_loop = self.trainer.fit_loop
             return FitEpochDistributedSampler(
                 dataset,
-                epoch=lambda: fit_loop.epoch_progress.current.processed,
+                epoch=partial(fit_epoch_about_to_run, self.trainer),
                 num_replicas=world,
                 rank=rank,
                 shuffle=True,
