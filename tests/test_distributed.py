@@ -144,7 +144,7 @@ def ddp_fit(tmp_path_factory, request):
                     "data_dir": str(data),
                     "image_size": 32,
                     "batch_size": EVAL_BATCH,
-                    "num_workers": 0,
+                    "loader": {"num_workers": 0},
                     "val_fraction": 0.375,
                     "seed": 3,
                 },

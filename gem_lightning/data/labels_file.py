@@ -78,7 +78,7 @@ def _check_columns(csv_path: Path, header: list[str]) -> None:
 def _row(csv_path: Path, row: dict[str, str | None], line: int) -> LabelRow:
     split = (row.get("split") or "train").strip()
     if split not in SPLITS:
-        raise LabelsFileError(f"{csv_path}:{line}: split {split!r} is not one of {', '.join(SPLITS)}.")
+        raise LabelsFileError(f"labels file {str(csv_path)!r}, line {line}: split {split!r} is not one of {', '.join(SPLITS)}.")
     labels = tuple(sorted({name.strip() for name in (row.get("labels") or "").split(SEPARATOR) if name.strip()}))
     path = Path((row.get("path") or "").strip()).expanduser()
     return LabelRow(path if path.is_absolute() else csv_path.parent / path, labels, split, line)
