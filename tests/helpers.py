@@ -76,7 +76,7 @@ LABEL_COLOURS = {"Blue": (30, 60, 220), "Green": (30, 200, 60), "Red": (220, 30,
 """The classes of :func:`make_labels_file`: a photo shows one to three of these colours."""
 
 
-def make_labels_file(root: Path, *, train: int = 80, test: int = 24, seed: int = 0) -> Path:
+def make_labels_file(root: Path, *, train: int = 80, test: int = 25, seed: int = 0) -> Path:
     """A multi-label set under ``root``: 40 px photos with one to three coloured squares (one quadrant
     each, on white), labelled with their colours in ``root/labels.csv`` (``path,labels,split``)."""
     import random

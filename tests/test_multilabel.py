@@ -165,7 +165,7 @@ def test_fit_tunes_a_threshold_per_label_and_test_reports_average_precision(trai
         cwd=trained.root,
     )
     metrics = read_metrics(save_dir)
-    assert metrics["test/samples"] == 24 and 0.7 < metrics["test/map"] <= 1 and 0 < metrics["test/f1"] <= 1
+    assert metrics["test/samples"] == 25 and 0.7 < metrics["test/map"] <= 1 and 0 < metrics["test/f1"] <= 1
     report = next(save_dir.rglob("report-test"))
     with (report / "per_label.csv").open() as file:
         rows = list(csv.DictReader(file))
@@ -186,7 +186,7 @@ def test_predict_the_api_and_onnx_runtime_answer_the_same_label_sets(trained):
             trained.photos[0].parent,
             *COMMON,
             "--predictions.output",
-            out / f"labels.{fmt}",
+            out / f"{fmt}.{fmt}",
             "--predictions.format",
             fmt,
             "--trainer.logger",
@@ -194,9 +194,9 @@ def test_predict_the_api_and_onnx_runtime_answer_the_same_label_sets(trained):
             env=trained.env,
             cwd=trained.root,
         )
-    with (out / "labels.csv").open() as file:
+    with (out / "csv.csv").open() as file:
         from_csv = {Path(row["path"]).name: row["labels"].split(";") if row["labels"] else [] for row in csv.DictReader(file)}
-    from_jsonl = {Path(row["path"]).name: row["labels"] for row in map(json.loads, (out / "labels.jsonl").read_text().splitlines())}
+    from_jsonl = {Path(row["path"]).name: row["labels"] for row in map(json.loads, (out / "jsonl.jsonl").read_text().splitlines())}
     model, onnx = load_model(trained.checkpoint), load_model(trained.checkpoint, runtime="onnxruntime")
     from_api = {path.name: [name for name, _ in answer] for path, answer in zip(trained.photos, model.labels_many(trained.photos))}
     from_onnx = {path.name: [name for name, _ in answer] for path, answer in zip(trained.photos, onnx.labels_many(trained.photos))}
@@ -261,7 +261,7 @@ def test_evaluation_is_exact_under_ddp(trained):
         save_dir = trained.root / f"ddp-{processes}"
         devices = ["--config", REPO / "configs" / "ddp_cpu.yaml", "--trainer.devices", "2"] if processes == 2 else []
         run_cli(
-            "validate",
+            "test",
             *devices,
             "--ckpt_path",
             trained.checkpoint,
@@ -276,8 +276,8 @@ def test_evaluation_is_exact_under_ddp(trained):
             cwd=trained.root,
         )
         metrics[processes] = read_metrics(save_dir)
-    assert metrics[1]["val/samples"] % 2 == 1, "the split should not divide evenly between 2 processes"
-    for key in ("val/map", "val/map_micro", "val/f1", "val/loss", "val/samples"):
+    assert metrics[1]["test/samples"] % 2 == 1, "the split should not divide evenly between 2 processes"
+    for key in ("test/map", "test/map_micro", "test/f1", "test/loss", "test/samples"):
         assert math.isclose(metrics[2][key], metrics[1][key], abs_tol=1e-5), f"{key}: {metrics[2][key]} vs {metrics[1][key]}"
 
 

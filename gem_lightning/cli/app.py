@@ -121,6 +121,7 @@ class GemCLI(LightningCLI):
         super().instantiate_classes()
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
+        check_same_task(getattr(self, "checkpoint_task", None), self.datamodule.task)
         names = getattr(self, "checkpoint_class_names", None)
         if names and self.datamodule.class_names and list(self.datamodule.class_names) != list(names):
             raise UserInputError(
@@ -128,7 +129,6 @@ class GemCLI(LightningCLI):
                 f"data.data_dir has {len(self.datamodule.class_names)} ({', '.join(self.datamodule.class_names[:5])}, ...): "
                 "evaluate on a folder with the same class folders."
             )
-        check_same_task(getattr(self, "checkpoint_task", None), self.datamodule.task)
         check_checkpoint_fits(self.model, config.get("ckpt_path"), fitting=subcommand == "fit")
         for callback in self.trainer.callbacks:  # a multi-label model is best by mAP: watch that by default
             if isinstance(callback, ModelCheckpoint | EarlyStopping) and callback.monitor == MONITOR:
