@@ -353,12 +353,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     score.add_argument("--set", required=True, help="the labels.csv that generate wrote")
     score.add_argument("--multi", required=True, help="multi-label checkpoint")
     score.add_argument("--single", required=True, help="single-label checkpoint (the baseline)")
-    score.add_argument(
-        "--image_size",
-        type=int,
-        default=None,
-        help="decode both at this side, px (default: each checkpoint's own, as predict; a model brings a larger input down to its own)",
-    )
+    score.add_argument("--image_size", type=int, default=None, help="decode both at this side, px (default: each checkpoint's own)")
     score.add_argument("--tune_images", type=int, default=500, help="train pictures for the baseline's thresholds when the set has no val")
     score.add_argument("--seed", type=int, default=0, help="draws the --tune_images pictures")
     score.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
