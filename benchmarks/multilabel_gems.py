@@ -5,7 +5,7 @@ Run from the repository root (writes a data set outside the repository, prints f
     python benchmarks/multilabel_gems.py generate --source ../shared/datasets/gemstones --output /work/data/multigems \
         [--train_images 2500 --test_images 600 --val_images 0 --size 320 --seed 0]
     python benchmarks/multilabel_gems.py measure --set /work/data/multigems/labels.csv --multi MULTI.ckpt --single SINGLE.ckpt \
-        [--image_size 160] [--tune_images 500] [--device cpu]
+        [--tune_images 500] [--seed 0] [--device cpu]
 
 ``generate``: each picture shows k = 1, 2 or 3 stones (uniform), k distinct classes, one photo each,
 on a white square: k=1 fills the canvas, k=2 two halves side by side, k=3 three cells of a 2x2 grid
@@ -22,7 +22,8 @@ Writes ``<output>/<split>/<n>.jpg`` (JPEG quality 92) and ``<output>/labels.csv`
 multi-label checkpoint's sigmoid probabilities at its stored per-label thresholds and (b) the
 baseline, the single-label checkpoint's softmax probabilities as label scores, with a threshold per
 label chosen for F1 on the ``val`` rows, else on ``--tune_images`` train rows drawn at random.
-Each picture is decoded as ``predict`` decodes it for that checkpoint (:class:`Preprocessing`).
+Each picture is decoded as ``predict`` decodes it for that checkpoint (:class:`Preprocessing`: its own
+image size, auto-crop and background); train both at the same ``--data.image_size`` to compare like with like.
 """
 
 from __future__ import annotations
@@ -238,10 +239,9 @@ def label_columns(model: GemClassifier, names: list[str], option: str) -> list[i
 
 
 @torch.inference_mode()
-def label_scores(model: GemClassifier, columns: list[int], rows: list[dict], image_size: int | None, device: str) -> torch.Tensor:
+def label_scores(model: GemClassifier, columns: list[int], rows: list[dict], device: str) -> torch.Tensor:
     """``(N, L)`` scores, the model's probabilities (sigmoid or softmax) of the set's labels, by batches of 32."""
-    hparams = dict(model.hparams) | ({"image_size": image_size} if image_size else {})
-    preprocess = Preprocessing.from_hparams(hparams)
+    preprocess = Preprocessing.from_hparams(model.hparams)
     model.to(device)
     batches = [rows[start : start + 32] for start in range(0, len(rows), 32)]
     scores = [model.predict_proba(torch.stack([preprocess(row["path"]) for row in batch]).to(device)).float().cpu() for batch in batches]
@@ -291,8 +291,8 @@ def tuning_rows(rows: list[dict], count: int, seed: int) -> tuple[list[dict], st
 def multi_label_figures(model: GemClassifier, args: argparse.Namespace, names: list[str], test: list[dict]) -> dict[str, float]:
     """The multi-label checkpoint's figures: its sigmoid probabilities, binarised at its stored thresholds."""
     columns = label_columns(model, names, "--multi")
-    print(f"multi-label input side: {args.image_size or model.hparams.image_size} px")
-    scores = label_scores(model, columns, test, args.image_size, args.device)
+    print(f"multi-label input side: {model.hparams.image_size} px")
+    scores = label_scores(model, columns, test, args.device)
     return metrics(scores, targets(test, names), model.thresholds.float().cpu()[columns])
 
 
@@ -301,9 +301,9 @@ def baseline_figures(
 ) -> dict[str, float]:
     """The single-label checkpoint's figures: its softmax probabilities, binarised at thresholds tuned on ``tune``."""
     columns = label_columns(model, names, "--single")
-    print(f"baseline input side: {args.image_size or model.hparams.image_size} px")
-    thresholds = f1_thresholds(label_scores(model, columns, tune, args.image_size, args.device), targets(tune, names))
-    return metrics(label_scores(model, columns, test, args.image_size, args.device), targets(test, names), thresholds)
+    print(f"baseline input side: {model.hparams.image_size} px")
+    thresholds = f1_thresholds(label_scores(model, columns, tune, args.device), targets(tune, names))
+    return metrics(label_scores(model, columns, test, args.device), targets(test, names), thresholds)
 
 
 def measure(args: argparse.Namespace) -> None:
@@ -353,7 +353,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     score.add_argument("--set", required=True, help="the labels.csv that generate wrote")
     score.add_argument("--multi", required=True, help="multi-label checkpoint")
     score.add_argument("--single", required=True, help="single-label checkpoint (the baseline)")
-    score.add_argument("--image_size", type=int, default=None, help="decode both at this side, px (default: each checkpoint's own)")
     score.add_argument("--tune_images", type=int, default=500, help="train pictures for the baseline's thresholds when the set has no val")
     score.add_argument("--seed", type=int, default=0, help="draws the --tune_images pictures")
     score.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
