@@ -127,10 +127,9 @@ class GemDataModule(LightningDataModule):
         self.batch_augment = BatchAugment(augment, image_size) if augment_on == "device" else None
         self.progressive_resizing = progressive_resizing
         self.predict_path = predict_path
-        self.source = self._open_source(
-            data_dir, generate, corrections, DecodeSettings(cache_size_for(image_size), autocrop, tuple(background))
-        )
-        self.settings = self.source.decode if self.source else DecodeSettings(cache_size_for(image_size), autocrop, tuple(background))
+        decode = DecodeSettings(cache_size_for(image_size), autocrop, tuple(background))
+        self.source = self._open_source(data_dir, generate, corrections, decode)
+        self.settings = self.source.decode if self.source else decode
         self.class_names = self.source.class_names if self.source else None
         self.datasets: dict[str, Dataset] = {}
 
