@@ -10,12 +10,13 @@ after ``--`` replace ``--data.image_size 160``), and tests its last checkpoint o
 config's dihedral TTA. ``current`` is the config's own augmentation; the others add to it one
 ``data.augment.policy`` (RandAugment, TrivialAugmentWide, AutoAugment's ImageNet policy, AugMix: their
 photometric operations, default strengths) or random erasing (``data.augment.erasing 0.25``).
-Each row gives the command that reproduces the run.
+Each row gives the ``fit`` command of its run (then ``test`` with ``--ckpt_path <its last.ckpt>``).
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import tempfile
 import time
@@ -58,10 +59,8 @@ def main(argv: list[str] | None = None) -> None:
             options = [*fit_options, *VARIANTS[name]]
             start = time.perf_counter()
             metrics = fit_and_test(args.data_dir, f"{folder}/{name}", args.seed, options)
-            command = (
-                f"python main.py fit --config {CONFIG.relative_to(REPO)} --data.data_dir {args.data_dir} "
-                f"--seed_everything {args.seed} {' '.join(options)}"
-            )
+            fit = ["--config", str(CONFIG.relative_to(REPO)), "--data.data_dir", str(args.data_dir), "--seed_everything", str(args.seed)]
+            command = shlex.join(["python", "main.py", "fit", *fit, *options])
             print(
                 f"| {name} | {metrics['test/acc']:.2%} | {metrics['test/acc_top5']:.2%} | {(time.perf_counter() - start) / 60:.1f} "
                 f"| `{command}` |",
