@@ -130,8 +130,8 @@ def check_trainer_runs_here(trainer: Trainer, precision: str | int | None) -> Tr
     if on_cpu and str(precision) in ("16-mixed", "16"):
         raise UserInputError(
             f"trainer.precision {str(precision)!r} needs a CUDA GPU, and this run is on the CPU"
-            f"{' (no GPU found)' if not gpu_available() else ''}: use --trainer.precision bf16-mixed "
-            "(CPUs with AMX/AVX-512-bf16) or 32-true, or --trainer.accelerator gpu on a machine with one."
+            f"{' (no GPU found)' if not gpu_available() else ''}: use --trainer.precision auto (bf16-mixed on CPUs with "
+            "AMX/AVX-512-bf16, else 32-true), or --trainer.accelerator gpu on a machine with one."
         )
     if on_cpu and str(precision).startswith("bf16") and not cpu_has_bf16():
         rank_zero_warn(

@@ -74,5 +74,5 @@ class PhotometricAutoAugment(AutoAugment):
     """torchvision's AutoAugment policy with its geometric steps left out of each sub-policy (a
     sub-policy left empty keeps the image as it is, as a step that does not fire does)."""
 
-    def _get_policies(self, policy):
+    def _get_policies(self, policy: Any) -> list[tuple]:
         return [tuple(step for step in sub_policy if step[0] not in GEOMETRIC_OPS) for sub_policy in super()._get_policies(policy)]
