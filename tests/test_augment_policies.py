@@ -3,8 +3,6 @@ loader's one warp, on folders and streams, refused on the device, shown by ``pre
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -187,7 +185,7 @@ def test_the_preview_command_takes_the_policy_settings(tiny_dataset, tmp_path, c
 
 @pytest.mark.slow
 def test_the_benchmark_dry_runs_every_policy_on_a_tiny_set(tmp_path, isolated_cache, monkeypatch, capsys):
-    sys.path.insert(0, str(REPO / "benchmarks"))
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     monkeypatch.chdir(tmp_path)
     import augment_policies
 

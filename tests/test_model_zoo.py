@@ -202,8 +202,9 @@ def test_timm_weights_only_at_a_url_fail_naming_the_file_torch_expects(torch_hom
 @pytest.mark.slow
 def test_a_fit_reads_hub_weights_offline_and_its_checkpoint_needs_them_no_more(tiny_dataset, tmp_path, cpu_env):
     home = tmp_path / "hf"
-    written = seeded(lambda: timm.create_model(TIMM_TAGGED), seed=2).state_dict()
-    write_hub_repo(home, f"timm/{TIMM_TAGGED}", seeded(lambda: timm.create_model(TIMM_TAGGED), seed=2))
+    hub_network = seeded(lambda: timm.create_model(TIMM_TAGGED), seed=2)
+    write_hub_repo(home, f"timm/{TIMM_TAGGED}", hub_network)
+    written = hub_network.state_dict()
     env = dict(cpu_env, HF_HOME=str(home), HF_HUB_OFFLINE="1")
     network = ["--model.network", "TimmSpec", "--model.network.name", TIMM_TAGGED, "--model.network.weights", "pretrained"]
     frozen = ["--model.network.frozen_stages", "2"]  # the stem and 2 stages keep the Hub's tensors through training
