@@ -26,9 +26,12 @@ from gem_lightning.inference.runtime_callback import InferenceRuntime
 from gem_lightning.models import spec_from_config
 from gem_lightning.resilience import ResumableModelCheckpoint, make_resumable
 from gem_lightning.resilience.signals import listen_for_requeue_signal
+from gem_lightning.tracking.checkpoint_uri import resolve_checkpoint
+from gem_lightning.tracking.server import check_trackers_reachable
 from gem_lightning.training.callbacks.prediction_writer import PredictionWriter
 from gem_lightning.training.callbacks.reports import EvaluationReport, LearningCurves
 from gem_lightning.training.callbacks.timing import EpochTimer
+from gem_lightning.training.callbacks.trackers import TrackerArtifacts
 from gem_lightning.training.checkpoints import check_checkpoint_fits, checkpoint_hparams
 from gem_lightning.training.metrics import MONITOR
 from gem_lightning.training.module import GemClassifier
@@ -59,15 +62,21 @@ class GemCLI(LightningCLI):
         parser.add_lightning_class_args(EvaluationReport, "report")
         parser.add_lightning_class_args(LearningCurves, "curves")
         parser.add_lightning_class_args(InferenceRuntime, "inference")  # --inference.runtime torch|onnxruntime|onnxruntime-int8
+        parser.add_lightning_class_args(TrackerArtifacts, "trackers")
         parser.set_defaults({"trainer.logger": lazy_instance(CSVLogger, save_dir="runs", name="gem")})
         parser.link_arguments("data.class_names", "model.class_names", compute_fn=self._class_names, apply_on="instantiate")
         parser.link_arguments("data.image_size", "model.image_size", apply_on="instantiate")
         parser.link_arguments("data.preprocessing", "model.preprocessing", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
-        """From a checkpoint, rebuild the network as it was trained and feed the data what it expects."""
+        """From a checkpoint, rebuild the network as it was trained and feed the data what it expects.
+
+        A checkpoint kept by MLflow (``runs:/...``, ``models:/...``) is downloaded first, and the
+        local copy is what every later step reads."""
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config  # None: cli_main(args, run=False)
+        if config.get("ckpt_path"):
+            config.ckpt_path = str(resolve_checkpoint(config.ckpt_path))
         if subcommand in (None, "fit"):
             if config.data.image_size is None:
                 config.data.image_size = spec_from_config(config.model.network.as_dict()).normalization().input_size
@@ -121,6 +130,8 @@ class GemCLI(LightningCLI):
                 "evaluate on a folder with the same class folders."
             )
         check_checkpoint_fits(self.model, config.get("ckpt_path"), fitting=subcommand == "fit")
+        if subcommand:  # last, as it starts the MLflow run: a command that will run refuses a tracker that does not answer
+            check_trackers_reachable(self.trainer.loggers)
         if subcommand == "fit":
             self.model.prepare_training(from_scratch=not config.get("ckpt_path"))
 
