@@ -159,6 +159,19 @@ def test_load_model_and_serve_take_an_mlflow_uri(tracked, monkeypatch):
         assert served.stop() == 0, served.log.read_text()[-3000:]
 
 
+@requires_mlflow
+def test_export_and_ensemble_take_mlflow_uris(tracked, tmp_path):
+    exported = run_main(["export", tracked.best_uri, "--formats", "torchscript"], env=tracked.env, cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert list((tmp_path / "export").glob("*.pt")), "a checkpoint from MLflow exports into ./export"
+    ensemble = run_main(["ensemble", tracked.best_uri, tracked.model_uri, "--output", tmp_path / "two.ckpt"], env=tracked.env, cwd=tmp_path)
+    assert ensemble.returncode == 0, ensemble.stderr[-3000:]
+    members = torch.load(tmp_path / "two.ckpt", map_location="cpu", weights_only=True)["hyper_parameters"]["network"]["init_args"][
+        "members"
+    ]
+    assert len(members) == 2
+
+
 # The faults ----------------------------------------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from argparse import Namespace
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ class ResilientMLFlowLogger(MLFlowLogger):
         super().__init__(*args, tracking_uri=tracking_uri or mlflow.get_tracking_uri(), **kwargs)
 
     @override
-    def log_hyperparams(self, params: dict[str, Any] | Any) -> None:
+    def log_hyperparams(self, params: dict[str, Any] | Namespace) -> None:
         self.attempt(super().log_hyperparams, params)
 
     @override

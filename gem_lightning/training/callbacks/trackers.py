@@ -52,12 +52,12 @@ class TrackerArtifacts(Callback):
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._send(trainer)
         for logger in trainer.loggers:
-            if isinstance(logger, ResilientMLFlowLogger) and logger.lost and trainer.is_global_zero:
+            if isinstance(logger, ResilientMLFlowLogger) and logger.lost:
                 rank_zero_warn(where_the_run_is(trainer, logger))
 
     def _send(self, trainer: Trainer, wanted: Callable[[Path], bool] = lambda path: True) -> None:
-        folder = run_folder(trainer)
-        if folder is None or not trainer.is_global_zero:
+        folder = run_folder(trainer) if trainer.is_global_zero else None
+        if folder is None:
             return
         files = [path for path in run_files(folder) if wanted(path)]
         for logger in trainer.loggers:
