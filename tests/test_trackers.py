@@ -265,3 +265,16 @@ def test_tracker_configs_stack_on_a_training_config(tiny_dataset, tmp_path, monk
     tensorboard, mlflow = cli.trainer.loggers
     assert type(tensorboard).__name__ == "TensorBoardLogger" and tensorboard.name == "quickstart" and tensorboard.save_dir == "runs"
     assert type(mlflow).__name__ == "ResilientMLFlowLogger" and cli.trainer.log_dir == tensorboard.log_dir
+
+
+def test_a_tracker_whose_package_is_missing_is_named_in_one_line(tiny_dataset, monkeypatch, capsys):
+    from gem_lightning.cli.app import cli_main
+    from gem_lightning.tracking import server
+
+    monkeypatch.setitem(server.TRACKER_PACKAGES, "MLFlowLogger", ("mlflow", ("no_such_package",)))
+    with pytest.raises(SystemExit) as ended:
+        cli_main(["--config", str(REPO / "configs" / "mlflow.yaml"), "--data.data_dir", str(tiny_dataset)], run=False)
+    assert ended.value.code == 2
+    error = capsys.readouterr().err
+    assert "error: trainer.logger gem_lightning.tracking.logger.ResilientMLFlowLogger needs the mlflow package" in error
+    assert "pip install 'gem-lightning[mlflow]'" in error

@@ -27,7 +27,7 @@ from gem_lightning.models import spec_from_config
 from gem_lightning.resilience import ResumableModelCheckpoint, make_resumable
 from gem_lightning.resilience.signals import listen_for_requeue_signal
 from gem_lightning.tracking.checkpoint_uri import resolve_checkpoint
-from gem_lightning.tracking.server import check_trackers_reachable
+from gem_lightning.tracking.server import check_tracker_packages, check_trackers_reachable
 from gem_lightning.training.callbacks.prediction_writer import PredictionWriter
 from gem_lightning.training.callbacks.reports import EvaluationReport, LearningCurves
 from gem_lightning.training.callbacks.timing import EpochTimer
@@ -75,6 +75,7 @@ class GemCLI(LightningCLI):
         local copy is what every later step reads."""
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config  # None: cli_main(args, run=False)
+        check_tracker_packages(_class_paths(config.trainer.get("logger")))
         if config.get("ckpt_path"):
             config.ckpt_path = str(resolve_checkpoint(config.ckpt_path))
         if subcommand in (None, "fit"):
@@ -134,6 +135,12 @@ class GemCLI(LightningCLI):
             check_trackers_reachable(self.trainer.loggers)
         if subcommand == "fit":
             self.model.prepare_training(from_scratch=not config.get("ckpt_path"))
+
+
+def _class_paths(setting: object) -> list[str]:
+    """The class paths a ``class_path`` setting (one, or a list) names; none for ``false`` or a default object."""
+    items = setting if isinstance(setting, list) else [setting]
+    return [item.class_path for item in items if isinstance(item, Namespace) and isinstance(item.get("class_path"), str)]
 
 
 DESCRIPTION = """gem-lightning: train, evaluate and serve image classifiers on folder-per-class photo sets.

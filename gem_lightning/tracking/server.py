@@ -8,6 +8,7 @@ and :mod:`gem_lightning.tracking.checkpoint_uri` ask :func:`answering_quickly`.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -16,6 +17,9 @@ from contextlib import contextmanager
 from lightning.pytorch.loggers import Logger, MLFlowLogger
 
 from gem_lightning.errors import UserInputError
+
+TRACKER_PACKAGES = {"MLFlowLogger": ("mlflow", ("mlflow",)), "TensorBoardLogger": ("tensorboard", ("tensorboard", "tensorboardX"))}
+"""Logger class name (or its ending) -> (gem-lightning's extra, the packages any one of which it needs)."""
 
 QUICK_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 """MLflow's HTTP settings for a question asked before a run: answered, or refused, within seconds."""
@@ -90,3 +94,14 @@ def check_trackers_reachable(loggers: Iterable[Logger]) -> None:
                     f"cannot log to the MLflow tracking server {tracking_server()} ({failure_reason(error)}): start it, set "
                     "MLFLOW_TRACKING_URI to a server that answers, or leave out configs/mlflow.yaml. Nothing was run."
                 ) from error
+
+
+def check_tracker_packages(logger_class_paths: Iterable[str]) -> None:
+    """Refuse, in one line, a tracker's logger whose package is not installed.
+
+    Its class would fail while the config is instantiated, in a page of jsonargparse's errors.
+    """
+    for class_path in logger_class_paths:
+        for ending, (extra, packages) in TRACKER_PACKAGES.items():
+            if class_path.endswith(ending) and not any(importlib.util.find_spec(package) for package in packages):
+                raise UserInputError(f"trainer.logger {class_path} needs the {extra} package: pip install 'gem-lightning[{extra}]'.")
