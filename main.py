@@ -1,6 +1,7 @@
-"""gem-lightning's command line: ``python main.py {fit,validate,test,predict} --config configs/<x>.yaml``.
+"""gem-lightning's command line: ``python main.py {fit,validate,test,predict} --config configs/<x>.yaml`` (LightningCLI's).
 
-Also ``prepare``, ``preview``, ``lr_find``, ``seeds``, ``export`` and ``serve`` (gem_lightning/commands/); ``python main.py --help`` lists all.
+Also ``prepare``, ``optimize``, ``preview``, ``lr_find``, ``seeds``, ``ensemble``, ``calibrate``, ``export``, ``serve`` and
+``audit``, one module each in gem_lightning/cli/commands/; ``python main.py --help`` describes them all.
 """
 
 import sys

@@ -39,7 +39,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from gem_lightning.data.augmentation import Augmentation  # noqa: E402
+from gem_lightning.data.cache import Cache  # noqa: E402
 from gem_lightning.data.datamodule import GemDataModule  # noqa: E402
+from gem_lightning.data.loader import Loader  # noqa: E402
 from gem_lightning.data.transforms import cache_size_for, torchvision_transform  # noqa: E402
 from gem_lightning.training.module import GemClassifier  # noqa: E402
 
@@ -152,7 +154,11 @@ def main(argv=None) -> None:
 
     with tempfile.TemporaryDirectory(prefix="gem-bench-cache-") as cache_dir:
         datamodule = GemDataModule(
-            str(args.data_dir), cache_dir=cache_dir, image_size=IMAGE_SIZE, batch_size=BATCH_SIZE, num_workers=args.num_workers
+            str(args.data_dir),
+            cache=Cache(dir=cache_dir),
+            image_size=IMAGE_SIZE,
+            batch_size=BATCH_SIZE,
+            loader=Loader(num_workers=args.num_workers),
         )
         loader, images, setup_s, total_s = first_epoch(datamodule, args.batches)
         rows.append(("(b) ours, first epoch (incl. setup)", images, total_s))

@@ -92,7 +92,8 @@ def main(argv=None) -> None:
     args.device = "cpu"
     quiet()
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; {CONFIG.name}; {args.steps} steps after {args.warmup} warm-up, {args.rounds} rounds"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; {CONFIG.name}; "
+        f"{args.steps} steps after {args.warmup} warm-up, {args.rounds} rounds"
     )
     runners = {"a_ft": lambda: run_plain(args), "c_ft": lambda: run_cli(args)}
     results: dict[str, list[dict[str, float]]] = {label: [] for label in runners}

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -382,7 +383,7 @@ def step_throughput(ctx: Context, result: StepResult) -> None:
             print(f"  throughput round {round_ + 1} {variant:>6}: {stats['mean']:8.1f} images/s, waiting {stats['wait']:.1%}", flush=True)
     ceiling = ctx.results["environment"].figures.get("matmul_bfloat16_tflops", float("nan")) * 1e12
     table = result.table(
-        f"Training throughput, {ctx.device}, augmentation in the loader, {datamodule.num_workers} loader workers, "
+        f"Training throughput, {ctx.device}, augmentation in the loader, {datamodule.loader.workers} loader workers, "
         f"{args.steps} steps after {args.warmup}, median of {ctx.sizes.rounds} rounds",
         [
             "variant",
@@ -424,7 +425,7 @@ def step_data_wait(ctx: Context, result: StepResult) -> None:
             args = throughput_args(ctx, augment_on=augment_on, steps=ctx.sizes.wait_steps)
             datamodule = config_datamodule(ctx, variant, augment_on)
             for workers in ctx.sizes.workers:
-                datamodule.num_workers, datamodule.persistent_workers = workers, workers > 0
+                datamodule.loader = dataclasses.replace(datamodule.loader, num_workers=workers)
                 images, seconds = data_pipeline.timed_pass(datamodule.train_dataloader(), ctx.sizes.loader_batches)
                 args.num_workers = workers
                 stats = train_throughput.run_cli(args, variant, recipes).stats(args.warmup)
@@ -514,11 +515,12 @@ def ddp_probe(args: argparse.Namespace) -> None:
 
     class Probe(Callback):
         def on_train_start(self, trainer, pl_module) -> None:
+            modules = list(pl_module.modules())
             figures.update(backend=dist.get_backend(), world_size=dist.get_world_size(), device=str(pl_module.device),
                            wrapper=type(trainer.strategy.model).__name__,
                            ddp_wrapped=isinstance(trainer.strategy.model, DistributedDataParallel),
-                           sync_batchnorm_layers=sum(isinstance(m, torch.nn.SyncBatchNorm) for m in pl_module.modules()),
-                           batchnorm_layers=sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in pl_module.modules()))  # fmt: skip
+                           sync_batchnorm_layers=sum(isinstance(m, torch.nn.SyncBatchNorm) for m in modules),
+                           batchnorm_layers=sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in modules))  # fmt: skip
 
         def on_train_end(self, trainer, pl_module) -> None:
             value = torch.ones(1, device=pl_module.device)
@@ -567,7 +569,8 @@ def step_compile(ctx: Context, result: StepResult) -> None:
             )
             stats = run.stats(args.warmup)
             uncompiled = uncompiled or stats
-            table.rows.append([variant, compiled, round(stats["first"], 2), round(stats["first"] - uncompiled["first"], 2) if compiled else "–",
+            compile_s = round(stats["first"] - uncompiled["first"], 2) if compiled else "–"
+            table.rows.append([variant, compiled, round(stats["first"], 2), compile_s,
                                round(stats["mean"], 1), round(stats["mean"] / uncompiled["mean"], 3)])  # fmt: skip
             print(f"  compile {variant} compiled={compiled}: first step {stats['first']:.1f} s, {stats['mean']:.1f} images/s", flush=True)
 
@@ -720,7 +723,8 @@ def main(argv=None) -> int:
         finally:
             signal.signal(signal.SIGALRM, previous_handler)
     print(
-        f"\n{render_markdown(meta, results)}\nwrote {output_path(args.out, 'json')}, {output_path(args.out, 'md')}, {output_path(args.out, 'log')}"
+        f"\n{render_markdown(meta, results)}\n"
+        f"wrote {output_path(args.out, 'json')}, {output_path(args.out, 'md')}, {output_path(args.out, 'log')}"
     )
     return 0 if all(r.status in ("ok", "skipped") for r in results.values()) else 1
 

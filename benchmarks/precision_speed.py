@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from gem_lightning.data.datamodule import GemDataModule
+from gem_lightning.data.loader import Loader
 from gem_lightning.models import TimmSpec, VGGSpec
 from gem_lightning.training.module import GemClassifier
 
@@ -31,7 +32,7 @@ VARIANTS = {"fp32": (False, False), "fp32+channels_last": (False, True), "bf16":
 
 
 def batches(data_dir: Path, count: int, image_size: int) -> tuple[list[str], list[tuple[torch.Tensor, torch.Tensor]]]:
-    datamodule = GemDataModule(str(data_dir), image_size=image_size, batch_size=32, num_workers=0)
+    datamodule = GemDataModule(str(data_dir), image_size=image_size, batch_size=32, loader=Loader(num_workers=0))
     datamodule.prepare_data()
     datamodule.setup("fit")
     loader = iter(datamodule.train_dataloader())

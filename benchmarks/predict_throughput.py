@@ -89,8 +89,9 @@ classified = time.perf_counter()
 warm = []
 for _ in range(int(sys.argv[3])):
     t = time.perf_counter(); model.classify(sys.argv[2]); warm.append(time.perf_counter() - t)
-print(json.dumps({"threads": torch.get_num_threads(), "import_s": imported - start, "load_s": loaded - imported, "first_classify_s": classified - loaded,
-                  "warm_median_s": statistics.median(warm), "warm_min_s": min(warm), "top1": first[0][0]}))
+print(json.dumps({"threads": torch.get_num_threads(), "import_s": imported - start, "load_s": loaded - imported,
+                  "first_classify_s": classified - loaded, "warm_median_s": statistics.median(warm), "warm_min_s": min(warm),
+                  "top1": first[0][0]}))
 """
 
 
@@ -238,13 +239,13 @@ def main(argv=None) -> None:
     folder = args.data_dir / "test"
     files = find_predict_files(str(folder))
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; {len(files)} files in {folder}; batch {BATCH_SIZE}, bf16-mixed"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; "
+        f"{len(files)} files in {folder}; batch {BATCH_SIZE}, bf16-mixed"
     )
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.ckpt or untrained_checkpoint(args.data_dir, Path(tmp) / "untrained.ckpt")
-        print(
-            f"checkpoint: {ckpt if args.ckpt else 'untrained GemClassifier(class_names, 220), saved via Trainer.save_checkpoint'}; CLI config {args.config}"
-        )
+        untrained = "untrained GemClassifier(class_names, 220), saved via Trainer.save_checkpoint"
+        print(f"checkpoint: {ckpt if args.ckpt else untrained}; CLI config {args.config}")
         if args.runtimes:
             compare_runtimes(args, ckpt, folder, files, Path(tmp))
             return
@@ -280,8 +281,9 @@ def main(argv=None) -> None:
                 break
             cold = run["load_s"] + run["first_classify_s"]
             print(
-                f"  {run['threads']} thread(s): import {run['import_s']:.2f} s, load_model {run['load_s']:.2f} s, first classify {run['first_classify_s'] * 1e3:.0f} ms "
-                f"(cold: {cold:.2f} s after import), warm classify median {run['warm_median_s'] * 1e3:.1f} ms (min {run['warm_min_s'] * 1e3:.1f})"
+                f"  {run['threads']} thread(s): import {run['import_s']:.2f} s, load_model {run['load_s']:.2f} s, "
+                f"first classify {run['first_classify_s'] * 1e3:.0f} ms (cold: {cold:.2f} s after import), "
+                f"warm classify median {run['warm_median_s'] * 1e3:.1f} ms (min {run['warm_min_s'] * 1e3:.1f})"
             )
 
 
@@ -313,7 +315,8 @@ def compare_runtimes(args, ckpt: Path, folder: Path, files: list[Path], tmp: Pat
             flush=True,
         )
     print(
-        f"(ratios to {args.runtimes[0]}; median of {args.rounds} rounds; forward with the checkpoint's TTA{', torch under bf16 autocast' if bf16 else ''})"
+        f"(ratios to {args.runtimes[0]}; median of {args.rounds} rounds; "
+        f"forward with the checkpoint's TTA{', torch under bf16 autocast' if bf16 else ''})"
     )
 
 

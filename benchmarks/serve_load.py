@@ -200,7 +200,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="serve-load-"))
     ckpt = args.ckpt or untrained_checkpoint(args.data_dir, work / "untrained.ckpt")
     print(f"{len(paths)} photos from {args.data_dir / 'test'}; model {ckpt}; runtime {args.runtime}; {os.cpu_count()} CPUs; "
-          f"torch threads {args.threads} (server worker and baseline); client: up to {max(args.concurrency)} threads on the same machine")  # fmt: skip
+          f"torch threads {args.threads} (server worker and baseline); "
+          f"client: up to {max(args.concurrency)} threads on the same machine")  # fmt: skip
     prepare(ckpt, args.runtime, args.int8_images)  # the ONNX model made once, before anything is timed
 
     torch.set_num_threads(args.threads)
@@ -208,7 +209,8 @@ def main() -> None:
     print(f"\nin-process classify_many (batch 32): {before:.1f} images/s (1-min load average {os.getloadavg()[0]:.1f}); "
           "measured again at the end; the ratio column is to this first figure\n")  # fmt: skip
     print(
-        f"{'batching':<12} {'conc.':>5} {'requests':>8} {'req/s':>7} {'ratio':>6} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'failed':>6} {'load':>5}"
+        f"{'batching':<12} {'conc.':>5} {'requests':>8} {'req/s':>7} {'ratio':>6} "
+        f"{'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'failed':>6} {'load':>5}"
     )
 
     rows = []
@@ -223,7 +225,8 @@ def main() -> None:
                 ms = [1000 * percentile(result["latencies"], q) for q in (50, 95, 99)]
                 rows.append((label, concurrency, rate, ms, len(result["failures"]), os.getloadavg()[0]))
                 print(f"{label:<12} {concurrency:>5} {args.requests:>8} {rate:>7.1f} {rate / before:>6.2f} "
-                      f"{ms[0]:>7.1f} {ms[1]:>7.1f} {ms[2]:>7.1f} {len(result['failures']):>6} {rows[-1][-1]:>5.1f}", flush=True)  # fmt: skip
+                      f"{ms[0]:>7.1f} {ms[1]:>7.1f} {ms[2]:>7.1f} {len(result['failures']):>6} {rows[-1][-1]:>5.1f}",
+                      flush=True)  # fmt: skip
                 for failure in result["failures"][:3]:
                     print(f"    failed: {failure}")
             if batch_size > 1 and args.memory_requests:
@@ -237,7 +240,10 @@ def main() -> None:
                 first, last = marks.get(1_000), marks.get(args.memory_requests)
                 line = f"\nmemory (batching on, concurrency 8, {args.memory_requests} requests, {len(result['failures'])} failed): "
                 if first and last:
-                    line += f"RSS {first / 2**20:.0f} MiB at request 1,000, {last / 2**20:.0f} MiB at request {args.memory_requests:,} ({100 * (last / first - 1):+.1f} %)"
+                    line += (
+                        f"RSS {first / 2**20:.0f} MiB at request 1,000, {last / 2**20:.0f} MiB at request {args.memory_requests:,} "
+                        f"({100 * (last / first - 1):+.1f} %)"
+                    )
                 print(line + f"; {len(result['latencies']) / result['wall']:.1f} req/s", flush=True)
         finally:
             server.stop()

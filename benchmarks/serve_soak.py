@@ -190,7 +190,8 @@ def report(soak: Soak, args: argparse.Namespace) -> bool:
     wrong_4xx = [s for s in bad if s.status is None or not 400 <= s.status < 500]
     duration = max((s.end for s in sent), default=1.0)
     print(
-        f"\n{len(sent)} requests in {duration / 60:.1f} min ({len(sent) / duration:.1f} req/s): {len(good)} well-formed, {len(bad)} malformed"
+        f"\n{len(sent)} requests in {duration / 60:.1f} min ({len(sent) / duration:.1f} req/s): "
+        f"{len(good)} well-formed, {len(bad)} malformed"
     )
     print(
         f"kills: {len(soak.kills)}; /health ok again after "
@@ -220,8 +221,9 @@ def report(soak: Soak, args: argparse.Namespace) -> bool:
         chunk = [s for s in good if start <= s.start < start + step]
         if chunk:
             latencies = [s.end - s.start for s in chunk]
-            print(f"{start / 60:5.1f}-{(start + step) / 60:<5.1f} {len(chunk):>8} {len(chunk) / step:>6.1f} {1000 * percentile(latencies, 50):>8.1f} "
-                  f"{1000 * percentile(latencies, 99):>8.1f} {sum(s.status != 200 for s in chunk):>7}")  # fmt: skip
+            print(f"{start / 60:5.1f}-{(start + step) / 60:<5.1f} {len(chunk):>8} {len(chunk) / step:>6.1f} "
+                  f"{1000 * percentile(latencies, 50):>8.1f} {1000 * percentile(latencies, 99):>8.1f} "
+                  f"{sum(s.status != 200 for s in chunk):>7}")  # fmt: skip
     return not other and not wrong_4xx and rss_ok and all(b is not None for _, _, b in soak.kills)
 
 
@@ -247,7 +249,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="serve-soak-"))
     ckpt = args.ckpt or untrained_checkpoint(args.data_dir, work / "untrained.ckpt")
     print(f"soak: {args.minutes:g} min, concurrency {args.concurrency}, {100 * args.malformed:g} % malformed, worker SIGKILLed every "
-          f"{args.kill_every:g} min; {len(photos)} photos; model {ckpt}; runtime {args.runtime}; {os.cpu_count()} CPUs; log {work / 'serve.log'}")  # fmt: skip
+          f"{args.kill_every:g} min; {len(photos)} photos; model {ckpt}; runtime {args.runtime}; {os.cpu_count()} CPUs; "
+          f"log {work / 'serve.log'}")  # fmt: skip
     server = ServeProcess(ckpt, args.max_batch_size, args.threads, work / "serve.log", args.runtime)
     try:
         soak = Soak(server, photos, args)

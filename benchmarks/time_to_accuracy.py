@@ -3,7 +3,8 @@
 Run from the repository root (prints figures; not a test):
 
     python benchmarks/time_to_accuracy.py [--data-dir ../shared/datasets/gemstones] [--variants cli plain] [--tta none] \
-        [--keep runs/tta_cli] [-- <fit options, e.g. --data.image_size 160 --model.network.init_args.frozen_stages 2 --trainer.max_epochs 6>]
+        [--keep runs/tta_cli] \
+        [-- <fit options, e.g. --data.image_size 160 --model.network.init_args.frozen_stages 2 --trainer.max_epochs 6>]
 
 Both variants train ``configs/gemstones_finetune.yaml`` (with the options after ``--``) once:
 (cli) ``fit`` as the command line runs it, every callback included; (plain) a hand-written PyTorch loop

@@ -66,6 +66,7 @@ sys.path.insert(0, str(REPO))
 from gem_lightning.cli.app import cli_main  # noqa: E402
 from gem_lightning.data.augmentation import Augmentation  # noqa: E402
 from gem_lightning.data.datamodule import GemDataModule  # noqa: E402
+from gem_lightning.data.loader import Loader  # noqa: E402
 from gem_lightning.training.module import GemClassifier  # noqa: E402
 
 VARIANTS = ("a", "b", "b_default", "c_seed", "c")
@@ -215,7 +216,7 @@ def make_datamodule(args) -> GemDataModule:
         batch_size=args.batch_size,
         augment=Augmentation(),
         augment_on=args.augment_on,
-        num_workers=args.num_workers,
+        loader=Loader(num_workers=args.num_workers),
     )
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -352,7 +353,7 @@ def run_cli(args, variant: str, recipes: dict) -> Run:
                 args.augment_on,
                 "--trainer.accelerator",
                 args.device,
-                *(["--data.num_workers", str(args.num_workers)] if args.num_workers is not None else []),
+                *(["--data.loader.num_workers", str(args.num_workers)] if args.num_workers is not None else []),
                 "--trainer.max_steps",
                 str(args.warmup + args.steps),
                 "--trainer.limit_val_batches",
@@ -417,11 +418,12 @@ def main(argv=None) -> None:
     quiet()
     variants = [v for v in args.variants.split(",") if v]
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; {args.image_size} px, batch {args.batch_size}, "
-        f"{args.precision}, channels_last, augment_on={args.augment_on}, compile={args.compile}; {args.steps} steps after {args.warmup} warm-up, {args.rounds} rounds"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; "
+        f"{args.image_size} px, batch {args.batch_size}, {args.precision}, channels_last, "
+        f"augment_on={args.augment_on}, compile={args.compile}; {args.steps} steps after {args.warmup} warm-up, {args.rounds} rounds"
     )
     datamodule = make_datamodule(args)
-    print(f"{len(datamodule.datasets['train'])} training images, {datamodule.num_workers} loader worker(s)")
+    print(f"{len(datamodule.datasets['train'])} training images, {datamodule.loader.workers} loader worker(s)")
     if args.profile:
         profile_plain(args, datamodule)
         return

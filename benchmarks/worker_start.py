@@ -4,7 +4,7 @@ Run from the repository root:
 
     python benchmarks/worker_start.py [--rounds 2] [--epochs 1] [--ddp] [--config configs/quickstart.yaml]
 
-Each round runs ``main.py fit`` once with ``--data.multiprocessing_context fork`` and once with
+Each round runs ``main.py fit`` once with ``--data.loader.multiprocessing_context fork`` and once with
 ``forkserver`` (the default), alternating which goes first, in fresh processes (the forkserver's
 start and imports included); prints each run's wall time, the medians and their ratio. ``--ddp``
 trains on 2 CPU processes (one forkserver per rank). The embedded dataset is generated into
@@ -27,7 +27,7 @@ METHODS = ("fork", "forkserver")
 def fit_seconds(method: str, args: argparse.Namespace, out: Path) -> float:
     command = [
         sys.executable, str(REPO / "main.py"), "fit", "--config", args.config,
-        "--data.data_dir", str(out / "data"), "--data.multiprocessing_context", method,
+        "--data.data_dir", str(out / "data"), "--data.loader.multiprocessing_context", method,
         "--trainer.max_epochs", str(args.epochs), "--trainer.enable_progress_bar", "false",
         "--trainer.logger.init_args.save_dir", str(out / "runs"),
     ]  # fmt: skip

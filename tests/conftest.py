@@ -53,8 +53,13 @@ def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return cache
 
 
-def datamodule_kwargs(cache_root: Path, **overrides) -> dict:
-    kwargs = dict(image_size=32, batch_size=8, num_workers=0, cache_dir=str(cache_root), val_fraction=0.3, seed=1)
+def datamodule_kwargs(cache_root: Path, *, num_workers: int = 0, **overrides) -> dict:
+    from gem_lightning.data.cache import Cache
+    from gem_lightning.data.loader import Loader
+
+    kwargs = dict(
+        image_size=32, batch_size=8, loader=Loader(num_workers=num_workers), cache=Cache(dir=str(cache_root)), val_fraction=0.3, seed=1
+    )
     kwargs.update(overrides)
     return kwargs
 

@@ -70,3 +70,34 @@ def train_tiny(root: Path, *, train_per_class: int = 10, test_per_class: int = 3
     trainer.save_checkpoint(checkpoint)
     photos = sorted((data_dir / "test").rglob("*.jpg"))
     return SimpleNamespace(root=root, checkpoint=checkpoint, photos=photos, test_dir=data_dir / "test")
+
+
+LABEL_COLOURS = {"Blue": (30, 60, 220), "Green": (30, 200, 60), "Red": (220, 30, 40), "Yellow": (230, 210, 30)}
+"""The classes of :func:`make_labels_file`: a photo shows one to three of these colours."""
+
+
+def make_labels_file(root: Path, *, train: int = 80, test: int = 25, seed: int = 0) -> Path:
+    """A multi-label set under ``root``: 40 px photos with one to three coloured squares (one quadrant
+    each, on white), labelled with their colours in ``root/labels.csv`` (``path,labels,split``)."""
+    import random
+
+    from PIL import Image
+
+    rng = random.Random(seed)
+    names = sorted(LABEL_COLOURS)
+    rows = []
+    for split, count in (("train", train), ("test", test)):
+        for number in range(count):
+            chosen = sorted(rng.sample(names, rng.randint(1, 3)))
+            image = Image.new("RGB", (40, 40), (255, 255, 255))
+            for name, quadrant in zip(chosen, rng.sample(range(4), len(chosen))):
+                x, y = 20 * (quadrant % 2), 20 * (quadrant // 2)
+                image.paste(tuple(c + rng.randint(-15, 15) for c in LABEL_COLOURS[name]), (x + 2, y + 2, x + 18, y + 18))
+            path = root / "photos" / split / f"{number:03d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            image.save(path)
+            rows.append([path.relative_to(root).as_posix(), ";".join(chosen), split])
+    csv_path = root / "labels.csv"
+    with csv_path.open("w", newline="") as file:
+        csv.writer(file).writerows([["path", "labels", "split"], *rows])
+    return csv_path

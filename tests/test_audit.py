@@ -16,8 +16,10 @@ from gem_lightning.audit.duplicates import DuplicateSettings, near_duplicate_pai
 from gem_lightning.audit.outputs import write_outputs
 from gem_lightning.audit.run import AuditOptions, AuditResult, run_audit
 from gem_lightning.cli.app import cli_main
+from gem_lightning.data.cache import Cache
 from gem_lightning.data.corrections import CorrectionsError, read_corrections
 from gem_lightning.data.datamodule import GemDataModule
+from gem_lightning.data.loader import Loader
 from gem_lightning.data.scan import format_summary
 from gem_lightning.errors import UserInputError
 
@@ -75,7 +77,9 @@ def make_audit_set(root: Path, train: int = TRAIN, test: int = TEST, classes: di
 
 
 def datamodule(data_dir: Path, **overrides) -> GemDataModule:
-    return GemDataModule(str(data_dir), **{"image_size": 32, "num_workers": 0, "cache_dir": None, "val_fraction": 0.2, **overrides})
+    return GemDataModule(
+        str(data_dir), **{"image_size": 32, "loader": Loader(num_workers=0), "cache": Cache(dir=None), "val_fraction": 0.2, **overrides}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +197,7 @@ def run_command(args: list[str], capsys) -> tuple[int, str, str]:
 
 def test_audit_command_end_to_end_and_its_bad_input(tmp_path, capsys):
     small = make_audit_set(tmp_path / "small", train=4, test=1, classes={"Blue": (0, 0, 255), "Red": (255, 0, 0)})
-    common = ["--data.num_workers", "0", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
+    common = ["--data.loader.num_workers", "0", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
     status, out, _ = run_command(["audit", "--data.data_dir", str(small), "--folds", "2", "--image_size", "32", *common], capsys)
     assert status == 0 and "label issue(s)" in out
     assert (next((tmp_path / "runs").rglob("audit.md"))).is_file()  # default output: under the run folder

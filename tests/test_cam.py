@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from gem_lightning.audit.cam import class_activation_maps, overlay, peak
 from gem_lightning.models import TimmSpec, VGGSpec
 from gem_lightning.models.classifier import ImageClassifier
+from gem_lightning.reports.cam import class_activation_maps, overlay, peak
 
 SIZE, SHAPE = 40, 11
 

@@ -17,7 +17,7 @@ def common(tmp_path: Path, name: str) -> list[str]:
     return [
         "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
         "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--trainer.logger.init_args.name", name,
-        "--data.image_size", "32", "--data.batch_size", "8", "--data.num_workers", "0",
+        "--data.image_size", "32", "--data.batch_size", "8", "--data.loader.num_workers", "0",
     ]  # fmt: skip
 
 

@@ -39,7 +39,7 @@ def gpu_cli(*args: str, tmp_path: Path):
     return cli_main([
         subcommand, "--trainer.accelerator", "gpu", "--trainer.devices", "1", "--trainer.enable_progress_bar", "false",
         "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--data.image_size", "32", "--data.batch_size", "8",
-        "--data.num_workers", "2", *rest,
+        "--data.loader.num_workers", "2", *rest,
     ])  # fmt: skip
 
 
@@ -92,7 +92,7 @@ def test_loader_batches_are_pinned_and_the_device_augments_them(tiny_dataset, is
     from gem_lightning.data.datamodule import GemDataModule
 
     datamodule = GemDataModule(str(tiny_dataset), augment_on="device", **datamodule_kwargs(isolated_cache, num_workers=1))
-    assert datamodule.pin_memory, "pin_memory defaults to on when CUDA is available"
+    assert datamodule.loader.pinned, "pin_memory defaults to on when CUDA is available"
     datamodule.prepare_data()
     datamodule.setup("fit")
     images, _, _ = next(iter(datamodule.train_dataloader()))
@@ -177,7 +177,7 @@ def test_ddp_on_one_gpu_uses_nccl_and_sync_batchnorm(tiny_dataset, tmp_path, cpu
 
     args = ["--config", str(REPO / "configs" / "ddp_gpu.yaml"), "--trainer.devices", "1", "--data.data_dir", str(tiny_dataset),
             *TINY_MODEL, "--trainer.max_steps", "4", "--trainer.enable_progress_bar", "false", "--data.image_size", "32",
-            "--data.batch_size", "8", "--data.num_workers", "0", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+            "--data.batch_size", "8", "--data.loader.num_workers", "0", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
             "--checkpoint.dirpath", str(tmp_path / "ckpt")]  # fmt: skip
     env = dict(clean_launch_env(cpu_env), GEM_LIGHTNING_CACHE=str(isolated_cache))
     done = subprocess.run([sys.executable, "-c", DDP_PROBE, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)

@@ -12,7 +12,7 @@ from conftest import COLOURS, datamodule_kwargs, make_dataset, write_image
 from torchvision.transforms import v2
 
 from gem_lightning.data.augmentation import Augmentation
-from gem_lightning.data.cache import DecodeSettings, DiskCache
+from gem_lightning.data.cache import Cache, DecodeSettings, DiskCache
 from gem_lightning.data.datamodule import GemDataModule
 from gem_lightning.data.folders import BadFilesError
 from gem_lightning.data.scan import DatasetLayoutError, ImageRecord, scan_split
@@ -84,7 +84,7 @@ def test_bad_files_are_skipped_and_reported(tiny_dataset, isolated_cache, caplog
     assert set(rejected) == set(expected)
     for name, reason in expected.items():
         assert reason in rejected[name]
-    used = {r.path.name for split in ("train", "val") for r in datamodule.records[split]}
+    used = {r.path.name for split in ("train", "val") for r in datamodule.source.records[split]}
     assert not used & set(expected) and ".DS_Store" not in used
     assert len(used) == 3 * 10
 
@@ -109,7 +109,7 @@ def test_duplicates_stay_on_one_side_and_label_conflicts_are_reported(tiny_datas
     assert "LABEL CONFLICT" in summary and "misfiled.jpg" in summary
     for seed in range(5):
         datamodule = fitted(tiny_dataset, isolated_cache, seed=seed)
-        digests = {split: {r.digest for r in datamodule.records[split]} for split in ("train", "val")}
+        digests = {split: {r.digest for r in datamodule.source.records[split]} for split in ("train", "val")}
         assert not digests["train"] & digests["val"]
 
 
@@ -150,7 +150,7 @@ def test_split_rejects_bad_fraction():
 
 def test_same_split_in_every_datamodule(tiny_dataset, isolated_cache):
     first = fitted(tiny_dataset, isolated_cache)
-    second = fitted(tiny_dataset, isolated_cache, cache_dir=None)
+    second = fitted(tiny_dataset, isolated_cache, cache=Cache(dir=None))
     assert first.paths("val") == second.paths("val")
     assert len(first.paths("val")) == 9  # 30% of 10 per class
 
@@ -193,14 +193,14 @@ def test_cache_key_includes_size_and_crop():
 
 def test_disk_mode_and_memory_mode_serve_the_same_pixels(tiny_dataset, isolated_cache):
     memory = fitted(tiny_dataset, isolated_cache)
-    disk = fitted(tiny_dataset, isolated_cache, cache="disk")
+    disk = fitted(tiny_dataset, isolated_cache, cache=Cache(mode="disk", dir=str(isolated_cache)))
     assert memory.datasets["train"].store.images is not None and disk.datasets["train"].store.images is None
     for i in range(len(memory.datasets["train"].store)):
         assert torch.equal(memory.datasets["train"].store[i], disk.datasets["train"].store[i])
 
 
 def test_memory_budget_falls_back_to_disk(tiny_dataset, isolated_cache):
-    datamodule = fitted(tiny_dataset, isolated_cache, cache_memory_gb=1e-9)
+    datamodule = fitted(tiny_dataset, isolated_cache, cache=Cache(dir=str(isolated_cache), memory_gb=1e-9))
     assert datamodule.datasets["train"].store.images is None
 
 

@@ -146,6 +146,6 @@ def test_balanced_class_weights_follow_the_training_split(tmp_path, monkeypatch)
             "balanced",
         ]
     )
-    counts = cli.datamodule.class_counts("train")
+    counts = cli.datamodule.class_counts()
     assert sorted(counts) == [2, 2, 12]
     assert (cli.model.loss_weights * torch.tensor(counts, dtype=torch.float32)).tolist() == pytest.approx([16 / 3] * 3)

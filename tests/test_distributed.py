@@ -144,7 +144,7 @@ def ddp_fit(tmp_path_factory, request):
                     "data_dir": str(data),
                     "image_size": 32,
                     "batch_size": EVAL_BATCH,
-                    "num_workers": 0,
+                    "loader": {"num_workers": 0},
                     "val_fraction": 0.375,
                     "seed": 3,
                 },
@@ -159,9 +159,13 @@ def ddp_fit(tmp_path_factory, request):
 
 
 def split_sizes(data: Path, cache: Path) -> dict[str, int]:
+    from gem_lightning.data.cache import Cache
     from gem_lightning.data.datamodule import GemDataModule
+    from gem_lightning.data.loader import Loader
 
-    datamodule = GemDataModule(str(data), image_size=32, num_workers=0, cache_dir=str(cache), val_fraction=0.375, seed=3)
+    datamodule = GemDataModule(
+        str(data), image_size=32, loader=Loader(num_workers=0), cache=Cache(dir=str(cache)), val_fraction=0.375, seed=3
+    )
     datamodule.setup("fit")
     datamodule.setup("test")
     return {"val": len(datamodule.paths("val")), "test": len(datamodule.paths("test"))}
@@ -314,13 +318,17 @@ def test_predict_under_ddp_writes_each_image_once_in_input_order(ddp_fit):
 
 
 def test_every_rank_gets_the_same_split(tiny_dataset, isolated_cache, monkeypatch):
+    from gem_lightning.data.cache import Cache
     from gem_lightning.data.datamodule import GemDataModule
+    from gem_lightning.data.loader import Loader
 
     splits = []
     for rank in (0, 1):
         for key, value in {"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": 2, "NODE_RANK": 0}.items():
             monkeypatch.setenv(key, str(value))
-        datamodule = GemDataModule(str(tiny_dataset), image_size=32, num_workers=0, cache_dir=None, val_fraction=0.3, seed=5)
+        datamodule = GemDataModule(
+            str(tiny_dataset), image_size=32, loader=Loader(num_workers=0), cache=Cache(dir=None), val_fraction=0.3, seed=5
+        )
         datamodule.setup("fit")
         splits.append((datamodule.paths("train"), datamodule.paths("val")))
     assert splits[0] == splits[1]
@@ -367,9 +375,9 @@ def cli_trainer(tiny_dataset: Path, *extra: str):
             str(tiny_dataset),
             "--data.image_size",
             "32",
-            "--data.num_workers",
+            "--data.loader.num_workers",
             "0",
-            "--data.cache_dir",
+            "--data.cache.dir",
             "null",
             *TINY_MODEL,
             "--trainer.accelerator",
@@ -520,7 +528,7 @@ def test_torchrun_script_trains_with_two_processes(tmp_path, isolated_cache, cpu
         "32",
         "--data.batch_size",
         "4",
-        "--data.num_workers",
+        "--data.loader.num_workers",
         "0",
         *TINY_MODEL,
         "--trainer.max_epochs",

@@ -81,7 +81,7 @@ def test_calibrate_and_ensemble_through_the_command_line(tmp_path, cpu_env):
         "32",
         "--data.val_fraction",
         "0.3",
-        "--data.num_workers",
+        "--data.loader.num_workers",
         "0",
         "--trainer.accelerator",
         "cpu",

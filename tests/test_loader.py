@@ -13,7 +13,7 @@ from lightning.pytorch import seed_everything
 from torch.utils.data import Dataset
 
 from gem_lightning.data.datamodule import GemDataModule
-from gem_lightning.data.loader import DEFAULT_START_METHOD, SignalSafeDataLoader
+from gem_lightning.data.loader import DEFAULT_START_METHOD, Loader, SignalSafeDataLoader
 from gem_lightning.errors import UserInputError
 
 
@@ -57,7 +57,8 @@ def test_forkserver_workers_draw_the_same_augmented_batches_as_forked_ones(tiny_
     batches = {}
     for method in ("fork", "forkserver"):
         datamodule = GemDataModule(
-            str(tiny_dataset), **datamodule_kwargs(isolated_cache, num_workers=2), multiprocessing_context=method, persistent_workers=False
+            str(tiny_dataset),
+            **datamodule_kwargs(isolated_cache, loader=Loader(num_workers=2, multiprocessing_context=method, persistent_workers=False)),
         )
         datamodule.setup("fit")
         batches[method] = epoch_of_batches(datamodule)
@@ -67,5 +68,5 @@ def test_forkserver_workers_draw_the_same_augmented_batches_as_forked_ones(tiny_
 
 
 def test_a_start_method_the_platform_lacks_is_refused_by_name(tiny_dataset):
-    with pytest.raises(UserInputError, match="data.multiprocessing_context must be one of"):
-        GemDataModule(str(tiny_dataset), multiprocessing_context="threads")
+    with pytest.raises(UserInputError, match="data.loader.multiprocessing_context must be one of"):
+        GemDataModule(str(tiny_dataset), loader=Loader(multiprocessing_context="threads"))

@@ -54,6 +54,18 @@ def test_dihedral_tta_averages_the_eight_views_and_cannot_tell_them_apart():
     assert torch.allclose(model.predict_proba(images.rot90(1, dims=(-2, -1)).flip(-1)), probs, atol=1e-5)
 
 
+def test_an_inference_engine_answers_predict_proba_until_it_is_removed():
+    """How ``--inference.runtime onnxruntime`` swaps the network for an ONNX Runtime session, and back."""
+    model = tiny_model(["a", "b"]).eval()
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    from_network = model.predict_proba(images)
+    from_engine = torch.tensor([[0.25, 0.75], [1.0, 0.0]])
+    model.set_inference_engine(lambda batch: from_engine)
+    assert torch.equal(model.predict_proba(images), from_engine)
+    model.set_inference_engine(None)
+    assert torch.equal(model.predict_proba(images), from_network)
+
+
 def test_validation_metrics_equal_a_direct_computation(tiny_dataset, isolated_cache, tmp_path):
     datamodule = GemDataModule(str(tiny_dataset), **datamodule_kwargs(isolated_cache))
     model = tiny_model(datamodule.class_names)

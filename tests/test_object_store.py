@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from object_store import SeaweedS3, seaweed_s3, skip_reason
 
+from gem_lightning.compat.litdata import OBSTORE_S3_STORE_BUILDER, obstore_s3_store_builder
 from gem_lightning.data import object_store
 from gem_lightning.data.object_store import S3Settings, explain_s3_errors, storage_options
 from gem_lightning.errors import UserInputError
@@ -154,22 +155,20 @@ def test_litdata_alone_still_refuses_plain_http(server: SeaweedS3):
     """The trap the shim exists for; when this fails, LitData accepts http:// itself and the shim can go."""
     import obstore
     from litdata.streaming.client import S3Client
-    from litdata.streaming.downloader import _build_obstore_s3_store
 
     object_store.accept_plain_http_endpoints()
-    litdata_builder = _build_obstore_s3_store.__wrapped__
+    shimmed_builder = obstore_s3_store_builder()
+    litdata_builder = shimmed_builder.__wrapped__
     client = S3Client(storage_options=storage_options("s3://", settings_for(server)))
     with pytest.raises(Exception, match="builder error") as refused:
         obstore.put(litdata_builder(server.bucket, client), "probe", b"x")
     message = str(object_store.s3_user_error(refused.value, f"s3://{server.bucket}/probe", settings_for(server)))
     assert message.startswith("LitData refused the plain-http S3 endpoint")
-    obstore.put(_build_obstore_s3_store(server.bucket, client), "probe", b"x")  # and with the shim it works
+    obstore.put(shimmed_builder(server.bucket, client), "probe", b"x")  # and with the shim it works
 
 
 def test_the_shim_refuses_to_install_over_a_changed_litdata(monkeypatch: pytest.MonkeyPatch):
-    from litdata.streaming import downloader
-
-    monkeypatch.setattr(downloader, "_build_obstore_s3_store", lambda bucket, client, extra: None)
+    monkeypatch.setattr(OBSTORE_S3_STORE_BUILDER, lambda bucket, client, extra: None)
     with pytest.raises(RuntimeError, match=r"_build_obstore_s3_store\(bucket, s3_client\) is not in the installed LitData"):
         object_store.accept_plain_http_endpoints()
 

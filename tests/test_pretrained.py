@@ -153,8 +153,8 @@ def test_fine_tune_freezes_then_trains_all_but_the_frozen_stages_and_predicts_wi
     env = dict(cpu_env, GEM_LIGHTNING_CACHE=str(isolated_cache))
     run_cli(
         "fit", *common(tmp_path, "ft"), "--data.data_dir", str(tiny_dataset), *LITE0_NETWORK, "--model.network.weights", str(weights),
-        "--model.backbone_lr_ratio", "0.5", "--model.network.frozen_stages", "1", "--trainer.max_epochs", "2", "--checkpoint.save_top_k", "-1",
-        "--checkpoint.filename", "epoch{epoch}", "--checkpoint.monitor", "null",
+        "--model.backbone_lr_ratio", "0.5", "--model.network.frozen_stages", "1", "--trainer.max_epochs", "2",
+        "--checkpoint.save_top_k", "-1", "--checkpoint.filename", "epoch{epoch}", "--checkpoint.monitor", "null",
         "--trainer.callbacks+=gem_lightning.training.callbacks.finetuning.FreezeBackbone", "--trainer.callbacks.epochs=1",
         env=env, cwd=tmp_path,
     )  # fmt: skip
@@ -212,12 +212,13 @@ def test_fine_tuned_timm_checkpoint_exports_and_classifies_like_the_checkpoint(t
     from lightning.pytorch import Trainer
 
     from gem_lightning.data.datamodule import GemDataModule
+    from gem_lightning.data.loader import Loader
     from gem_lightning.inference.api import load_model
     from gem_lightning.inference.export import export_checkpoint
     from gem_lightning.training.module import GemClassifier
 
     lite0_file()
-    datamodule = GemDataModule(str(tiny_dataset), image_size=64, batch_size=8, num_workers=0, val_fraction=0.3)
+    datamodule = GemDataModule(str(tiny_dataset), image_size=64, batch_size=8, loader=Loader(num_workers=0), val_fraction=0.3)
     model = GemClassifier(datamodule.class_names, 64, network=TimmSpec(LITE0, weights="efficientnet-lite0"))
     trainer = Trainer(
         max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False

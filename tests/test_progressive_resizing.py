@@ -106,7 +106,7 @@ def test_a_network_of_one_input_size_is_refused_in_one_line(tiny_dataset, tmp_pa
 
 def test_a_run_of_unknown_length_is_refused():
     from gem_lightning.models import TimmSpec
-    from gem_lightning.training.module import check_progressive_resizing
+    from gem_lightning.training.checks import check_progressive_resizing
 
     check_progressive_resizing(TimmSpec(name="tf_efficientnet_lite0"), 100)
     for unknown in (float("inf"), -1):  # no length given; a stream of unknown length

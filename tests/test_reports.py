@@ -19,17 +19,12 @@ from PIL import Image
 
 from gem_lightning.data.datamodule import GemDataModule
 from gem_lightning.reports.calibration import reliability_bins
+from gem_lightning.reports.evaluation import SampleResult, misclassified_items
 from gem_lightning.reports.grids import misclassified_gallery_png
+from gem_lightning.reports.prediction_grid import write_prediction_grid
 from gem_lightning.reports.preview import augmentation_preview
 from gem_lightning.training.callbacks.prediction_writer import PredictionWriter
-from gem_lightning.training.callbacks.reports import (
-    EvaluationReport,
-    LearningCurves,
-    SampleResult,
-    misclassified_items,
-    where_it_looked,
-    write_prediction_grid,
-)
+from gem_lightning.training.callbacks.reports import EvaluationReport, LearningCurves, where_it_looked
 from gem_lightning.training.metrics import ECE_BINS
 from gem_lightning.training.module import GemClassifier
 

@@ -91,7 +91,7 @@ def resume_setup(tmp_path, isolated_cache, cpu_env):
             "32",
             "--data.batch_size",
             "4",
-            "--data.num_workers",
+            "--data.loader.num_workers",
             "0",
             *TINY_MODEL,
             "--trainer.accelerator",
@@ -239,9 +239,9 @@ def test_ddp_sigterm_stops_every_rank_and_epoch_checkpoints_replay_exactly(resum
         "ddp",
         "--trainer.max_epochs",
         "2",
-        "--data.num_workers",
+        "--data.loader.num_workers",
         "1",
-        "--data.persistent_workers",
+        "--data.loader.persistent_workers",
         "false",
     ]
     steps = 3  # 24 training images over 2 ranks: 3 batches of 4 per epoch

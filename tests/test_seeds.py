@@ -26,7 +26,8 @@ def test_seeds_fits_and_tests_each_seed_with_ema(tmp_path, isolated_cache, monke
     out = tmp_path / "seeds.csv"
     rows = main([
         "--seeds", "0", "1", "--out", str(out), "--data.data_dir", str(data), "--data.image_size", "32",
-        "--data.batch_size", "8", "--data.num_workers", "0", "--model.network.channels", "[8, 16]", "--model.network.pools", "[max, max]",
+        "--data.batch_size", "8", "--data.loader.num_workers", "0",
+        "--model.network.channels", "[8, 16]", "--model.network.pools", "[max, max]",
         "--model.network.hidden_units", "16", "--trainer.max_epochs", "2", "--trainer.accelerator", "cpu",
         "--trainer.enable_progress_bar", "false", "--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging",
     ])  # fmt: skip

@@ -93,8 +93,9 @@ def test_server_classify_and_predict_give_the_same_answer(server, trained, tmp_p
     model = load_model(trained.checkpoint)
     csv_path = tmp_path / "predictions.csv"
     subprocess.run(
-        [sys.executable, str(REPO / "main.py"), "predict", "--ckpt_path", str(trained.checkpoint), "--data.predict_path", str(trained.test_dir),
-         "--predictions.output", str(csv_path), "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"],
+        [sys.executable, str(REPO / "main.py"), "predict", "--ckpt_path", str(trained.checkpoint),
+         "--data.predict_path", str(trained.test_dir), "--predictions.output", str(csv_path),
+         "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"],
         env=server_env(tmp_path), cwd=tmp_path, check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     predicted = {Path(row["path"]).name: row for row in csv.DictReader(csv_path.open())}

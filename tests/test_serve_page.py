@@ -17,7 +17,9 @@ from conftest import GEMSTONES, REPO, requires_gemstones
 from lightning.pytorch import Trainer, seed_everything
 from serving import start_server
 
+from gem_lightning.data.cache import Cache
 from gem_lightning.data.datamodule import GemDataModule
+from gem_lightning.data.loader import Loader
 from gem_lightning.inference.api import load_model
 from gem_lightning.models import VGGSpec
 from gem_lightning.training.module import GemClassifier
@@ -43,7 +45,7 @@ def real_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (root / "gems" / "train" / name).symlink_to(GEMSTONES / "train" / name)
     seed_everything(0)
     datamodule = GemDataModule(
-        str(root / "gems"), image_size=64, batch_size=16, num_workers=0, cache_dir=str(root / "cache"), autocrop=True
+        str(root / "gems"), image_size=64, batch_size=16, loader=Loader(num_workers=0), cache=Cache(dir=str(root / "cache")), autocrop=True
     )
     model = GemClassifier(
         datamodule.class_names,

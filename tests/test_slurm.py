@@ -92,14 +92,14 @@ class Jobs:
             "32",
             "--data.batch_size",
             "4",
-            "--data.num_workers",
+            "--data.loader.num_workers",
             "1",
             *TINY_MODEL,
             "--trainer.max_epochs",
             str(epochs),
             "--trainer.deterministic",
             "true",
-            "--data.persistent_workers",
+            "--data.loader.persistent_workers",
             "false",
             "--trainer.enable_progress_bar",
             "false",
@@ -204,7 +204,7 @@ def test_sigusr1_at_four_moments_requeues_each_time_and_the_job_completes(jobs):
     during fit saves, requeues (same job id, Restarts + 1) and the next allocation resumes from that
     step; the signal after fit is ignored and the job completes."""
     started = time.monotonic()
-    job = jobs.submit("usr1", epochs=SIGUSR1_EPOCHS, pauses=SIGUSR1_MOMENTS, fit=("--data.persistent_workers", "true"))
+    job = jobs.submit("usr1", epochs=SIGUSR1_EPOCHS, pauses=SIGUSR1_MOMENTS, fit=("--data.loader.persistent_workers", "true"))
     for restart, moment in SIGUSR1_MOMENTS.items():
         ranks = (0, 1) if moment["at"] == "after_fit" else (0,)
         for rank in ranks:

@@ -66,7 +66,7 @@ def s3_run(store, tmp_path_factory):
         "32",
         "--data.batch_size",
         "4",
-        "--data.num_workers",
+        "--data.loader.num_workers",
         "1",
         "--trainer.enable_progress_bar",
         "false",

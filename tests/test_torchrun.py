@@ -85,7 +85,7 @@ def test_two_torchrun_nodes_survive_one_node_being_killed_and_restarted(tmp_path
         "32",
         "--data.batch_size",
         "4",
-        "--data.num_workers",
+        "--data.loader.num_workers",
         "1",
         *TINY_MODEL,
         "--trainer.max_epochs",

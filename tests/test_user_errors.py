@@ -37,7 +37,7 @@ def cli(*args: str, env: dict, cwd: Path, timeout: float = 900) -> subprocess.Co
 def common(root: Path) -> list[str]:
     return ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
             "--trainer.logger.init_args.save_dir", str(root / "runs"),
-            "--data.image_size", "32", "--data.batch_size", "8", "--data.num_workers", "0", *TINY_MODEL]  # fmt: skip
+            "--data.image_size", "32", "--data.batch_size", "8", "--data.loader.num_workers", "0", *TINY_MODEL]  # fmt: skip
 
 
 def snapshot(*roots: Path) -> dict[Path, str]:
@@ -266,8 +266,8 @@ MISTAKES = [
     ),
     Mistake(
         "start method the platform lacks",
-        lambda t, tmp: fit(t, tmp, t.data, "--data.multiprocessing_context", "threads"),
-        ("data.multiprocessing_context", "threads"),
+        lambda t, tmp: fit(t, tmp, t.data, "--data.loader.multiprocessing_context", "threads"),
+        ("data.loader.multiprocessing_context", "threads"),
     ),
     # data
     Mistake("no data folder", lambda t, tmp: fit(t, tmp, tmp / "nowhere"), ("nowhere", "does not exist")),
@@ -429,7 +429,7 @@ def test_ctrl_c_during_fit_saves_a_resumable_last_ckpt(env, tmp_path):
     """SIGINT to the whole process group, as a terminal sends it (loader workers included)."""
     data = make_dataset(tmp_path / "gems", train_per_class=40, test_per_class=1)
     checkpoints = tmp_path / "checkpoints"
-    args = ["fit", *common(tmp_path), "--data.data_dir", data, "--data.batch_size", "2", "--data.num_workers", "1",
+    args = ["fit", *common(tmp_path), "--data.data_dir", data, "--data.batch_size", "2", "--data.loader.num_workers", "1",
             "--checkpoint.dirpath", checkpoints, "--trainer.max_epochs", "20"]  # fmt: skip
     process = subprocess.Popen(
         [sys.executable, str(REPO / "main.py"), *map(str, args)],

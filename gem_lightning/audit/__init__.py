@@ -3,6 +3,6 @@
 One job a file: ``features`` (frozen ImageNet embeddings and perceptual hashes of every photo, one
 decoding pass), ``label_issues`` (out-of-fold probabilities ranked by cleanlab), ``duplicates``
 (near-duplicate clusters across classes and across train/test), ``galleries`` (the PNGs a person
-looks at), ``outputs`` (``audit.md`` and the CSVs a person edits), ``run`` (the whole audit), and
-``cam`` (Grad-CAM: where a trained model looks, for the reports and the serve page).
+looks at), ``outputs`` (``audit.md`` and the CSVs a person edits) and ``run`` (the whole audit).
+Where a trained model looks (Grad-CAM) is :mod:`gem_lightning.reports.cam`.
 """

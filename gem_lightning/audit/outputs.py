@@ -147,10 +147,12 @@ def write_markdown(result: AuditResult, path: Path, galleries: dict[str, list[Pa
         "",
         "| finding | count | gallery |",
         "|---|---|---|",
-        f"| label issues (cleanlab, {options.folds}-fold out-of-fold probabilities) | {len(result.suspects)} | {_links(galleries['label_issues'])} |",
+        f"| label issues (cleanlab, {options.folds}-fold out-of-fold probabilities) | {len(result.suspects)} "
+        f"| {_links(galleries['label_issues'])} |",
         f"| near-duplicate clusters | {len(result.clusters)} ({sum(len(c.members) for c in result.clusters)} photos) | |",
         f"| ... spanning classes (label conflicts) | {len(across_classes)} | {_links(galleries['duplicates_across_classes'])} |",
-        f"| ... spanning train/ and test/ (leakage) | {len(across_splits)} ({len(result.leaked_test())} test photos) | {_links(galleries['leaked_test'])} |",
+        f"| ... spanning train/ and test/ (leakage) | {len(across_splits)} ({len(result.leaked_test())} test photos) "
+        f"| {_links(galleries['leaked_test'])} |",
         "",
         f"Out-of-fold accuracy of the linear head on frozen features: {_oof_accuracy(result):.1%}.",
         f"Near-duplicates: pHash distance <= {options.duplicates.max_hash_distance} bits with feature cosine >= "

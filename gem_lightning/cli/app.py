@@ -13,7 +13,7 @@ import sys
 from jsonargparse import Namespace, lazy_instance
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.callbacks import ModelSummary
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, ModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
@@ -36,7 +36,7 @@ from gem_lightning.training.checkpoints import check_checkpoint_fits, checkpoint
 from gem_lightning.training.metrics import MONITOR
 from gem_lightning.training.module import GemClassifier
 
-LINKED_FROM_DATA = {"class_names", "image_size", "preprocessing"}
+LINKED_FROM_DATA = {"class_names", "image_size", "preprocessing", "class_counts", "progressive_resizing", "task"}
 CHOSEN_AT_INFERENCE = {"tta", "top_k", "channels_last", "compile"}
 """Model options a user may change when evaluating or predicting with a trained checkpoint."""
 
@@ -67,6 +67,9 @@ class GemCLI(LightningCLI):
         parser.link_arguments("data.class_names", "model.class_names", compute_fn=self._class_names, apply_on="instantiate")
         parser.link_arguments("data.image_size", "model.image_size", apply_on="instantiate")
         parser.link_arguments("data.preprocessing", "model.preprocessing", apply_on="instantiate")
+        parser.link_arguments("data.task", "model.task", compute_fn=self._task, apply_on="instantiate")
+        parser.link_arguments("data.class_counts", "model.class_counts", apply_on="instantiate")
+        parser.link_arguments("data.progressive_resizing", "model.progressive_resizing", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
         """From a checkpoint, rebuild the network as it was trained and feed the data what it expects.
@@ -93,10 +96,15 @@ class GemCLI(LightningCLI):
         for key, value in (hparams.get("preprocessing") or {}).items():
             config.data[key] = value
         self.checkpoint_class_names = hparams.get("class_names")
+        self.checkpoint_task = hparams.get("task", "multiclass")
 
     def _class_names(self, data_class_names: list[str] | None) -> list[str] | None:
         """The data's class names; when predicting from a checkpoint alone, the checkpoint's."""
         return data_class_names or getattr(self, "checkpoint_class_names", None)
+
+    def _task(self, data_task: str | None) -> str:
+        """A checkpoint's task when evaluating or predicting with one, else the data's (a labels file is multi-label)."""
+        return getattr(self, "checkpoint_task", None) or data_task or "multiclass"
 
     def parse_arguments(self, parser: LightningArgumentParser, args: list[str] | None) -> None:
         """Lightning's, without its warning about ``args`` given while ``sys.argv`` holds arguments:
@@ -123,6 +131,7 @@ class GemCLI(LightningCLI):
         super().instantiate_classes()
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
+        check_same_task(getattr(self, "checkpoint_task", None), self.datamodule.task)
         names = getattr(self, "checkpoint_class_names", None)
         if names and self.datamodule.class_names and list(self.datamodule.class_names) != list(names):
             raise UserInputError(
@@ -131,10 +140,23 @@ class GemCLI(LightningCLI):
                 "evaluate on a folder with the same class folders."
             )
         check_checkpoint_fits(self.model, config.get("ckpt_path"), fitting=subcommand == "fit")
+        for callback in self.trainer.callbacks:  # a multi-label model is best by mAP: watch that by default
+            if isinstance(callback, ModelCheckpoint | EarlyStopping) and callback.monitor == MONITOR:
+                callback.monitor = self.model.monitor
         if subcommand:  # last, as it starts the MLflow run: a command that will run refuses a tracker that does not answer
             check_trackers_reachable(self.trainer.loggers)
         if subcommand == "fit":
             self.model.prepare_training(from_scratch=not config.get("ckpt_path"))
+
+
+def check_same_task(checkpoint_task: str | None, data_task: str | None) -> None:
+    """A multi-label checkpoint evaluates labels files, a single-label one class folders (or streams of them)."""
+    if checkpoint_task and data_task and checkpoint_task != data_task:
+        trained, given = ("a labels file", "class folders") if checkpoint_task == "multilabel" else ("class folders", "a labels file")
+        raise UserInputError(
+            f"The checkpoint is {checkpoint_task} (trained on {trained}) but data.data_dir is {given} ({data_task}): "
+            f"evaluate it on {trained}, as it was trained."
+        )
 
 
 def _class_paths(setting: object) -> list[str]:

@@ -141,10 +141,18 @@ def check_trainer_runs_here(trainer: Trainer, precision: str | int | None) -> Tr
 
 
 def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX-512-bf16 or AMX), as torch's kernels see it."""
+    """Whether this CPU computes bf16 natively (AVX-512-bf16 or AMX), as torch's kernels see it.
+
+    True where torch cannot tell (before 2.11, which added ``torch.cpu.get_capabilities``): the answer
+    only decides a warning, and a wrong one would be worse than none.
+    """
     import torch
 
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    get_capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if get_capabilities is None:
+        return True
+    capabilities = get_capabilities()
+    return bool(capabilities.get("avx512_bf16", False) or capabilities.get("amx_tile", False))
 
 
 def gpu_available() -> bool:

@@ -30,26 +30,45 @@ MOVED_MODEL_SETTINGS = {
     "distill_temperature": "model.distillation.temperature",
 }
 
+MOVED_DATA_SETTINGS = {
+    **{key: f"data.loader.{key}" for key in ("num_workers", "pin_memory", "persistent_workers", "multiprocessing_context")},
+    "cache_dir": "data.cache.dir",
+    "cache_memory_gb": "data.cache.memory_gb",
+}
+
 
 def check_moved_settings(argv: list[str], configs: dict[str, Any]) -> None:
     """Refuse a model setting or class path of an earlier version, given on the command line or in a
     config file (``configs``: each ``--config`` as given -> its YAML), naming what replaced it."""
-    for where, key in _model_keys(argv, configs):
+    for where, key, _ in _section_keys("model", argv, configs):
         if key in MOVED_MODEL_SETTINGS:
             raise UserInputError(f"{where}: model.{key} is now {MOVED_MODEL_SETTINGS[key]}; see configs/ for examples.")
+    for where, key, value in _section_keys("data", argv, configs):
+        if key in MOVED_DATA_SETTINGS:
+            raise UserInputError(f"{where}: data.{key} is now {MOVED_DATA_SETTINGS[key]}; see configs/ for examples.")
+        if key == "cache" and value in ("memory", "disk"):
+            raise UserInputError(
+                f"{where}: data.cache is now a group: data.cache.mode {value} (with data.cache.dir and data.cache.memory_gb)."
+            )
     for where, value in _values(argv, configs):
         if value in MOVED_CLASS_PATHS:
             raise UserInputError(f"{where}: {value} moved to {MOVED_CLASS_PATHS[value]}: update the class_path.")
 
 
-def _model_keys(argv: list[str], configs: dict[str, Any]) -> Iterator[tuple[str, str]]:
-    for arg in argv:
-        if arg.startswith("--model."):
-            yield "command line", arg.removeprefix("--model.").partition("=")[0].partition(".")[0]
+def _section_keys(section: str, argv: list[str], configs: dict[str, Any]) -> Iterator[tuple[str, str, Any]]:
+    """``(where, key, value)`` for each ``section.key`` given on the command line or in a config file
+    (value: what follows ``=`` or the next argument; for a nested key, its first level only)."""
+    prefix = f"--{section}."
+    for position, arg in enumerate(argv):
+        if arg.startswith(prefix):
+            path, equals, value = arg.removeprefix(prefix).partition("=")
+            key, dot, _ = path.partition(".")
+            following = argv[position + 1] if position + 1 < len(argv) else None
+            yield "command line", key, None if dot else (value if equals else following)
     for given, config in configs.items():
-        model = config.get("model") if isinstance(config, dict) else None
-        for key in model if isinstance(model, dict) else ():
-            yield f"config file {given!r}", key
+        settings = config.get(section) if isinstance(config, dict) else None
+        for key, value in settings.items() if isinstance(settings, dict) else ():
+            yield f"config file {given!r}", key, value
 
 
 def _values(argv: list[str], configs: dict[str, Any]) -> Iterator[tuple[str, str]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -31,7 +32,36 @@ def default_cache_dir() -> str:
     return os.path.join(base, "gem-lightning")
 
 
-_DISK_FULL_ADVICE = "Free some space, or set data.cache_dir to a folder on another disk (null: decode into memory only), and run again."
+@dataclass(frozen=True)
+class Cache:
+    """Where decoded images are kept (``data.cache``).
+
+    Args:
+        mode: ``memory``: decoded images in RAM (falls back to ``disk`` above ``memory_gb``);
+            ``disk``: read decoded images from ``dir`` each time.
+        dir: where decoded images (and the chunks a remote stream downloads) persist, shared by runs
+            and DDP ranks; ``auto``: ``$GEM_LIGHTNING_CACHE``, else ``~/.cache/gem-lightning``;
+            ``null`` keeps them in memory only, decoded again by each process.
+        memory_gb: memory budget of the in-memory cache, per process.
+    """
+
+    mode: Literal["memory", "disk"] = "memory"
+    dir: str | None = "auto"
+    memory_gb: float = 4.0
+
+    def problems(self) -> list[str]:
+        """What cannot work, each naming its setting."""
+        return [f"data.cache.memory_gb must be 0 or more, got {self.memory_gb}"] if self.memory_gb < 0 else []
+
+    @property
+    def directory(self) -> Path | None:
+        """``dir``, resolved (``auto``: :func:`default_cache_dir`)."""
+        if self.dir is None:
+            return None
+        return Path(default_cache_dir() if self.dir == "auto" else self.dir).expanduser()
+
+
+_DISK_FULL_ADVICE = "Free some space, or set data.cache.dir to a folder on another disk (null: decode into memory only), and run again."
 
 
 @dataclass(frozen=True)

@@ -92,8 +92,9 @@ def _read_rows(source: Path) -> list[tuple[int, dict[str, str]]]:
             reader = csv.DictReader(handle)
             missing = [name for name in ("path", "action") if name not in (reader.fieldnames or [])]
             if missing:
+                found = ", ".join(reader.fieldnames or []) or "none"
                 raise CorrectionsError(
-                    f"data.corrections {str(source)!r} has no column(s) {', '.join(missing)} (found: {', '.join(reader.fieldnames or []) or 'none'}); "
+                    f"data.corrections {str(source)!r} has no column(s) {', '.join(missing)} (found: {found}); "
                     f"expected {', '.join(COLUMNS)}."
                 )
             return [(reader.line_num, row) for row in reader]
@@ -114,7 +115,8 @@ def _relative_key(path_text: str, data_dir: Path, source: Path, line: int) -> st
     relative = Path(os.path.relpath(absolute, root))
     if relative.parts[:1] == ("..",) or relative.parts[:1] not in ((s,) for s in SPLITS) or len(relative.parts) < 3:
         raise CorrectionsError(
-            f"data.corrections {str(source)!r} line {line}: {given!r} is not a photo of {str(data_dir)!r}'s train/<Class>/ or test/<Class>/."
+            f"data.corrections {str(source)!r} line {line}: {given!r} is not a photo of {str(data_dir)!r}'s "
+            "train/<Class>/ or test/<Class>/."
         )
     if not os.path.isfile(absolute):
         raise CorrectionsError(

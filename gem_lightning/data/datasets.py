@@ -7,8 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
-from torch.utils.data._utils.collate import default_collate
+from torch.utils.data import Dataset, default_collate
 
 from gem_lightning.data.cache import DecodeSettings, ImageStore
 from gem_lightning.data.images import BadImageError

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from gem_lightning.data.cache import DecodeSettings, DiskCache, ImageStore, build_store, estimated_bytes
+from gem_lightning.data.cache import Cache, DecodeSettings, DiskCache, ImageStore, build_store, estimated_bytes
 from gem_lightning.data.corrections import Corrections, apply_corrections, read_corrections
 from gem_lightning.data.scan import DatasetLayoutError, ImageRecord, Rejected, SplitScan, format_summary, scan_split
 from gem_lightning.errors import UserInputError
@@ -29,9 +29,7 @@ class FolderData:
         data_dir: the dataset folder (``train/<Class>/``, ``test/<Class>/``).
         class_names: class names in label order.
         settings: how images are decoded.
-        cache: ``memory`` or ``disk`` (see ``GemDataModule``).
-        cache_dir: where decoded images persist, or None (memory only).
-        cache_memory_gb: memory budget of the in-memory cache.
+        cache: where decoded images are kept (``data.cache``).
         bad_files: ``skip`` or ``strict``.
         num_workers: decoding processes.
         multiprocessing_context: how they start.
@@ -44,9 +42,7 @@ class FolderData:
         class_names: list[str],
         settings: DecodeSettings,
         *,
-        cache: str,
-        cache_dir: Path | None,
-        cache_memory_gb: float,
+        cache: Cache,
         bad_files: str,
         num_workers: int,
         multiprocessing_context: str,
@@ -56,8 +52,7 @@ class FolderData:
         self.class_names = class_names
         self.settings = settings
         self.cache = cache
-        self.cache_dir = cache_dir
-        self.cache_memory_gb = cache_memory_gb
+        self.cache_dir = cache.directory
         self.bad_files = bad_files
         self.num_workers = num_workers
         self.multiprocessing_context = multiprocessing_context
@@ -70,9 +65,12 @@ class FolderData:
         """Decode every image of ``train/`` and ``test/`` into the disk cache (once per machine)."""
         if self.cache_dir is None:
             return
-        for split in ("train", "test"):
-            if (self.data_dir / split).is_dir():
-                self._disk_cache().fill(self.scan(split).records, self.num_workers, self.multiprocessing_context)
+        for split in self.splits():
+            self._disk_cache().fill(self.scan(split).records, self.num_workers, self.multiprocessing_context)
+
+    def splits(self) -> list[str]:
+        """The splits the dataset has."""
+        return [split for split in ("train", "test") if (self.data_dir / split).is_dir()]
 
     def load_split(self, split: str) -> ImageStore:
         """The split's decoded images; reports (or, with ``bad_files: strict``, refuses) what it leaves out."""
@@ -96,18 +94,18 @@ class FolderData:
 
     def check_class_sizes(self, records: list[ImageRecord], val_fraction: float) -> None:
         """Every class needs training images, and two to be split into train and validation."""
-        counts = Counter(record.label for record in records)
-        train_dir = self.data_dir / "train"
+        counts = Counter(label for record in records for label in record.label_set)
+        train_dir = self.where("train")
         empty = [name for label, name in enumerate(self.class_names) if counts[label] == 0]
         if empty:
             raise DatasetLayoutError(
-                f"class folder(s) with no usable images in {str(train_dir)!r}: {', '.join(empty)}. A class needs "
+                f"class folder(s) with no usable images in {train_dir!r}: {', '.join(empty)}. A class needs "
                 "training images: add photos, or remove the folder (the summary above lists files not used)."
             )
         thin = [f"{name} ({counts[label]})" for label, name in enumerate(self.class_names) if counts[label] < 2]
         if thin and val_fraction > 0:
             raise DatasetLayoutError(
-                f"class(es) in {str(train_dir)!r} too small to split into train and validation: {', '.join(thin)} "
+                f"class(es) in {train_dir!r} too small to split into train and validation: {', '.join(thin)} "
                 "usable image(s); each needs at least 2. Add photos, remove the folder, or set --data.val_fraction 0."
             )
 
@@ -115,13 +113,20 @@ class FolderData:
         """Probe and hash the split's files once per process (``prepare_data`` and ``setup`` share it),
         with ``data.corrections`` applied."""
         if split not in self.scans:
-            split_dir = self.data_dir / split
-            if not split_dir.is_dir():
-                raise DatasetLayoutError(f"{str(split_dir)!r} does not exist: `{split}` needs a {split}/<Class>/ folder in data_dir.")
-            scan = scan_split(split_dir, self.class_names)
-            corrections = self.corrections()
-            self.scans[split] = apply_corrections(scan, corrections, self.data_dir) if corrections else scan
+            self.scans[split] = self._scan(split)
         return self.scans[split]
+
+    def where(self, split: str) -> str:
+        """Where ``split``'s photos are listed, for messages."""
+        return str(self.data_dir / split)
+
+    def _scan(self, split: str) -> SplitScan:
+        split_dir = self.data_dir / split
+        if not split_dir.is_dir():
+            raise DatasetLayoutError(f"{str(split_dir)!r} does not exist: `{split}` needs a {split}/<Class>/ folder in data_dir.")
+        scan = scan_split(split_dir, self.class_names)
+        corrections = self.corrections()
+        return apply_corrections(scan, corrections, self.data_dir) if corrections else scan
 
     def corrections(self) -> Corrections | None:
         """The corrections file, read and checked once (every problem in it is one error line)."""
@@ -144,14 +149,14 @@ class FolderData:
         return DiskCache(self.cache_dir, self.settings) if self.cache_dir is not None else None
 
     def _fits_in_memory(self, count: int) -> bool:
-        if self.cache == "disk" and self.cache_dir is not None:
+        if self.cache.mode == "disk" and self.cache_dir is not None:
             return False
         needed = estimated_bytes(count, self.settings)
-        fits = needed <= self.cache_memory_gb * 2**30
+        fits = needed <= self.cache.memory_gb * 2**30
         if not fits and self.cache_dir is not None:
             rank_zero_warn(
-                f"The decoded images need {needed / 2**30:.1f} GiB, above data.cache_memory_gb="
-                f"{self.cache_memory_gb}; reading them from the disk cache in {str(self.cache_dir)!r} instead."
+                f"The decoded images need {needed / 2**30:.1f} GiB, above data.cache.memory_gb="
+                f"{self.cache.memory_gb}; reading them from the disk cache in {str(self.cache_dir)!r} instead."
             )
             return False
         return True

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from dataclasses import dataclass
 from functools import partial
 from multiprocessing import forkserver
 from multiprocessing.context import BaseContext
+from typing import Literal
 
+import torch
 from litdata import StreamingDataLoader
 from torch.utils.data import DataLoader
 from typing_extensions import override
@@ -27,6 +30,57 @@ threads: workers forked from it start clean. ``spawn`` where the platform has no
 
 WORKER_PRELOAD = ["__main__", "gem_lightning.data.datamodule"]
 """Imported once by the forkserver, so that each worker forked from it starts in milliseconds."""
+
+
+@dataclass(frozen=True)
+class Loader:
+    """How batches are loaded (``data.loader``).
+
+    Args:
+        num_workers: DataLoader worker processes; default: one per spare core (at most eight).
+        pin_memory: pin host memory for faster copies to a GPU; default: when CUDA is available.
+        persistent_workers: keep workers alive between epochs.
+        multiprocessing_context: how loader and decoding workers start: ``forkserver`` (the default
+            where the platform has one) forks them from a single-threaded server process, never
+            from the training process, whose threads can deadlock a forked child; ``fork`` forks
+            the training process; ``spawn`` (Windows' only method) starts fresh interpreters.
+    """
+
+    num_workers: int | None = None
+    pin_memory: bool | None = None
+    persistent_workers: bool = True
+    multiprocessing_context: Literal["forkserver", "fork", "spawn"] = DEFAULT_START_METHOD
+
+    def problems(self) -> list[str]:
+        """What cannot work, each naming its setting."""
+        problems = []
+        if self.num_workers is not None and self.num_workers < 0:
+            problems.append(f"data.loader.num_workers must be 0 (load in the main process) or more, got {self.num_workers}")
+        if self.multiprocessing_context not in multiprocessing.get_all_start_methods():
+            problems.append(
+                f"data.loader.multiprocessing_context must be one of this platform's start methods "
+                f"({', '.join(multiprocessing.get_all_start_methods())}), got {self.multiprocessing_context!r}"
+            )
+        return problems
+
+    @property
+    def workers(self) -> int:
+        """``num_workers``, resolved."""
+        return min(8, max(1, (os.cpu_count() or 2) - 1)) if self.num_workers is None else self.num_workers
+
+    @property
+    def pinned(self) -> bool:
+        """``pin_memory``, resolved."""
+        return torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
+
+    def options(self) -> dict:
+        """``DataLoader`` keyword arguments."""
+        return {
+            "num_workers": self.workers,
+            "pin_memory": self.pinned,
+            "persistent_workers": self.persistent_workers and self.workers > 0,
+            "multiprocessing_context": self.multiprocessing_context,
+        }
 
 
 def worker_context(method: str | BaseContext | None = None) -> BaseContext:
@@ -56,6 +110,7 @@ class SignalSafeDataLoader(DataLoader):
     given, or Lightning's seeding function, which is set by the time the workers start). Same
     arguments and behaviour as ``DataLoader`` otherwise; ``multiprocessing_context`` chooses another
     start method (``fork``: at the risk above; measured no faster, ``benchmarks/worker_start.py``).
+    Overrides torch's private ``_get_iterator``, where the workers start (:mod:`gem_lightning.compat.torch`).
     """
 
     def __init__(self, *args, multiprocessing_context=None, **kwargs) -> None:

@@ -42,7 +42,8 @@ them. The wrapper travels with the options instead: :func:`storage_options` puts
 wrapper there before that worker builds a store. Reader workers (fork or spawn) get it the same way.
 
 Upstream: https://github.com/Lightning-AI/litData/blob/main/src/litdata/streaming/downloader.py,
-``_build_obstore_s3_store`` (line 287 of the installed 0.2.76; its ``client_options=`` is line 318).
+``_build_obstore_s3_store`` (line 287 of the installed 0.2.76; its ``client_options=`` is line 318). A
+private name: :mod:`gem_lightning.compat.litdata` lists it and is the only module that reads or replaces it.
 """
 
 from __future__ import annotations
@@ -58,12 +59,10 @@ from urllib.parse import urlparse
 
 from botocore.config import Config
 
+from gem_lightning.compat.litdata import OBSTORE_S3_STORE_BUILDER, PARAMETERS, obstore_s3_store_builder, replace_obstore_s3_store_builder
 from gem_lightning.errors import UserInputError
 
 S3_SCHEME = "s3"
-PATCHED_FUNCTION = "litdata.streaming.downloader._build_obstore_s3_store"
-"""The one LitData function :func:`accept_plain_http_endpoints` wraps."""
-_EXPECTED_PARAMETERS = ["bucket", "s3_client"]
 _install_lock = threading.Lock()
 
 
@@ -186,19 +185,18 @@ def accept_plain_http_endpoints() -> None:
         RuntimeError: LitData no longer has ``_build_obstore_s3_store(bucket, s3_client)``; this
             shim must be revisited for the installed LitData version.
     """
-    from litdata.streaming import downloader
-
+    expected = PARAMETERS[OBSTORE_S3_STORE_BUILDER]
     with _install_lock:
-        current = getattr(downloader, "_build_obstore_s3_store", None)
+        current = obstore_s3_store_builder()
         if getattr(current, "_allows_plain_http", False):
             return
-        if current is None or list(inspect.signature(current).parameters) != _EXPECTED_PARAMETERS:
+        if current is None or tuple(inspect.signature(current).parameters) != expected:
             raise RuntimeError(
-                f"gem_lightning.data.object_store cannot make LitData accept http:// endpoints: {PATCHED_FUNCTION}"
-                f"({', '.join(_EXPECTED_PARAMETERS)}) is not in the installed LitData (found {current!r}). "
+                f"gem_lightning.data.object_store cannot make LitData accept http:// endpoints: {OBSTORE_S3_STORE_BUILDER}"
+                f"({', '.join(expected)}) is not in the installed LitData (found {current!r}). "
                 "Check whether LitData now accepts http endpoints itself and update or drop this shim."
             )
-        downloader._build_obstore_s3_store = _allowing_plain_http(current)
+        replace_obstore_s3_store_builder(_allowing_plain_http(current))
 
 
 def _allowing_plain_http(build_store: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:

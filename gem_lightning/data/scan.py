@@ -27,11 +27,18 @@ class DatasetLayoutError(UserInputError):
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One usable image: its path, its class index and the digest of its bytes."""
+    """One usable image: its path, its class index and the digest of its bytes; with several labels
+    (a labels file), ``labels`` holds them all and ``label`` the first."""
 
     path: Path
     label: int
     digest: str
+    labels: tuple[int, ...] = ()
+
+    @property
+    def label_set(self) -> tuple[int, ...]:
+        """Every label of the image: ``labels``, or the one ``label``."""
+        return self.labels or (self.label,)
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,8 @@ class SplitScan:
     """Files that ``data.corrections`` moved to another class (their records carry the new label)."""
 
     def counts(self) -> Counter[int]:
-        return Counter(record.label for record in self.records)
+        """Images per class (an image with several labels counts for each)."""
+        return Counter(label for record in self.records for label in record.label_set)
 
 
 def is_hidden(path: Path | str) -> bool:
@@ -186,7 +194,7 @@ def duplicate_groups(records: list[ImageRecord]) -> list[list[ImageRecord]]:
 
 def label_conflicts(records: list[ImageRecord]) -> list[list[ImageRecord]]:
     """Duplicate groups whose copies sit under different classes: the labels disagree."""
-    return [group for group in duplicate_groups(records) if len({r.label for r in group}) > 1]
+    return [group for group in duplicate_groups(records) if len({r.label_set for r in group}) > 1]
 
 
 def format_summary(scans: dict[str, SplitScan], *, min_per_class: int = 2, max_listed: int = 50) -> str:

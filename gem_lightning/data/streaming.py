@@ -54,7 +54,7 @@ class StreamInfo:
         val_fraction: share of each class of ``train/`` held out in ``val/``.
         seed: seed of that split.
         counts: images per split.
-        source: the folder it was optimized from (for the record).
+        source: the folder (or labels file) it was optimized from (for the record).
     """
 
     class_names: list[str]
@@ -65,6 +65,8 @@ class StreamInfo:
     counts: dict[str, int] = field(default_factory=dict)
     source: str = ""
     version: int = 1
+    task: Literal["multiclass", "multilabel"] = "multiclass"
+    """``multilabel``: optimized from a labels file; each item carries multi-hot ``targets``."""
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "decode": asdict(self.decode)}, indent=1)
@@ -187,6 +189,13 @@ def stream_decode_settings(root: str, info: StreamInfo, image_size: int) -> Deco
     return info.decode
 
 
+def item_target(item: dict[str, Any], info: StreamInfo) -> int | torch.Tensor:
+    """A stored item's target: its class index, or (multi-label) its multi-hot float vector."""
+    if info.task == "multilabel":
+        return torch.from_numpy(np.asarray(item["targets"], dtype=np.float32))
+    return int(item["label"])
+
+
 def item_pixels(item: dict[str, Any], info: StreamInfo) -> torch.Tensor:
     """A stored item's image as ``(3, S, S)`` uint8, decoding the original bytes if that is how it was stored."""
     image = item["image"]
@@ -216,7 +225,7 @@ class TrainingStream(StreamingDataset):
 
     def __getitem__(self, index: Any) -> tuple[torch.Tensor, int, int]:
         item = super().__getitem__(index)
-        return item_pixels(item, self.info), int(item["label"]), int(item["index"])
+        return item_pixels(item, self.info), item_target(item, self.info), int(item["index"])
 
 
 class AugmentingCollate:
@@ -262,4 +271,4 @@ class EvaluationStream(Dataset):
             raise
         if self.for_predict:
             return {"image": image, "index": position, "path": item["path"]}
-        return image, int(item["label"]), position
+        return image, item_target(item, self.info), position

@@ -3,6 +3,7 @@
     from gem_lightning.inference.api import load_model
     model = load_model("runs/gem/version_0/checkpoints/last.ckpt")
     model.classify("ruby.jpg")          # [("Ruby", 0.91), ("Spinel", 0.05), ...]
+    model.labels("ring.jpg")            # a multi-label model's answer: [("Ruby", 0.93), ("Diamond", 0.71)]
 
 Photos are prepared exactly as ``predict`` prepares them (decoded and squeezed to the cache size,
 then the evaluation resize), so the answers equal the command line's predictions.
@@ -18,11 +19,13 @@ from pathlib import Path
 
 import torch
 
+from gem_lightning.errors import UserInputError
 from gem_lightning.inference.preprocessing import Preprocessing
 from gem_lightning.inference.runtime import check_runtime, onnx_probabilities, require_onnxruntime
 from gem_lightning.tracking.checkpoint_uri import resolve_checkpoint
 from gem_lightning.training.checkpoints import load_checkpoint
 from gem_lightning.training.module import GemClassifier
+from gem_lightning.training.thresholds import label_sets
 
 Ranked = list[tuple[str, float]]
 """``(class name, probability)`` pairs, most probable first."""
@@ -54,6 +57,7 @@ class GemModel:
         self.preprocessing = Preprocessing.from_hparams(classifier.hparams)
         self.settings = self.preprocessing.settings
         self._probabilities = probabilities or classifier.predict_proba
+        self.multilabel: bool = classifier.multilabel is not None
 
     def preprocess(self, image_path: str | Path | bytes) -> torch.Tensor:
         """One photo (its path, or the file's bytes) as the ``(3, S, S)`` uint8 tensor that ``predict``
@@ -96,6 +100,31 @@ class GemModel:
             for row_labels, row_probs in zip(labels.tolist(), probs.tolist()):
                 ranked.append([(self.class_names[label], prob) for label, prob in zip(row_labels, row_probs)])
         return ranked
+
+    def labels(self, image_path: str | Path) -> Ranked:
+        """A multi-label model's answer for one photo: the labels at its stored thresholds, most probable first."""
+        return self.labels_many([image_path])[0]
+
+    @torch.inference_mode()
+    def labels_many(self, paths: Sequence[str | Path], batch_size: int = 32) -> list[Ranked]:
+        """Each photo's labels at the stored thresholds (a multi-label model: ``model.task: multilabel``).
+
+        Raises:
+            UserInputError: the model is single-label (use :meth:`classify_many`).
+            BadImageError: a file cannot be read as an image.
+        """
+        if not self.multilabel:
+            raise UserInputError("labels() answers label sets of a multi-label model; this one is single-label: use classify().")
+        answers: list[Ranked] = []
+        for start in range(0, len(paths), batch_size):
+            images = torch.stack([self.preprocess(path) for path in paths[start : start + batch_size]])
+            answers += self.label_sets(self.predict_proba(images))
+        return answers
+
+    def label_sets(self, probs: torch.Tensor) -> list[Ranked]:
+        """``(B, C)`` probabilities of a multi-label model -> each image's labels at the stored thresholds."""
+        sets = label_sets(probs.cpu(), self.classifier.multilabel.thresholds.cpu())
+        return [[(self.class_names[label], float(row[label])) for label in chosen] for row, chosen in zip(probs.cpu(), sets)]
 
 
 def load_model(

@@ -58,10 +58,8 @@ class Int8Measurement:
         measured = f"on {self.images} held-out photos of {self.source}: top-1 agreement with fp32 {100 * self.agreement:.1f} %"
         if self.fp32_accuracy is None:
             return measured + f" (no class folders, so up to {100 * self.loss:.1f} points of accuracy lost)"
-        return (
-            measured
-            + f", accuracy {100 * self.int8_accuracy:.1f} % against fp32's {100 * self.fp32_accuracy:.1f} % ({100 * self.loss:.1f} points lost)"
-        )
+        accuracies = f"accuracy {100 * self.int8_accuracy:.1f} % against fp32's {100 * self.fp32_accuracy:.1f} %"
+        return measured + f", {accuracies} ({100 * self.loss:.1f} points lost)"
 
     def refusal(self) -> str | None:
         """Why int8 must not be used, or None."""

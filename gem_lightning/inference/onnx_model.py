@@ -3,7 +3,7 @@
 Cached beside the checkpoint (``<ckpt>.onnx``, int8: ``<ckpt>.int8.onnx``) with a sidecar
 ``<model>.json`` holding the checkpoint's sha256 and the model file's own: a changed checkpoint (or a
 damaged model file) is a miss. Where the checkpoint's folder cannot be written, the cache is
-``<cache dir>/onnx/<sha256 prefix>/`` (``data.cache_dir``'s default, ``$GEM_LIGHTNING_CACHE``).
+``<cache dir>/onnx/<sha256 prefix>/`` (``data.cache.dir``'s default, ``$GEM_LIGHTNING_CACHE``).
 What is checked before a model is cached is :mod:`gem_lightning.inference.runtime`'s business.
 """
 

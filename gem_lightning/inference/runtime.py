@@ -5,7 +5,7 @@ The checkpoint stays the source of truth. On first use the network is exported f
 checked against torch, and cached beside the checkpoint as ``<ckpt>.onnx`` with a sidecar
 ``<ckpt>.onnx.json`` that holds the checkpoint's sha256 (and the ONNX file's): a changed checkpoint
 is exported again, an unchanged one is not. Where the checkpoint's folder cannot be written, the
-cache is ``<cache dir>/onnx/<sha256 prefix>/`` (``data.cache_dir``'s default). Test-time
+cache is ``<cache dir>/onnx/<sha256 prefix>/`` (``data.cache.dir``'s default). Test-time
 augmentation and temperature scaling run outside the graph, as torch runs them (the views of
 ``tta_views``, averaged, then ``calibrated``), so one ONNX file serves every ``tta``.
 

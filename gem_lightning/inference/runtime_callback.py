@@ -1,19 +1,24 @@
 """``--inference.runtime onnxruntime`` for ``predict``, ``test`` and ``validate``: a Lightning callback.
 
 A callback, not a model setting: which engine runs the network is chosen at inference and never
-stored in a checkpoint, and the module's code stays as it is. When the stage starts (the checkpoint's
-weights restored), the module's ``predict_proba``, which ``predict_step`` and the evaluation steps call,
-is replaced by the ONNX Runtime session of :mod:`gem_lightning.inference.runtime` (exported from
-``--ckpt_path`` on first use, checked against torch, cached beside it); when the stage ends, torch's
-is back.
+stored in a checkpoint. When the stage starts (the checkpoint's weights restored), the module's
+``predict_proba``, which ``predict_step`` and the evaluation steps call, is handed the ONNX Runtime
+session of :mod:`gem_lightning.inference.runtime` (exported from ``--ckpt_path`` on first use, checked
+against torch, cached beside it) through ``GemClassifier.set_inference_engine``; when the stage ends
+or fails, torch's network answers again.
 """
 
 from __future__ import annotations
 
-from lightning.pytorch import Callback, LightningModule, Trainer
+from typing import TYPE_CHECKING
+
+from lightning.pytorch import Callback, Trainer
 
 from gem_lightning.errors import UserInputError
 from gem_lightning.inference.runtime import Runtime, check_runtime, onnx_probabilities, require_onnxruntime
+
+if TYPE_CHECKING:
+    from gem_lightning.training.module import GemClassifier
 
 
 class InferenceRuntime(Callback):
@@ -31,7 +36,7 @@ class InferenceRuntime(Callback):
         self.runtime = check_runtime(runtime)
         self.int8_images = int8_images
 
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+    def setup(self, trainer: Trainer, pl_module: GemClassifier, stage: str) -> None:
         if self.runtime == "torch":
             return
         if stage == "fit":
@@ -40,32 +45,36 @@ class InferenceRuntime(Callback):
             )
         require_onnxruntime(self.runtime)  # before any data is read
 
-    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_validation_start(self, trainer: Trainer, pl_module: GemClassifier) -> None:
         self._install(trainer, pl_module)
 
-    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_test_start(self, trainer: Trainer, pl_module: GemClassifier) -> None:
         self._install(trainer, pl_module)
 
-    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_predict_start(self, trainer: Trainer, pl_module: GemClassifier) -> None:
         self._install(trainer, pl_module)
 
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_validation_end(self, trainer: Trainer, pl_module: GemClassifier) -> None:
         self._uninstall(pl_module)
 
-    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_test_end(self, trainer: Trainer, pl_module: GemClassifier) -> None:
         self._uninstall(pl_module)
 
-    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_predict_end(self, trainer: Trainer, pl_module: GemClassifier) -> None:
         self._uninstall(pl_module)
 
-    def _install(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Replace ``pl_module.predict_proba`` by the ONNX Runtime session (an instance attribute shadows the method)."""
+    def on_exception(self, trainer: Trainer, pl_module: GemClassifier, exception: BaseException) -> None:
+        self._uninstall(pl_module)
+
+    def _install(self, trainer: Trainer, pl_module: GemClassifier) -> None:
+        """Make ``pl_module.predict_proba`` answer with the ONNX Runtime session of its checkpoint."""
         if self.runtime == "torch":
             return
         if not trainer.ckpt_path:
             raise UserInputError(f"inference.runtime {self.runtime} exports the network from the checkpoint: give --ckpt_path.")
-        pl_module.predict_proba = onnx_probabilities(pl_module, trainer.ckpt_path, self.runtime, int8_images=self.int8_images)
+        engine = onnx_probabilities(pl_module, trainer.ckpt_path, self.runtime, int8_images=self.int8_images)
+        pl_module.set_inference_engine(engine)
 
-    @staticmethod
-    def _uninstall(pl_module: LightningModule) -> None:
-        vars(pl_module).pop("predict_proba", None)
+    def _uninstall(self, pl_module: GemClassifier) -> None:
+        if self.runtime != "torch":
+            pl_module.set_inference_engine(None)

@@ -25,6 +25,7 @@ class ImageClassifier(nn.Module):
             of its 8 quarter turns and mirrors (for subjects with no "up").
         temperature: divides the log of the (averaged) probabilities before the final softmax:
             temperature scaling, fitted on held-out photos by ``calibrate``; 1 leaves them as they are.
+        multilabel: each class's probability on its own (sigmoid) instead of one class among all (softmax).
     """
 
     def __init__(
@@ -36,6 +37,7 @@ class ImageClassifier(nn.Module):
         channels_last: bool = True,
         tta: TTA = "none",
         temperature: float = 1.0,
+        multilabel: bool = False,
     ) -> None:
         super().__init__()
         self.network = network.to(memory_format=torch.channels_last) if channels_last else network
@@ -44,6 +46,7 @@ class ImageClassifier(nn.Module):
         self.channels_last = channels_last
         self.tta = tta
         self.temperature = temperature
+        self.multilabel = multilabel
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         images = (images.float() - self.mean) / self.std
@@ -56,12 +59,19 @@ class ImageClassifier(nn.Module):
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """Calibrated class probabilities in float32, with the test-time augmentation if any."""
         views = tta_views(images, self.tta)
-        return self.calibrated(torch.stack([self(view).float().softmax(dim=-1) for view in views]).mean(0))
+        return self.calibrated(torch.stack([self.activate(self(view)) for view in views]).mean(0))
+
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits -> float32 probabilities: a sigmoid per class (multi-label), else a softmax over them."""
+        return logits.float().sigmoid() if self.multilabel else logits.float().softmax(dim=-1)
 
     def calibrated(self, probs: torch.Tensor) -> torch.Tensor:
-        """``probs`` with the temperature applied, ``softmax(log(probs) / T)``; unchanged at T = 1."""
+        """``probs`` with the temperature applied, ``softmax(log(probs) / T)`` (multi-label: ``sigmoid(logit(p) / T)``
+        per class); unchanged at T = 1."""
         if self.temperature == 1.0:
             return probs
+        if self.multilabel:
+            return (torch.logit(probs.clamp(1e-7, 1 - 1e-7)) / self.temperature).sigmoid()
         return (probs.clamp_min(1e-12).log() / self.temperature).softmax(dim=-1)
 
 

@@ -133,7 +133,8 @@ def read_state_dict(path: Path) -> StateDict:
     """The tensors of a state-dict file, unwrapping ``{"state_dict": ...}`` and ``{"model": ...}``."""
     if not path.is_file():
         raise UserInputError(
-            f"model.network.weights: {str(path)!r} does not exist; give a state-dict file ({', '.join(WEIGHT_SUFFIXES)}) or one of: {', '.join(NAMED_WEIGHTS)}."
+            f"model.network.weights: {str(path)!r} does not exist; give a state-dict file ({', '.join(WEIGHT_SUFFIXES)}) "
+            f"or one of: {', '.join(NAMED_WEIGHTS)}."
         )
     try:
         if path.suffix == ".safetensors":
@@ -144,7 +145,8 @@ def read_state_dict(path: Path) -> StateDict:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # every reader has its own error types for a damaged file
         raise UserInputError(
-            f"model.network.weights: cannot read {str(path)!r} as a state dict ({type(error).__name__}: {str(error)[:120]}); is the file complete?"
+            f"model.network.weights: cannot read {str(path)!r} as a state dict "
+            f"({type(error).__name__}: {str(error)[:120]}); is the file complete?"
         ) from None
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):

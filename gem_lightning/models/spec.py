@@ -21,6 +21,8 @@ from gem_lightning.errors import UserInputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_IMAGE_SIZE = 220
+"""The side networks without a preferred input size train at: the seed notebook's."""
 
 
 class Normalization(NamedTuple):
@@ -28,7 +30,7 @@ class Normalization(NamedTuple):
 
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    input_size: int | None = None
+    input_size: int = DEFAULT_IMAGE_SIZE
 
 
 class NetworkSpec(ABC):
@@ -64,7 +66,7 @@ class NetworkSpec(ABC):
         return classifier_head(network)
 
     def cam_layer(self, network: nn.Module) -> nn.Module:
-        """The layer whose activations class activation maps weigh (Grad-CAM, ``gem_lightning.audit.cam``):
+        """The layer whose activations class activation maps weigh (Grad-CAM, ``gem_lightning.reports.cam``):
         the last feature map before pooling, which still says where things are."""
         return feature_map_module(network)
 

@@ -39,7 +39,7 @@ def misclassified_gallery_png(
     ``items`` are ``(image path, true name, predicted name, predicted probability)``;
     the first ``max_images`` are drawn (callers sort, e.g. most confident first).
     ``overlays``, one per drawn item (or None), are drawn to the right of each photo: where the
-    model looked for the class it predicted (``gem_lightning.audit.cam``).
+    model looked for the class it predicted (``gem_lightning.reports.cam``).
     Unreadable files become a grey "unreadable image" tile instead of an error.
     With no items a small PNG saying so is written, so the report link still works.
     """

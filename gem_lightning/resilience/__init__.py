@@ -9,7 +9,7 @@ What a resume from ``--ckpt_path last`` reproduces (Lightning 2.6, verified by `
   optimizer state. This needs :class:`RNGState` (Lightning does not save the random generators;
   a resumed run would otherwise start from ``seed_everything`` again and shuffle, augment and drop
   out differently), ``trainer.deterministic`` for bitwise-equal kernels, and loader workers that
-  are re-created each epoch (``data.num_workers 0`` or ``data.persistent_workers false``):
+  are re-created each epoch (``data.loader.num_workers 0`` or ``data.loader.persistent_workers false``):
   persistent workers carry their own random streams across epochs, which no checkpoint captures,
   so with them the replayed epoch gets other (equally valid) augmentations.
 * **From a mid-epoch checkpoint** (``checkpoint.every_n_train_steps`` or the SIGTERM checkpoint of
@@ -50,7 +50,7 @@ calls it, and uses :class:`ResumableModelCheckpoint` for its ``checkpoint`` opti
   the trainer's own process, never by the loader workers that inherit them (``signals``, which also
   keeps loader workers out of the job's signals and records a SLURM requeue signal outside training).
 
-The private Lightning names these rely on are listed in :mod:`gem_lightning.lightning_compat`.
+The private Lightning names these rely on are listed in :mod:`gem_lightning.compat.lightning`.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 
-from gem_lightning.lightning_compat import replace_default_signal_connector
+from gem_lightning.compat.lightning import replace_default_signal_connector
 from gem_lightning.resilience.atomic_checkpoint import AtomicCheckpointIO
 from gem_lightning.resilience.last_checkpoint import ResumableModelCheckpoint
 from gem_lightning.resilience.preemption import SaveOnSigterm

@@ -23,7 +23,7 @@ class ResumableModelCheckpoint(ModelCheckpoint):
     (``every_n_train_steps``) are unchanged. Same arguments as ``ModelCheckpoint``; its checkpoint
     state uses ``ModelCheckpoint``'s key, so checkpoints written with either class resume with the other.
     It relies on ``ModelCheckpoint`` internals of Lightning 2.6 (listed in
-    :mod:`gem_lightning.lightning_compat`; ``pyproject.toml`` pins ``<2.7``); ``tests/test_resume.py``
+    :mod:`gem_lightning.compat.lightning`; ``pyproject.toml`` pins ``<2.7``); ``tests/test_resume.py``
     checks the behaviour.
     """
 

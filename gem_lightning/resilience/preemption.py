@@ -20,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
-from gem_lightning.lightning_compat import last_global_step_saved, stop_as_on_sigterm
+from gem_lightning.compat.lightning import last_global_step_saved, stop_as_on_sigterm
 from gem_lightning.resilience.signals import install_handler, take_requeue_request
 from gem_lightning.resilience.slurm_requeue import requeue_signal, requeue_slurm_job
 
@@ -64,7 +64,7 @@ class SaveOnSigterm(Callback):
     (``gem_lightning.resilience.signals.listen_for_requeue_signal``) is acted on after the first batch.
 
     Every handler runs only in the process that installed it (``gem_lightning.resilience.signals``): loader
-    workers started by ``fork`` (``data.multiprocessing_context``) inherit them but never act on them.
+    workers started by ``fork`` (``data.loader.multiprocessing_context``) inherit them but never act on them.
 
     Args:
         filename: name (without ``.ckpt``) of the checkpoint in the ``ModelCheckpoint`` folder;

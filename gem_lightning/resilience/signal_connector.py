@@ -12,7 +12,7 @@ from typing import Any
 
 from typing_extensions import override
 
-from gem_lightning.lightning_compat import HandlersCompose, SignalConnector
+from gem_lightning.compat.lightning import HandlersCompose, SignalConnector
 from gem_lightning.resilience.signals import OwnProcessHandler
 
 

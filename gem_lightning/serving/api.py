@@ -96,30 +96,34 @@ class GemLitAPI(ls.LitAPI):
         if usable:
             images = torch.stack([requests[i][0] for i in usable])
             probs = self.model.predict_proba(images).cpu()
-            for row, i in zip(probs, usable):
+            label_sets = self.model.label_sets(probs) if self.model.multilabel else [None] * len(usable)
+            for row, label_set, i in zip(probs, label_sets, usable):
                 values, labels = row.topk(requests[i][1])
-                answers[i] = [(self.model.class_names[label], value) for label, value in zip(labels.tolist(), values.tolist())]
+                ranked = [(self.model.class_names[label], value) for label, value in zip(labels.tolist(), values.tolist())]
+                answers[i] = {"ranked": ranked, "labels": label_set}
                 if requests[i][2]:
-                    answers[i] = (answers[i], self.where_it_looked(requests[i][0], int(labels[0])))
+                    answers[i]["cam"] = self.where_it_looked(requests[i][0], int(labels[0]))
         return answers if self.max_batch_size > 1 else answers[0]
 
     def where_it_looked(self, image: torch.Tensor, label: int) -> str | None:
         """The photo with the Grad-CAM map of ``label`` over it, a PNG data URL (the torch network's,
         whatever the runtime); None without the ``audit`` extra (``grad-cam``)."""
         try:
-            from gem_lightning.audit.cam import overlay_data_url
+            from gem_lightning.reports.cam import overlay_data_url
         except ImportError:
             return None
         return overlay_data_url(self.model.classifier, image.to(self.model.device), label)
 
-    def encode_response(self, output: list[tuple[str, float]] | tuple[list, str | None] | Unusable):
-        """The answer's JSON (with ``cam``, the overlay, when asked for), or the 422 of an unusable upload.
-        (No return annotation: LitServe would make it the route's response model.)"""
+    def encode_response(self, output: dict[str, Any] | Unusable):
+        """The answer's JSON (a multi-label model's ``labels``; ``cam``, the overlay, when asked for), or
+        the 422 of an unusable upload. (No return annotation: LitServe would make it the route's response model.)"""
         if isinstance(output, Unusable):
             return output.response()
-        output, cam = output if isinstance(output, tuple) else (output, None)
-        answer = {
-            "predictions": [{"class": name, "probability": probability} for name, probability in output],
-            "model": self.model_id,
-        }
-        return answer if cam is None else {**answer, "cam": cam}
+        answer = {"predictions": _named(output["ranked"]), "model": self.model_id}
+        if output["labels"] is not None:
+            answer["labels"] = _named(output["labels"])
+        return answer if "cam" not in output else {**answer, "cam": output["cam"]}
+
+
+def _named(ranked: list[tuple[str, float]]) -> list[dict[str, Any]]:
+    return [{"class": name, "probability": probability} for name, probability in ranked]

@@ -52,7 +52,7 @@ class Upload:
     image: bytes
     top_k: int
     cam: bool = False
-    """``?cam=true``: the answer also carries where the model looked (``gem_lightning.audit.cam``)."""
+    """``?cam=true``: the answer also carries where the model looked (``gem_lightning.reports.cam``)."""
 
 
 async def checked_upload(request: Request) -> Upload:

@@ -35,6 +35,8 @@ import litserve as ls
 from fastapi import HTTPException
 from litserve.utils import LitAPIStatus, WorkerSetupStatus
 
+from gem_lightning.compat.litserve import disable_worker_monitor, request_shutdown, shutdown_requested
+
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 5
@@ -57,7 +59,7 @@ class Supervisor:
         self.stopping = False
         self.failure: str | None = None
         self._deaths: deque[float] = deque()
-        server._monitor_workers = False  # LitServe's monitor would race this one
+        disable_worker_monitor(server)  # LitServe's monitor would race this one
 
     def start(self) -> None:
         """Start watching in a daemon thread; call before ``server.run``."""
@@ -68,7 +70,7 @@ class Supervisor:
         try:
             while not self._ready():
                 time.sleep(self.poll_s)
-            while not self.stopping and not self.server._shutdown_event.is_set():
+            while not self.stopping and not shutdown_requested(self.server):
                 self._check()
                 time.sleep(self.poll_s)
         except Exception:  # the manager is gone: the server is already shutting down
@@ -118,7 +120,7 @@ class Supervisor:
         for key in list(self.server.workers_setup_status.keys()):
             self.server.workers_setup_status[key] = WorkerSetupStatus.ERROR
         time.sleep(2 * self.poll_s)  # lets the HTTP processes answer the waiting requests with 503
-        self.server._shutdown_event.set()
+        request_shutdown(self.server)
 
 
 def fail_requests_on_worker_loss(server: ls.LitServer, poll_s: float = 0.25) -> None:

@@ -39,6 +39,9 @@ def ensemble_checkpoint(ckpt_paths: Sequence[str | Path], tta: str | None = None
         raise UserInputError(f"an ensemble needs at least two checkpoints, got {len(ckpt_paths)}.")
     members = [(str(path), load_checkpoint(path)) for path in ckpt_paths]
     hparams = [upgrade_hparams(dict(checkpoint["hyper_parameters"])) for _, checkpoint in members]
+    multilabel = [path for (path, _), h in zip(members, hparams) if h.get("task") == "multilabel"]
+    if multilabel:
+        raise UserInputError(f"{multilabel[0]!r} is a multi-label model; ensembles average single-label models' probabilities.")
     _check_members_agree([path for path, _ in members], hparams)
     first = hparams[0]
     ttas = {h.get("tta", "none") for h in hparams}

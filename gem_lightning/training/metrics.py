@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError, MulticlassF1Score
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassCalibrationError,
+    MulticlassF1Score,
+    MultilabelAveragePrecision,
+    MultilabelF1Score,
+)
 
 LOSS = "loss"
 ACC = "acc"
@@ -11,12 +17,16 @@ ACC_TOP5 = "acc_top5"
 F1 = "f1"
 ECE = "ece"
 SAMPLES = "samples"
+MAP = "map"
+MAP_MICRO = "map_micro"
 
 ECE_BINS = 15
 """Confidence bins of the expected calibration error (the usual 15)."""
 
 MONITOR = f"val/{ACC}"
 """What checkpointing and early stopping watch by default (maximised)."""
+MULTILABEL_MONITOR = f"val/{MAP}"
+"""What they watch instead for a multi-label model: its macro mean average precision."""
 
 
 def classification_metrics(num_classes: int, prefix: str, *, calibration: bool = False) -> MetricCollection:
@@ -34,3 +44,18 @@ def classification_metrics(num_classes: int, prefix: str, *, calibration: bool =
         prefix=prefix,
         compute_groups=False,  # grouping shares micro-averaged states with the macro F1 and corrupts it
     )
+
+
+def multilabel_ranking_metrics(num_labels: int, prefix: str) -> MetricCollection:
+    """Mean average precision over labels (``<prefix>map``, macro) and over every (image, label) pair
+    (``<prefix>map_micro``): how well each label's probabilities rank its photos, whatever the thresholds."""
+    return MetricCollection(
+        {MAP: MultilabelAveragePrecision(num_labels, average="macro"), MAP_MICRO: MultilabelAveragePrecision(num_labels, average="micro")},
+        prefix=prefix,
+        compute_groups=False,
+    )
+
+
+def multilabel_decision_metrics(num_labels: int, prefix: str) -> MetricCollection:
+    """Macro F1 of the label sets answered (``<prefix>f1``); updated with 0/1 decisions at the stored thresholds."""
+    return MetricCollection({F1: MultilabelF1Score(num_labels, average="macro")}, prefix=prefix)

@@ -7,7 +7,7 @@ so the checkpoint alone (class names, image size, normalisation, architecture) i
 from __future__ import annotations
 
 import dataclasses
-import math
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -17,12 +17,17 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics import MeanMetric
 from torchvision.transforms import v2
 
+from gem_lightning.data.progressive_resizing import ProgressiveResizing
+from gem_lightning.data.sources import Task
 from gem_lightning.errors import UserInputError
 from gem_lightning.models import NetworkSpec, VGGSpec, spec_from_config
 from gem_lightning.models.classifier import TTA, ImageClassifier
 from gem_lightning.training.checkpoints import checkpoint_hparams
+from gem_lightning.training.checks import check_multilabel_settings, check_progressive_resizing, check_training_settings
 from gem_lightning.training.distillation import Distillation, Teacher
-from gem_lightning.training.metrics import LOSS, MONITOR, SAMPLES, classification_metrics
+from gem_lightning.training.metrics import LOSS, MONITOR, MULTILABEL_MONITOR, SAMPLES, classification_metrics
+from gem_lightning.training.multilabel import MultilabelObjective
+from gem_lightning.training.thresholds import label_sets
 
 
 def batch_mixing(num_classes: int, mixup_alpha: float, cutmix_alpha: float) -> v2.Transform | None:
@@ -37,17 +42,6 @@ def batch_mixing(num_classes: int, mixup_alpha: float, cutmix_alpha: float) -> v
     return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
 
 
-def check_progressive_resizing(network: NetworkSpec, total_steps: float) -> None:
-    """Progressive resizing needs a network that takes smaller images and a run of known length."""
-    fixed = network.input_size_fixed()
-    if fixed:
-        raise UserInputError(f"data.progressive_resizing trains on smaller images, but model.network cannot take them: {fixed}.")
-    if math.isinf(total_steps) or total_steps < 1:  # inf: no max_epochs nor max_steps; -1: a stream of unknown length without max_steps
-        raise UserInputError(
-            "data.progressive_resizing grows the images over the whole run, whose length is unknown: set trainer.max_steps (or trainer.max_epochs for a folder)."
-        )
-
-
 def balanced_class_weights(counts: list[int]) -> torch.Tensor:
     """``N / (C * n_c)`` per class (scikit-learn's "balanced": each class weighs as much in all, and the
     average training image keeps weight 1); a class with no training image gets 0 (it is never a target)."""
@@ -58,34 +52,23 @@ def balanced_class_weights(counts: list[int]) -> torch.Tensor:
     return weights
 
 
-def check_training_settings(
-    *, top_k: int, label_smoothing: float, mixup_alpha: float, cutmix_alpha: float, backbone_lr_ratio: float, temperature: float
-) -> None:
-    """Refuse values that cannot work, naming the setting, before anything is built."""
-    problems = []
-    if not 0.0 < backbone_lr_ratio <= 1.0:
-        problems.append(f"model.backbone_lr_ratio must be above 0 and at most 1, got {backbone_lr_ratio}")
-    if not temperature > 0:
-        problems.append(f"model.temperature must be above 0, got {temperature}")
-    if top_k < 1:
-        problems.append(f"model.top_k must be at least 1, got {top_k}")
-    if not 0.0 <= label_smoothing < 1.0:
-        problems.append(f"model.label_smoothing must be at least 0 and below 1, got {label_smoothing}")
-    for name, alpha in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
-        if alpha < 0:
-            problems.append(f"model.{name} must be 0 (off) or more, got {alpha}")
-    if problems:
-        raise UserInputError("; ".join(problems) + ".")
-
-
 class GemClassifier(LightningModule):
     """Classifies square RGB images into ``class_names`` with the network ``network`` builds.
 
     Args:
         class_names: class names in label order; linked from the data module by the CLI.
-        image_size: side of the square input; linked from the data module by the CLI.
+        image_size: side of the square input; linked from the data module by the CLI; default: the
+            network's input size.
         preprocessing: how photos were decoded for training (auto-crop, background colour);
             linked from the data module, kept so that serving decodes photos the same way.
+        class_counts: the training split's images per class, asked when ``fit`` starts (after the
+            data is set up); linked from the data module by the CLI; needed by ``class_weights: balanced``.
+        progressive_resizing: the data module's schedule, linked by the CLI: a fit checks that the
+            network takes the smaller images and that the run's length is known.
+        task: ``multiclass`` (one class a photo: softmax, cross-entropy) or ``multilabel`` (any number:
+            a sigmoid a class, binary cross-entropy, a threshold per label tuned on the validation
+            split and kept in the checkpoint); linked from the data module (a labels file is
+            multi-label), or, from a checkpoint, the checkpoint's.
         network: the network spec (``class_path`` and ``init_args`` in YAML):
             ``gem_lightning.models.VGGSpec`` (the seed's CNN, the default), ``TimmSpec`` (any timm
             model, with pretrained weights from local files), ``TorchvisionSpec``, or your own
@@ -121,8 +104,11 @@ class GemClassifier(LightningModule):
     def __init__(
         self,
         class_names: list[str],
-        image_size: int = 220,
+        image_size: int | None = None,
         preprocessing: dict | None = None,
+        class_counts: Callable[[], list[int]] | None = None,
+        progressive_resizing: ProgressiveResizing | None = None,
+        task: Task = "multiclass",
         *,
         network: NetworkSpec = VGGSpec(),
         mean: tuple[float, float, float] | None = None,
@@ -155,12 +141,21 @@ class GemClassifier(LightningModule):
             backbone_lr_ratio=backbone_lr_ratio,
             temperature=temperature,
         )
+        if task == "multilabel":
+            check_multilabel_settings(
+                label_smoothing=label_smoothing,
+                mixup_alpha=mixup_alpha,
+                cutmix_alpha=cutmix_alpha,
+                class_weights=class_weights,
+                distillation=distillation,
+            )
         self.network_spec = spec_from_config(network)  # a dict when Lightning rebuilds from a checkpoint outside the CLI
         self.distillation = Distillation(**distillation) if isinstance(distillation, dict) else distillation
         if self.distillation is not None:
             self.distillation.check()
             image_size = self.distillation.student_size or image_size  # the student's checkpoint predicts at its own size
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        image_size = image_size or self.network_spec.normalization().input_size
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "class_counts", "progressive_resizing"])
         self.hparams.image_size = image_size
         # Saved as plain, resolved values: the checkpoint alone rebuilds the network (and loads with weights_only).
         self.hparams.network = self.network_spec.to_config()
@@ -172,25 +167,41 @@ class GemClassifier(LightningModule):
         self.class_names = list(class_names)
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
+        self.class_counts = class_counts
+        self.progressive_resizing = progressive_resizing
         network_module = self.network_spec.build(self.num_classes, image_size)
         self.model = ImageClassifier(
-            network_module, self.hparams.mean, self.hparams.std, channels_last=channels_last, tta=tta, temperature=temperature
+            network_module,
+            self.hparams.mean,
+            self.hparams.std,
+            channels_last=channels_last,
+            tta=tta,
+            temperature=temperature,
+            multilabel=task == "multilabel",
         )
         self.teacher: Teacher | None = None
         self.pretrained_loaded = False
+        self._inference_engine: Callable[[torch.Tensor], torch.Tensor] | None = None
         if compile:
             self.model.compile()  # in place: parameter names, hence checkpoints, stay the same
         self.batch_mix = batch_mixing(self.num_classes, mixup_alpha, cutmix_alpha)
         self.loss_weights: torch.Tensor | None = None
         self.example_input_array = torch.zeros(2, 3, image_size, image_size, dtype=torch.uint8)
 
-        self.train_metrics = classification_metrics(self.num_classes, "train/")
-        self.val_metrics = classification_metrics(self.num_classes, "val/", calibration=True)
-        self.test_metrics = classification_metrics(self.num_classes, "test/", calibration=True)
-        # Evaluation losses as metrics: exact under DDP with unequal images per process
-        # (Lightning 2.6's sync_dist mean floors an integer sample count, Lightning-AI/pytorch-lightning#21859).
-        self.val_loss = MeanMetric()
-        self.test_loss = MeanMetric()
+        self.multilabel = MultilabelObjective(self.num_classes) if task == "multilabel" else None
+        if self.multilabel is None:
+            self.train_metrics = classification_metrics(self.num_classes, "train/")
+            self.val_metrics = classification_metrics(self.num_classes, "val/", calibration=True)
+            self.test_metrics = classification_metrics(self.num_classes, "test/", calibration=True)
+            # Evaluation losses as metrics: exact under DDP with unequal images per process
+            # (Lightning 2.6's sync_dist mean floors an integer sample count, Lightning-AI/pytorch-lightning#21859).
+            self.val_loss = MeanMetric()
+            self.test_loss = MeanMetric()
+
+    @property
+    def monitor(self) -> str:
+        """The validation metric that says which checkpoint is best (maximised): accuracy, or mAP for multi-label."""
+        return MONITOR if self.multilabel is None else MULTILABEL_MONITOR
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs):
@@ -205,14 +216,15 @@ class GemClassifier(LightningModule):
             self.prepare_training(from_scratch=self.trainer.ckpt_path is None)
 
     def on_fit_start(self) -> None:
-        if getattr(self.trainer.datamodule, "progressive_resizing", None) is not None:
+        if self.progressive_resizing is not None:
             check_progressive_resizing(self.network_spec, self.trainer.estimated_stepping_batches)
         if self.hparams.class_weights == "balanced":
-            if not hasattr(self.trainer.datamodule, "class_counts"):
+            if self.class_counts is None:
                 raise UserInputError(
-                    "model.class_weights: balanced needs a data module that counts its classes (GemDataModule's class_counts)."
+                    "model.class_weights: balanced needs the training split's class counts: give class_counts "
+                    "(the CLI links GemDataModule.class_counts)."
                 )
-            self.loss_weights = balanced_class_weights(self.trainer.datamodule.class_counts("train")).to(self.device)
+            self.loss_weights = balanced_class_weights(self.class_counts()).to(self.device)
 
     def prepare_training(self, *, from_scratch: bool) -> None:
         """Read, once, what only training needs: the network's pretrained weights (from scratch only: a
@@ -234,8 +246,17 @@ class GemClassifier(LightningModule):
         return self.model(self.at_own_size(images))
 
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
-        """Class probabilities, with test-time augmentation if ``tta`` asks for it."""
+        """Class probabilities, with test-time augmentation if ``tta`` asks for it; from the inference
+        engine instead of the network while one is set (:meth:`set_inference_engine`)."""
+        if self._inference_engine is not None:
+            return self._inference_engine(images)
         return self.model.probabilities(self.at_own_size(images))
+
+    def set_inference_engine(self, engine: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
+        """Let ``engine`` answer :meth:`predict_proba`, hence the evaluation and prediction steps, in place
+        of the network: ``(B, 3, S, S)`` images, 0-255 -> ``(B, num_classes)`` probabilities, TTA and
+        temperature included (``--inference.runtime``'s ONNX Runtime session of this network). None: the network again."""
+        self._inference_engine = engine
 
     def at_own_size(self, images: torch.Tensor) -> torch.Tensor:
         """``images`` downsampled to the network's ``image_size`` where they are larger: a distilled
@@ -248,6 +269,8 @@ class GemClassifier(LightningModule):
     # Steps -----------------------------------------------------------------------------------
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if self.multilabel is not None:
+            return self._multilabel_training_step(batch)
         images, targets, _ = batch
         soft_targets = targets
         if self.batch_mix is not None:
@@ -262,6 +285,15 @@ class GemClassifier(LightningModule):
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=len(targets))
         return loss
 
+    def _multilabel_training_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        images, targets, _ = batch
+        logits = self(images)
+        loss = self.multilabel.loss(logits, targets)
+        self.multilabel.train_metrics.update(self.multilabel.decide(logits.detach().float().sigmoid()), targets.int())
+        self.log(f"train/{LOSS}", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(targets))
+        self.log_dict(self.multilabel.train_metrics, on_step=False, on_epoch=True, batch_size=len(targets))
+        return loss
+
     def validation_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         return self._evaluation_step(batch, "val")
 
@@ -271,6 +303,8 @@ class GemClassifier(LightningModule):
     def _evaluation_step(self, batch, stage: str) -> dict[str, torch.Tensor]:
         images, targets, indices = batch
         probs = self.predict_proba(images)
+        if self.multilabel is not None:
+            return self._multilabel_evaluation_step(stage, probs, targets, indices)
         losses = F.nll_loss(probs.clamp_min(1e-12).log(), targets, reduction="none")
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         loss = self.val_loss if stage == "val" else self.test_loss
@@ -281,14 +315,37 @@ class GemClassifier(LightningModule):
         self.log(f"{stage}/{SAMPLES}", float(len(targets)), on_epoch=True, reduce_fx="sum", sync_dist=True, batch_size=1)
         return {"probs": probs, "targets": targets, "indices": indices}
 
+    def _multilabel_evaluation_step(self, stage: str, probs: torch.Tensor, targets: torch.Tensor, indices) -> dict[str, torch.Tensor]:
+        tuning = stage == "val" and self.trainer.state.fn == "fit" and not self.trainer.sanity_checking
+        self.multilabel.update(stage, probs, targets, keep=tuning)
+        batch = {"on_epoch": True, "prog_bar": stage == "val", "batch_size": len(targets)}
+        self.log(f"{stage}/{LOSS}", self.multilabel.losses[stage], **batch)
+        self.log_dict(self.multilabel.ranking[stage], **batch)
+        self.log_dict(self.multilabel.decisions[stage], **batch)
+        self.log(f"{stage}/{SAMPLES}", float(len(targets)), on_epoch=True, reduce_fx="sum", sync_dist=True, batch_size=1)
+        return {"probs": probs, "targets": targets, "indices": indices}
+
+    def on_validation_epoch_end(self) -> None:
+        """A multi-label model tunes its thresholds on this validation's photos (during ``fit``)."""
+        if self.multilabel is not None:
+            self.multilabel.tune_thresholds()
+
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        """For each good image: its path, the top-k class names and their probabilities."""
+        """For each good image: its path, the top-k class names and their probabilities; a multi-label
+        model also answers its label set (``labels``, ``label_probs``) at the stored thresholds."""
         rows = []
         if len(batch["path"]):
             probs = self.predict_proba(batch["image"])
             top_probs, top_labels = probs.topk(min(self.hparams.top_k, self.num_classes), dim=-1)
-            for path, index, labels, values in zip(batch["path"], batch["index"], top_labels.tolist(), top_probs.tolist()):
-                rows.append({"index": index, "path": path, "classes": [self.class_names[i] for i in labels], "probs": values})
+            sets = label_sets(probs, self.multilabel.thresholds) if self.multilabel is not None else None
+            for row, (path, index, labels, values) in enumerate(
+                zip(batch["path"], batch["index"], top_labels.tolist(), top_probs.tolist())
+            ):
+                answer = {"index": index, "path": path, "classes": [self.class_names[i] for i in labels], "probs": values}
+                if sets is not None:
+                    answer["labels"] = [self.class_names[i] for i in sets[row]]
+                    answer["label_probs"] = probs[row, sets[row]].tolist()
+                rows.append(answer)
         return {"predictions": rows, "rejected": batch["rejected"]}
 
     # Optimisation ----------------------------------------------------------------------------
@@ -321,4 +378,4 @@ class GemClassifier(LightningModule):
             scheduler.set_total_steps(self.trainer.estimated_stepping_batches)
         stepwise = getattr(scheduler, "steps_per_run", False) or isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR)
         interval = "step" if stepwise else "epoch"
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval, "monitor": MONITOR}}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval, "monitor": self.monitor}}

@@ -70,15 +70,17 @@ def main(argv: list[str]) -> int:
     from gem_lightning.audit.outputs import write_outputs
     from gem_lightning.audit.run import AuditOptions, run_audit
     from gem_lightning.cli.app import cli_main
+    from gem_lightning.data.sources import FolderSource
 
     if {"-h", "--help"} & set(argv):
         build_parser().print_help()
         print("\nand every `fit` option below (the data settings are read from them):\n")
     options, fit_args = build_parser().parse_known_args(argv)
     cli = cli_main(fit_args, run=False)
-    if cli.datamodule.stream:
+    if not isinstance(cli.datamodule.source, FolderSource):
         raise UserInputError(
-            "`main.py audit` reads a photo folder (train/<Class>/, test/<Class>/), not a stream: give the folder the stream was optimized from."
+            "`main.py audit` reads a photo folder (train/<Class>/, test/<Class>/), not a stream: "
+            "give the folder the stream was optimized from."
         )
     audit_options = AuditOptions(
         folds=options.folds,
@@ -87,13 +89,14 @@ def main(argv: list[str]) -> int:
         max_gallery=options.max_gallery,
         duplicates=DuplicateSettings(options.max_hash_distance, options.hash_min_similarity, options.min_similarity),
     )
-    result = run_audit(cli.datamodule.folders, audit_options)
+    result = run_audit(cli.datamodule.source.folders, audit_options)
     print(f"Dataset {str(result.data_dir)!r}:\n{format_summary(result.scans)}")
     out_dir = options.output or Path(cli.trainer.log_dir or "runs") / "audit"
     files = write_outputs(result, out_dir)
     leaked = len(result.leaked_test())
+    across_classes = sum(c.across_classes for c in result.clusters)
     print(
-        f"{len(result.suspects)} label issue(s), {sum(c.across_classes for c in result.clusters)} near-duplicate cluster(s) across classes, "
+        f"{len(result.suspects)} label issue(s), {across_classes} near-duplicate cluster(s) across classes, "
         f"{leaked} leaked test photo(s). Read {files['audit']}; edit {files['corrections']} and train with --data.corrections <it>."
     )
     return 0

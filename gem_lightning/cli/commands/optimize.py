@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         "stream at a local path or s3://bucket/prefix, split into train/val/test, for datasets too large to scan "
         "and decode on every machine before training. Reports unusable files as fit does.",
     )
-    parser.add_argument("--data_dir", required=True, type=Path, help="the dataset folder")
+    parser.add_argument("--data_dir", required=True, type=Path, help="the dataset folder, or a labels file (.csv: multi-label)")
     parser.add_argument("--output", required=True, help="a new local folder or s3://bucket/prefix")
     parser.add_argument("--image_size", type=int, default=220, help="the side models will train at (default 220)")
     parser.add_argument(

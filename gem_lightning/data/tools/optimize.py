@@ -1,4 +1,4 @@
-"""Optimize a folder-per-class set once into a stream (LitData chunks at a local path or ``s3://``).
+"""Optimize a folder-per-class set (or a labels file) once into a stream (LitData chunks at a local path or ``s3://``).
 
 The folder is scanned as ``fit`` scans it (bad files with reasons, exact duplicates, label
 conflicts: the same summary), ``train/`` is split into ``train`` and ``val`` as ``fit`` would split
@@ -22,8 +22,9 @@ from litdata import optimize
 from gem_lightning.data import object_store
 from gem_lightning.data.cache import DecodeSettings
 from gem_lightning.data.images import BadImageError
+from gem_lightning.data.labels_file import class_names_of, is_labels_file, multi_hot, read_labels_file, scan_rows
 from gem_lightning.data.scan import ImageRecord, check_dataset_dir, format_summary, relative_path, scan_split
-from gem_lightning.data.split import stratified_split
+from gem_lightning.data.split import multilabel_split, stratified_split
 from gem_lightning.data.streaming import METADATA, ImageFormat, StreamInfo, is_remote, open_split, read_info, split_location, write_info
 from gem_lightning.data.transforms import cache_size_for
 from gem_lightning.errors import UserInputError
@@ -41,6 +42,8 @@ class _Encoder:
     root: Path
     image_format: ImageFormat
     decode: DecodeSettings
+    num_labels: int | None = None
+    """Set for a multi-label set: each item then carries its multi-hot ``targets``."""
 
     def __call__(self, job: tuple[int, ImageRecord]) -> Iterator[dict]:
         index, record = job
@@ -51,12 +54,15 @@ class _Encoder:
         except BadImageError as error:
             log.warning("left out %s: %s", record.path, error.reason)
             return
-        yield {
+        item = {
             "image": image if self.image_format == "encoded" else np.ascontiguousarray(image),
             "label": record.label,
             "index": index,
             "path": relative_path(record.path, self.root),
         }
+        if self.num_labels is not None:
+            item["targets"] = multi_hot(record.label_set, self.num_labels).numpy().astype(np.uint8)
+        yield item
 
 
 def optimize_dataset(
@@ -78,10 +84,15 @@ def optimize_dataset(
         UserInputError: the folder is not a dataset, or ``output`` already holds data.
     """
     _refuse_existing(output)
-    class_names = check_dataset_dir(data_dir)
+    multilabel = is_labels_file(data_dir)
+    if multilabel:
+        class_names, splits = _split_labels_file(data_dir, val_fraction, seed)
+    else:
+        class_names = check_dataset_dir(data_dir)
+        splits = _split_records(data_dir, class_names, val_fraction, seed)
     decode = DecodeSettings(cache_size_for(image_size), autocrop, tuple(background))
-    splits = _split_records(data_dir, class_names, val_fraction, seed)
-    encoder = _Encoder(data_dir, image_format, decode)
+    root = data_dir.parent if multilabel else data_dir
+    encoder = _Encoder(root, image_format, decode, len(class_names) if multilabel else None)
     counts = {}
     for split, records in splits.items():
         location = split_location(output, split)
@@ -97,7 +108,8 @@ def optimize_dataset(
                 storage_options=object_store.storage_options(location),
             )
         counts[split] = _written_count(output, split, len(records))
-    info = StreamInfo(class_names, image_format, decode, val_fraction, seed, counts, source=str(data_dir.resolve()))
+    task = "multilabel" if multilabel else "multiclass"
+    info = StreamInfo(class_names, image_format, decode, val_fraction, seed, counts, source=str(data_dir.resolve()), task=task)
     write_info(output, info)
     return info
 
@@ -140,6 +152,22 @@ def _split_records(data_dir: Path, class_names: list[str], val_fraction: float, 
     if "test" in scans:
         splits["test"] = scans["test"].records
     return {split: records for split, records in splits.items() if records}
+
+
+def _split_labels_file(csv_path: Path, val_fraction: float, seed: int) -> tuple[list[str], dict[str, list[ImageRecord]]]:
+    """A labels file's class names and its ``train``/``val``/``test`` records as ``fit`` splits them
+    (its own ``val`` rows, else iterative stratification); the scan's summary is logged."""
+    rows = read_labels_file(csv_path)
+    class_names = class_names_of(rows, csv_path)
+    present = [split for split in ("train", "val", "test") if any(row.split == split for row in rows)]
+    scans = {split: scan_rows(rows, split, class_names, csv_path) for split in present}
+    log.info("Dataset %r:\n%s", str(csv_path), format_summary(scans))
+    splits = {split: scans[split].records for split in present}
+    if "val" not in splits:
+        train = splits["train"]
+        train_idx, val_idx = multilabel_split(train, val_fraction, seed)
+        splits["train"], splits["val"] = [train[i] for i in train_idx], [train[i] for i in val_idx]
+    return class_names, {split: records for split, records in splits.items() if records}
 
 
 def _refuse_existing(output: str) -> None:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from typing_extensions import override
 
 from gem_lightning.models.spec import classifier_head
+
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.LazyBatchNorm1d, nn.LazyBatchNorm2d, nn.LazyBatchNorm3d)
+"""torch's batch-norm layers, and so every subclass (timm's ``BatchNormAct2d``...): the public classes
+under torch's private ``_BatchNorm``."""
 
 
 class FreezeBackbone(Callback):
@@ -51,7 +54,7 @@ class FreezeBackbone(Callback):
         frozen = self.frozen(trainer)
         if not self.train_bn:
             for module in backbone_modules(pl_module.model.network):
-                if isinstance(module, _BatchNorm):
+                if isinstance(module, BATCH_NORMS):
                     module.train(not frozen)
         if trainer.world_size == 1:
             for parameter in self._backbone_parameters(pl_module):

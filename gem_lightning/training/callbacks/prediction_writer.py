@@ -14,7 +14,7 @@ from typing_extensions import override
 
 from gem_lightning.errors import UserInputError
 from gem_lightning.files import atomic_write
-from gem_lightning.training.callbacks.reports import write_prediction_grid
+from gem_lightning.reports.prediction_grid import write_prediction_grid
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -119,15 +119,17 @@ class PredictionWriter(BasePredictionWriter):
         with atomic_write(self.path, "w", what="the predictions", newline="") as file:
             if self.format == "jsonl":
                 for row in rows:
-                    file.write(json.dumps({k: row[k] for k in ("path", "classes", "probs")}) + "\n")
+                    file.write(json.dumps({key: value for key, value in row.items() if key != "index"}) + "\n")
             else:
                 k = max((len(row["classes"]) for row in rows), default=0)
+                answers = [key for key in (rows[0] if rows else {}) if key not in ("index", "path", "classes", "probs")]
                 writer = csv.writer(file)
-                header = ["path", "prediction", "probability"]
+                header = ["path", *answers, "prediction", "probability"]
                 writer.writerow(header + [f"{kind}_{i}" for i in range(1, k + 1) for kind in ("class", "prob")])
                 for row in rows:
                     ranked = [value for pair in zip(row["classes"], (f"{p:.6f}" for p in row["probs"])) for value in pair]
-                    writer.writerow([row["path"], row["classes"][0], f"{row['probs'][0]:.6f}", *ranked])
+                    extra = [_csv_value(row[key]) for key in answers]
+                    writer.writerow([row["path"], *extra, row["classes"][0], f"{row['probs'][0]:.6f}", *ranked])
 
     def _write_rejects(self, rejects: list[dict]) -> None:
         if not rejects:
@@ -137,6 +139,14 @@ class PredictionWriter(BasePredictionWriter):
             writer = csv.writer(file)
             writer.writerow(["path", "reason"])
             writer.writerows([row["path"], row["reason"]] for row in rejects)
+
+
+def _csv_value(value: Any) -> str:
+    """An answer beyond the ranked classes (a multi-label model's ``labels`` and ``label_probs``) as one CSV
+    cell: a list joined by ``;``, probabilities with 6 decimals."""
+    if isinstance(value, list):
+        return ";".join(_csv_value(item) for item in value)
+    return f"{value:.6f}" if isinstance(value, float) else str(value)
 
 
 def _read_jsonl(paths) -> list[dict]:

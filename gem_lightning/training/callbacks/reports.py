@@ -5,22 +5,17 @@
   the run folder after ``validate`` and ``test``.
 * :class:`LearningCurves` draws ``learning_curves.png`` next to the CSVLogger's ``metrics.csv``
   at the end of ``fit``.
-* :func:`write_prediction_grid` draws a grid of predicted photos from a predictions CSV.
 
-The numbers, figures and files themselves come from :mod:`gem_lightning.reports` (``confusion``,
-``confusion_figure``, ``grids``, ``curves``, ``tables``, ``markdown``); this module only gathers the
-numbers (exactly, across DDP processes) and decides where the files go.
+The numbers, figures and files themselves come from :mod:`gem_lightning.reports` (``evaluation``
+writes the report folder, ``curves`` the learning curves); this module only gathers the numbers
+(exactly, across DDP processes) and decides where the files go.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import CSVLogger
@@ -28,38 +23,21 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from gem_lightning.data.images import load_rgb
-from gem_lightning.reports.calibration import reliability_diagram_png
-from gem_lightning.reports.confusion import most_confused_pairs, per_class_metrics
-from gem_lightning.reports.confusion_figure import confusion_matrix_png
 from gem_lightning.reports.curves import learning_curves_png
-from gem_lightning.reports.grids import misclassified_gallery_png, prediction_grid_png
-from gem_lightning.reports.markdown import write_markdown_report
-from gem_lightning.reports.tables import write_per_class_csv
-from gem_lightning.training.metrics import ACC, ACC_TOP5, ECE, ECE_BINS, F1, LOSS, SAMPLES
+from gem_lightning.reports.evaluation import Reliability, SampleResult, confusion_matrix, misclassified_items, write_evaluation_report
+from gem_lightning.reports.multilabel import write_multilabel_report
+from gem_lightning.training.metrics import ACC, ACC_TOP5, ECE, ECE_BINS, F1, LOSS, MAP, MAP_MICRO, SAMPLES
 
-HEADLINE_METRICS = (ACC, ACC_TOP5, F1, ECE, LOSS, SAMPLES)
+HEADLINE_METRICS = (ACC, ACC_TOP5, MAP, MAP_MICRO, F1, ECE, LOSS, SAMPLES)
 """Logged metrics (without the ``<stage>/`` prefix) that ``metrics.json`` and ``report.md`` show."""
-
-
-class SampleResult(NamedTuple):
-    """What the report needs to know about one evaluated image."""
-
-    index: int
-    """Position in the stage's dataset; ``datamodule.paths(stage)[index]`` is its file."""
-    target: int
-    prediction: int
-    probability: float
-    """Probability of the predicted class."""
 
 
 class EvaluationReport(Callback):
     """Writes an evaluation report into ``<run folder>/report-<stage>/`` after validate and test.
 
-    The confusion matrix comes from the module's ``val_confusion`` / ``test_confusion`` metric,
-    computed on every process so that under DDP it covers every sample exactly once; per-image
-    results (for the gallery of misclassified photos) are gathered from all processes. Only
-    global rank 0 writes files.
+    Every image's result (target, prediction, its probability) is gathered from all processes, so
+    under DDP the confusion matrix and the gallery of misclassified photos cover every sample
+    exactly once. Only global rank 0 writes files.
 
     Args:
         during_fit: also write ``report-val/`` after each validation inside ``fit`` (overwritten
@@ -77,6 +55,7 @@ class EvaluationReport(Callback):
         self.top_pairs = top_pairs
         self.cam = cam
         self._results: list[SampleResult] = []
+        self._label_results: list[tuple[int, torch.Tensor, torch.Tensor]] = []
 
     def _active(self, trainer: Trainer) -> bool:
         """Whether the evaluation now running gets a report."""
@@ -88,11 +67,11 @@ class EvaluationReport(Callback):
 
     @override
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._results = []
+        self._results, self._label_results = [], []
 
     @override
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._results = []
+        self._results, self._label_results = [], []
 
     @override
     def on_validation_batch_end(
@@ -109,7 +88,12 @@ class EvaluationReport(Callback):
             self._collect(outputs)
 
     def _collect(self, outputs: dict[str, torch.Tensor]) -> None:
-        """Keep index, target, predicted class and its probability of every image in the batch."""
+        """Keep index, target, predicted class and its probability of every image in the batch (multi-label:
+        its probabilities and targets)."""
+        if outputs["targets"].ndim == 2:
+            rows = zip(outputs["indices"].tolist(), outputs["probs"].detach().float().cpu(), outputs["targets"].cpu())
+            self._label_results += [(index, probs, targets) for index, probs, targets in rows]
+            return
         probability, prediction = outputs["probs"].detach().float().max(dim=-1)
         rows = zip(outputs["indices"].tolist(), outputs["targets"].tolist(), prediction.tolist(), probability.tolist())
         self._results += [SampleResult(*row) for row in rows]
@@ -133,36 +117,49 @@ class EvaluationReport(Callback):
         ``trainer.callback_metrics``.
         """
         results = gather_results(self._results)
+        label_results = gather_results(self._label_results)
         out_dir = Path(trainer.log_dir) / f"report-{stage}"  # log_dir broadcasts: call it everywhere
         if not trainer.is_global_zero:
+            return
+        if label_results:
+            self._write_multilabel(trainer, stage, label_results, out_dir)
             return
         class_names = list(trainer.lightning_module.class_names)
         matrix = confusion_matrix(results, len(class_names))
         misclassified = misclassified_items(results, _stage_paths(trainer, stage), class_names)
+        metrics = headline_metrics(trainer.callback_metrics, stage)
         write_evaluation_report(
             out_dir,
             stage=stage,
             confusion=matrix,
             class_names=class_names,
-            metrics=headline_metrics(trainer.callback_metrics, stage),
+            metrics=metrics,
             misclassified=misclassified,
-            reliability=([r.probability for r in results], [r.prediction == r.target for r in results]),
+            reliability=Reliability(
+                [r.probability for r in results], [r.prediction == r.target for r in results], ece=metrics.get(ECE), bins=ECE_BINS
+            ),
             max_gallery=self.max_gallery,
             top_pairs=self.top_pairs,
             overlays=where_it_looked(trainer, misclassified[: self.max_gallery]) if self.cam and misclassified else None,
         )
         rank_zero_info(f"Wrote the {stage} report to {out_dir / 'report.md'}")
 
+    @staticmethod
+    def _write_multilabel(trainer: Trainer, stage: str, results: list, out_dir: Path) -> None:
+        _, probs, targets = zip(*results)
+        module = trainer.lightning_module
+        files = write_multilabel_report(
+            out_dir,
+            probs=torch.stack(probs),
+            targets=torch.stack(targets),
+            thresholds=module.multilabel.thresholds.cpu(),
+            class_names=list(module.class_names),
+            metrics=headline_metrics(trainer.callback_metrics, stage),
+        )
+        rank_zero_info(f"Wrote the {stage} report (average precision per label) to {files['per_label'].parent}")
 
-def confusion_matrix(results: list[SampleResult], num_classes: int) -> np.ndarray:
-    """Counts of (true, predicted) pairs; rows are true classes."""
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    for result in results:
-        matrix[result.target, result.prediction] += 1
-    return matrix
 
-
-def gather_results(results: list[SampleResult]) -> list[SampleResult]:
+def gather_results(results: list) -> list:
     """Every process's per-image results, on every process, sorted by dataset index.
 
     Under DDP the evaluation sampler gives each process a different, unpadded share of the
@@ -199,7 +196,7 @@ def where_it_looked(trainer: Trainer, items: list[tuple[Path, str, str, float]])
     """Grad-CAM overlays of the predicted class for the gallery's photos, decoded as the model saw
     them; None (the photos alone) when ``grad-cam`` is not installed."""
     try:
-        from gem_lightning.audit.cam import file_overlays
+        from gem_lightning.reports.cam import file_overlays
     except ImportError:
         rank_zero_info(
             "EvaluationReport: install gem-lightning[audit] (grad-cam) to see where the model looked in the misclassified gallery."
@@ -216,107 +213,6 @@ def where_it_looked(trainer: Trainer, items: list[tuple[Path, str, str, float]])
         trainer.datamodule.settings,
         module.hparams.image_size,
     )
-
-
-def misclassified_items(
-    results: Sequence[SampleResult], paths: Sequence[Path] | None, class_names: Sequence[str]
-) -> list[tuple[Path, str, str, float]] | None:
-    """``(file, true name, predicted name, probability)`` of every wrong prediction, most confident first.
-
-    None (no gallery) when ``paths`` is None.
-    """
-    if paths is None:
-        return None
-    wrong = sorted((r for r in results if r.prediction != r.target), key=lambda r: (-r.probability, r.index))
-    return [(Path(paths[r.index]), class_names[r.target], class_names[r.prediction], r.probability) for r in wrong]
-
-
-def write_evaluation_report(
-    out_dir: Path,
-    *,
-    stage: str,
-    confusion: np.ndarray,
-    class_names: list[str],
-    metrics: dict[str, float | int],
-    misclassified: list[tuple[Path, str, str, float]] | None,
-    reliability: tuple[Sequence[float], Sequence[bool]] | None = None,
-    max_gallery: int = 36,
-    top_pairs: int = 15,
-    overlays: Sequence[np.ndarray | None] | None = None,
-) -> dict[str, Path]:
-    """Write every report file into ``out_dir``, and ``report.md`` linking them.
-
-    Pure function of its arguments (no Lightning), so it can be called from a notebook too.
-
-    Args:
-        out_dir: the report folder (created).
-        stage: ``val`` or ``test``; goes into titles and ``metrics.json``.
-        confusion: ``C x C`` counts, rows = true class, columns = predicted class.
-        class_names: one name per row of ``confusion``.
-        metrics: headline metrics for ``metrics.json`` and the report's table.
-        misclassified: ``(file, true name, predicted name, probability)`` of every wrong
-            prediction, in gallery order; None leaves the gallery and its CSV out.
-        reliability: every photo's top-1 probability and whether it was right, for the
-            reliability diagram; None leaves it out.
-        max_gallery: at most this many misclassified photos are drawn.
-        top_pairs: how many most-confused pairs are listed.
-        overlays: where the model looked, one per drawn misclassified photo (None: the photos alone).
-
-    Returns:
-        The written files by their title in ``report.md``.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    pairs = most_confused_pairs(confusion, class_names, k=top_pairs)
-    files = {
-        "Confusion matrix": confusion_matrix_png(
-            confusion, class_names, out_dir / "confusion_matrix.png", title=f"Confusion matrix ({stage})"
-        )
-    }
-    if misclassified is not None:
-        files["Misclassified images"] = misclassified_gallery_png(
-            misclassified, out_dir / "misclassified.png", max_images=max_gallery, image_loader=load_rgb, overlays=overlays
-        )
-        files["Every misclassified image (CSV)"] = _write_misclassified_csv(misclassified, out_dir / "misclassified.csv")
-    if reliability is not None:
-        files["Reliability diagram"] = reliability_diagram_png(
-            *reliability, out_dir / "reliability.png", ece=metrics.get(ECE), bins=ECE_BINS
-        )
-    files["Per-class metrics (CSV)"] = write_per_class_csv(confusion, class_names, out_dir / "per_class.csv")
-    files["Most confused pairs (CSV)"] = _write_pairs_csv(pairs, out_dir / "confused_pairs.csv")
-    files["Headline metrics (JSON)"] = _write_json({"stage": stage, **metrics}, out_dir / "metrics.json")
-    files["Report"] = write_markdown_report(
-        out_dir / "report.md",
-        title=f"Evaluation report: {stage}",
-        metrics=metrics,
-        files=files,
-        confused_pairs=pairs,
-        per_class_rows=per_class_metrics(confusion, class_names),
-    )
-    return files
-
-
-def _write_pairs_csv(pairs: Sequence[tuple[str, str, int, float]], path: Path) -> Path:
-    """The most-confused pairs as CSV: true, predicted, count, share of the true class."""
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["true", "predicted", "count", "share_of_true"])
-        writer.writerows([true, predicted, count, repr(share)] for true, predicted, count, share in pairs)
-    return path
-
-
-def _write_misclassified_csv(items: Sequence[tuple[Path, str, str, float]], path: Path) -> Path:
-    """All misclassified files (the gallery draws only the first few): path, true, predicted, probability."""
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "true", "predicted", "probability"])
-        writer.writerows([str(file), true, predicted, f"{probability:.6f}"] for file, true, predicted, probability in items)
-    return path
-
-
-def _write_json(data: dict[str, Any], path: Path) -> Path:
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    return path
 
 
 class LearningCurves(Callback):
@@ -343,43 +239,3 @@ class LearningCurves(Callback):
             rank_zero_warn(f"LearningCurves: no learning curves drawn: {error}")
             return
         rank_zero_info(f"Wrote learning curves to {path}")
-
-
-def write_prediction_grid(predictions_csv: Path, out_png: Path, class_names: Sequence[str], max_images: int = 25) -> Path:
-    """Draw predicted photos from a :class:`PredictionWriter` CSV, titled with their predictions.
-
-    When a photo's parent folder is one of ``class_names`` (a ``test/<Class>/`` folder), that is
-    taken as its true class and the title is green or red; otherwise it is black. With more rows
-    than ``max_images``, evenly spaced rows are drawn, so a folder sorted by class shows many
-    classes rather than the first one only.
-
-    Args:
-        predictions_csv: the writer's CSV (columns ``path``, ``prediction``, ``probability``, ...).
-        out_png: the grid to write.
-        class_names: the model's classes, to recognise class-named folders.
-        max_images: at most this many photos are drawn.
-
-    Returns:
-        ``out_png``.
-    """
-    with Path(predictions_csv).open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    known = set(class_names)
-    items = [
-        (Path(row["path"]), row["prediction"], _folder_class(row["path"], known), float(row["probability"]))
-        for row in _evenly_spaced(rows, max_images)
-    ]
-    return prediction_grid_png(items, Path(out_png), max_images=max_images, image_loader=load_rgb)
-
-
-def _folder_class(path: str, class_names: set[str]) -> str | None:
-    """The name of ``path``'s parent folder if it is a class name, else None (truth unknown)."""
-    parent = Path(path).parent.name
-    return parent if parent in class_names else None
-
-
-def _evenly_spaced(rows: list[dict[str, str]], count: int) -> list[dict[str, str]]:
-    """``count`` rows spread evenly over ``rows`` (all of them when there are no more)."""
-    if len(rows) <= count:
-        return rows
-    return [rows[i * len(rows) // count] for i in range(count)]
