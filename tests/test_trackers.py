@@ -35,7 +35,7 @@ def fit_args(data: Path, *configs: str, epochs: int = 2) -> list[str]:
     """A few-second fit of the tiny network, with the trackers' configs stacked after the quickstart's."""
     stacked = [arg for name in ("quickstart", *configs) for arg in ("--config", REPO / "configs" / f"{name}.yaml")]
     return ["fit", *stacked, "--data.data_dir", data, "--data.image_size", "32", "--data.batch_size", "8",
-            "--data.num_workers", "0", "--trainer.max_epochs", str(epochs), "--trainer.log_every_n_steps", "1",
+            "--data.loader.num_workers", "0", "--trainer.max_epochs", str(epochs), "--trainer.log_every_n_steps", "1",
             "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", *TINY_MODEL]  # fmt: skip
 
 
@@ -117,7 +117,7 @@ def test_fit_logs_params_metrics_config_reports_and_checkpoints(tracked):
 def test_test_reads_the_checkpoint_back_by_run_uri_and_logs_its_report(tracked, tmp_path):
     result = run_cli(
         "test", "--config", REPO / "configs" / "mlflow.yaml", "--ckpt_path", tracked.best_uri, "--data.data_dir", tracked.data,
-        "--data.num_workers", "0", "--trainer.enable_progress_bar", "false", env=tracked.env, cwd=tmp_path,
+        "--data.loader.num_workers", "0", "--trainer.enable_progress_bar", "false", env=tracked.env, cwd=tmp_path,
     )  # fmt: skip
     [downloaded] = Path(tracked.env["GEM_LIGHTNING_CACHE"]).glob(f"mlflow/*/{tracked.best.name}")
     assert sha256(downloaded) == sha256(tracked.best) and str(downloaded) in result.stdout + result.stderr
@@ -213,7 +213,7 @@ def test_checkpoint_uris_that_lead_nowhere_end_in_one_line(tracked, tmp_path):
     run_id = tracked.run.info.run_id
     unknown_run = "0123456789abcdef0123456789abcdef"
     down = client_env(f"http://127.0.0.1:{free_port()}")
-    test = ["test", "--data.data_dir", tracked.data, "--data.num_workers", "0", "--trainer.logger", "false"]
+    test = ["test", "--data.data_dir", tracked.data, "--data.loader.num_workers", "0", "--trainer.logger", "false"]
     down_uri = down["MLFLOW_TRACKING_URI"]
     cases = [
         # (command, environment, what the line must say)
