@@ -58,7 +58,7 @@ def failure_reason(error: BaseException) -> str:
     if "timed out" in text.lower():
         return "no answer in time"
     first_line = text.splitlines()[0] if text else type(error).__name__
-    return first_line.removeprefix("RESOURCE_DOES_NOT_EXIST: ")[:300]
+    return first_line.removeprefix("RESOURCE_DOES_NOT_EXIST: ")[:300].rstrip(". ")
 
 
 def tracking_server() -> str:
