@@ -45,13 +45,13 @@ def resolve_checkpoint(ckpt_path: str | Path) -> str | Path:
     if not is_store_uri(ckpt_path):
         return ckpt_path
     uri = str(ckpt_path)
-    where = f"checkpoint {uri!r} on {named_server()}"
     try:
         import mlflow
     except ImportError:
         raise UserInputError(
             f"checkpoint {uri!r} is kept by MLflow, and mlflow is not installed: pip install 'gem-lightning[mlflow]'."
         ) from None
+    where = f"checkpoint {uri!r} on {named_server()}"
     with answering_quickly():
         try:
             mlflow.MlflowClient().search_experiments(max_results=1)
