@@ -9,6 +9,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -278,3 +279,13 @@ def test_a_tracker_whose_package_is_missing_is_named_in_one_line(tiny_dataset, m
     error = capsys.readouterr().err
     assert "error: trainer.logger gem_lightning.tracking.logger.ResilientMLFlowLogger needs the mlflow package" in error
     assert "pip install 'gem-lightning[mlflow]'" in error
+
+
+def test_an_mlflow_uri_without_mlflow_is_one_line_and_a_local_path_passes_through(monkeypatch):
+    from gem_lightning.errors import UserInputError
+    from gem_lightning.tracking.checkpoint_uri import resolve_checkpoint
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # `import mlflow` fails as if it were not installed
+    with pytest.raises(UserInputError, match=r"'runs:/0123/last.ckpt' is kept by MLflow, and mlflow is not installed: pip install"):
+        resolve_checkpoint("runs:/0123/last.ckpt")
+    assert resolve_checkpoint("runs/gem/version_0/checkpoints/last.ckpt") == "runs/gem/version_0/checkpoints/last.ckpt"
