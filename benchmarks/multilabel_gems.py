@@ -293,7 +293,7 @@ def multi_label_figures(model: GemClassifier, args: argparse.Namespace, names: l
     columns = label_columns(model, names, "--multi")
     print(f"multi-label input side: {model.hparams.image_size} px")
     scores = label_scores(model, columns, test, args.device)
-    return metrics(scores, targets(test, names), model.thresholds.float().cpu()[columns])
+    return metrics(scores, targets(test, names), model.multilabel.thresholds.float().cpu()[columns])
 
 
 def baseline_figures(

@@ -38,6 +38,7 @@ LIBRARIES: dict[str, tuple[str, ...]] = {
     "litdata": ("litdata",),
     "litserve": ("litserve",),
     "torch": ("torch",),
+    "torchvision": ("torchvision",),
 }
 """Compat module (and the distribution ``pyproject.toml`` pins) -> the top-level packages it covers."""
 

@@ -451,7 +451,8 @@ def test_ddp_configs_stack_on_a_main_config(tiny_dataset, launcher_env):
     cpu = yaml.safe_load((REPO / "configs" / "ddp_cpu.yaml").read_text())["trainer"]
     gpu = yaml.safe_load((REPO / "configs" / "ddp_gpu.yaml").read_text())["trainer"]
     assert (cpu["accelerator"], cpu["strategy"], cpu["devices"]) == ("cpu", "ddp", 2)
-    assert (gpu["accelerator"], gpu["strategy"], gpu["precision"], gpu["sync_batchnorm"]) == ("gpu", "ddp", "bf16-mixed", True)
+    assert (gpu["accelerator"], gpu["strategy"], gpu["sync_batchnorm"]) == ("gpu", "ddp", True)
+    assert "precision" not in cpu and "precision" not in gpu  # the main config's (`auto` in the shipped ones)
     # Both parse as trainer options (the GPU one with the accelerator overridden: no GPU here).
     for config, extra in (("ddp_cpu.yaml", []), ("ddp_gpu.yaml", ["--trainer.accelerator", "cpu", "--trainer.precision", "32-true"])):
         trainer = cli_trainer(tiny_dataset, "--config", str(REPO / "configs" / config), *extra)

@@ -323,3 +323,13 @@ def test_single_label_settings_are_refused_for_a_labels_file_in_one_line(tmp_pat
     )
     name = option.removeprefix("--").partition("=")[0]
     assert result.returncode == 2 and f"error: {name}: for single-label data" in result.stderr, result.stderr[-2000:]
+
+
+def test_loader_workers_receive_the_targets_of_hundreds_of_photos(tmp_path):
+    """Forkserver workers get the dataset pickled: hundreds of target tensors would each need a file descriptor."""
+    labels = make_labels_file(tmp_path, train=300, test=0)
+    datamodule = GemDataModule(str(labels), **datamodule_kwargs(tmp_path / "cache", num_workers=1))
+    datamodule.setup("fit")
+    images, targets, _ = next(iter(datamodule.train_dataloader()))
+    assert targets.dtype == torch.float32 and targets.shape == (len(images), len(LABEL_COLOURS))
+    assert set(targets.sum(1).tolist()) <= {1.0, 2.0, 3.0}

@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import CSVLogger
 from gem_lightning.cli.commands import COMMANDS
 from gem_lightning.cli.errors import ConciseErrorParser, check_config_files, check_trainer_runs_here, hardware_hint, report_user_errors
 from gem_lightning.cli.moved import check_moved_settings
+from gem_lightning.cli.precision import AutoPrecisionTrainer
 from gem_lightning.data.datamodule import GemDataModule
 from gem_lightning.errors import UserInputError
 from gem_lightning.inference.runtime_callback import InferenceRuntime
@@ -42,7 +43,12 @@ CHOSEN_AT_INFERENCE = {"tta", "top_k", "channels_last", "compile"}
 
 
 class GemCLI(LightningCLI):
-    """LightningCLI with gem-lightning's links, checkpointing and prediction writer."""
+    """LightningCLI with gem-lightning's links, checkpointing and prediction writer, and a trainer
+    whose ``precision`` also takes ``auto`` (:class:`~gem_lightning.cli.precision.AutoPrecisionTrainer`)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("trainer_class", AutoPrecisionTrainer)
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ResumableModelCheckpoint, "checkpoint")

@@ -27,6 +27,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
+from gem_lightning.cli.precision import cpu_bf16_native
 from gem_lightning.errors import UserInputError, explained
 from gem_lightning.resilience import interrupted_by_ctrl_c
 
@@ -129,8 +130,8 @@ def check_trainer_runs_here(trainer: Trainer, precision: str | int | None) -> Tr
     if on_cpu and str(precision) in ("16-mixed", "16"):
         raise UserInputError(
             f"trainer.precision {str(precision)!r} needs a CUDA GPU, and this run is on the CPU"
-            f"{' (no GPU found)' if not gpu_available() else ''}: use --trainer.precision bf16-mixed "
-            "(CPUs with AMX/AVX-512-bf16) or 32-true, or --trainer.accelerator gpu on a machine with one."
+            f"{' (no GPU found)' if not gpu_available() else ''}: use --trainer.precision auto (bf16-mixed on CPUs with "
+            "AMX/AVX-512-bf16, else 32-true), or --trainer.accelerator gpu on a machine with one."
         )
     if on_cpu and str(precision).startswith("bf16") and not cpu_has_bf16():
         rank_zero_warn(
@@ -141,18 +142,9 @@ def check_trainer_runs_here(trainer: Trainer, precision: str | int | None) -> Tr
 
 
 def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX-512-bf16 or AMX), as torch's kernels see it.
-
-    True where torch cannot tell (before 2.11, which added ``torch.cpu.get_capabilities``): the answer
-    only decides a warning, and a wrong one would be worse than none.
-    """
-    import torch
-
-    get_capabilities = getattr(torch.cpu, "get_capabilities", None)
-    if get_capabilities is None:
-        return True
-    capabilities = get_capabilities()
-    return bool(capabilities.get("avx512_bf16", False) or capabilities.get("amx_tile", False))
+    """Whether this CPU computes bf16 natively (:func:`~gem_lightning.cli.precision.cpu_bf16_native`);
+    True where torch cannot tell: the answer only decides a warning, and a wrong one would be worse than none."""
+    return cpu_bf16_native() is not False
 
 
 def gpu_available() -> bool:

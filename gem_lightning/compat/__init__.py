@@ -4,7 +4,7 @@ Private names (a leading underscore, or a public attribute of a private class) c
 deprecation. Where a library offers a public way, the package uses it; what is left is listed here,
 so that an upgrade shows what broke:
 
-* :mod:`.lightning`, :mod:`.litdata`, :mod:`.litserve`, :mod:`.torch` each hold a ``PRIVATE_NAMES``
+* :mod:`.lightning`, :mod:`.litdata`, :mod:`.litserve`, :mod:`.torch`, :mod:`.torchvision` each hold a ``PRIVATE_NAMES``
   tuple (every private class, method or attribute of that library the package imports, overrides,
   calls, reads or writes, with what it is relied on for), ``PARAMETERS`` (the parameters the package
   passes to, or takes in its overrides of, the listed functions) and small aliases and functions;

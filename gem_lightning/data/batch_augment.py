@@ -9,7 +9,8 @@ uncovers take the ``fill`` colour, composited by each output pixel's exact bilin
 darker seam along the border). Brightness, contrast and saturation jitter follow with per-sample
 factors, in a per-sample random order as ``ColorJitter`` does. Differences from the loader path: no
 uint8 rounding, no antialiasing when a crop is shrunk, and pixels on a crop's edge interpolate
-with the pixels just outside the crop box. Hue jitter is not supported.
+with the pixels just outside the crop box. Hue jitter, the augmentation policies and random erasing
+are not supported (they run in the loader).
 Output: float ``(B, 3, image_size, image_size)`` in 0-255, computed in float32 even under autocast."""
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ class BatchAugment(torch.nn.Module):
         if augment.hue:
             raise UserInputError(
                 f"data.augment.hue={augment.hue} is not supported with data.augment_on=device; set hue to 0 or use data.augment_on=loader."
+            )
+        if augment.policy != "none" or augment.erasing:
+            raise UserInputError(
+                f"data.augment.{'policy' if augment.policy != 'none' else 'erasing'} runs in the loader workers only, not with "
+                "data.augment_on=device: use data.augment_on=loader, or policy none and erasing 0."
             )
         self.augment = augment
         self.image_size = image_size

@@ -36,7 +36,9 @@ from gem_lightning.errors import UserInputError
 from gem_lightning.models.spec import DEFAULT_IMAGE_SIZE
 
 
-def check_settings(*, image_size: int, val_fraction: float, batch_size: int, loader: Loader, cache: Cache, augment_on: str) -> None:
+def check_settings(
+    *, image_size: int, val_fraction: float, batch_size: int, loader: Loader, cache: Cache, augment: Augmentation, augment_on: str
+) -> None:
     """Refuse values that cannot work, naming the setting, before any folder is read."""
     problems = []
     if image_size < 32:
@@ -47,7 +49,7 @@ def check_settings(*, image_size: int, val_fraction: float, batch_size: int, loa
         problems.append(f"data.batch_size must be at least 1, got {batch_size}")
     if augment_on not in ("loader", "device"):
         problems.append(f"data.augment_on must be 'loader' or 'device', got {augment_on!r}")
-    problems += loader.problems() + cache.problems()
+    problems += loader.problems() + cache.problems() + augment.problems()
     if problems:
         raise UserInputError("; ".join(problems) + ".")
 
@@ -110,7 +112,13 @@ class GemDataModule(LightningDataModule):
         super().__init__()
         image_size = image_size or DEFAULT_IMAGE_SIZE
         check_settings(
-            image_size=image_size, val_fraction=val_fraction, batch_size=batch_size, loader=loader, cache=cache, augment_on=augment_on
+            image_size=image_size,
+            val_fraction=val_fraction,
+            batch_size=batch_size,
+            loader=loader,
+            cache=cache,
+            augment=augment,
+            augment_on=augment_on,
         )
         if progressive_resizing is not None:
             progressive_resizing.check()

@@ -21,7 +21,7 @@ class CachedImageDataset(Dataset):
     ``index`` is the position in ``indices``, so evaluation can map predictions back to files.
     """
 
-    def __init__(self, store: ImageStore, labels: list[int], indices: list[int], transform: Callable) -> None:
+    def __init__(self, store: ImageStore, labels: list[int] | torch.Tensor, indices: list[int], transform: Callable) -> None:
         self.store = store
         self.labels = labels
         self.indices = indices

@@ -16,6 +16,7 @@ from torchvision.transforms import v2
 
 from gem_lightning.data.augmentation import Augmentation
 from gem_lightning.data.geometry import pixel_map, sample_crop_boxes, sample_theta
+from gem_lightning.data.policies import policy_transforms
 
 cv2.setNumThreads(1)  # one thread per DataLoader worker, as torch does in its workers
 
@@ -29,7 +30,8 @@ def cache_size_for(image_size: int) -> int:
 
 class TrainAugment(torch.nn.Module):
     """The loader's training augmentation of ``(3, H, W)`` uint8 images: geometry with OpenCV, then
-    colour jitter (torchvision's ``ColorJitter``).
+    colour jitter (torchvision's ``ColorJitter``), then the augmentation policy and random erasing
+    (:mod:`~gem_lightning.data.policies`: photometric, so each image is still resampled once).
 
     Zoom, shift, rotation, shear, the resize to ``image_size`` and the flips are one bilinear
     resample (``cv2.warpAffine``); a random-resized crop is resized first (antialiased when it
@@ -46,6 +48,8 @@ class TrainAugment(torch.nn.Module):
         self.image_size = image_size
         colour = (augment.brightness, augment.contrast, augment.saturation, augment.hue)
         self.jitter = v2.ColorJitter(*colour) if any(colour) else None
+        after = policy_transforms(augment)
+        self.policy = v2.Compose(after) if after else None
 
     def extra_repr(self) -> str:
         return f"image_size={self.image_size}"
@@ -62,8 +66,11 @@ class TrainAugment(torch.nn.Module):
         frame = (size, size) if a.crop_scale is not None else (height, width)
         matrices = pixel_map(sample_theta(a, n, frame).double(), frame, size).numpy()
         boxes = sample_crop_boxes(a, n, height, width).int().tolist() if a.crop_scale is not None else [None] * n
-        warped = [self._warp(image, matrix, box) for image, matrix, box in zip(images, matrices, boxes)]
-        return warped if self.jitter is None else [self.jitter(image) for image in warped]
+        augmented = [self._warp(image, matrix, box) for image, matrix, box in zip(images, matrices, boxes)]
+        for step in (self.jitter, self.policy):
+            if step is not None:
+                augmented = [step(image) for image in augmented]  # each image its own draws
+        return augmented
 
     def _warp(self, image: torch.Tensor, matrix: np.ndarray, box: list[int] | None) -> torch.Tensor:
         size = self.image_size
@@ -121,7 +128,7 @@ def torchvision_transform(image_size: int, augment: Augmentation) -> v2.Compose:
         steps.append(v2.RandomVerticalFlip())
     if augment.brightness or augment.contrast or augment.saturation or augment.hue:
         steps.append(v2.ColorJitter(augment.brightness, augment.contrast, augment.saturation, augment.hue))
-    return v2.Compose(steps)
+    return v2.Compose(steps + policy_transforms(augment))
 
 
 def eval_transform(image_size: int) -> v2.Compose:

@@ -1,8 +1,9 @@
 """Networks from the libraries of the field: any timm model (:class:`TimmSpec`) or torchvision model
 (:class:`TorchvisionSpec`), built with a classifier sized to the data's classes.
 
-Pretrained weights come from local files or from packages that ship them
-(``gem_lightning.models.pretrained``); nothing is downloaded.
+Pretrained weights come from local files or packages that ship them (``gem_lightning.models.pretrained``),
+or from the libraries' own zoos through their caches (``gem_lightning.models.zoo``: timm's through the
+Hugging Face Hub, torchvision's weights enums); a fit from scratch reads them, the checkpoint holds them after.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torchvision
 from torch import nn
 
 from gem_lightning.errors import UserInputError
-from gem_lightning.models import pretrained
+from gem_lightning.models import pretrained, zoo
 from gem_lightning.models.spec import NetworkSpec, Normalization
 
 
@@ -24,8 +25,11 @@ class TimmSpec(NetworkSpec):
     """A timm classification model.
 
     Args:
-        name: the timm model name, e.g. ``tf_efficientnet_lite0`` (``timm.list_models()``).
-        weights: pretrained weights: a local state-dict file (``.pth``, ``.pt``, ``.bin``,
+        name: the timm model name, e.g. ``tf_efficientnet_lite0`` (``timm.list_models()``), with a
+            weights tag to pick timm's pretrained set, e.g. ``convnext_tiny.fb_in22k`` (``timm.list_pretrained()``).
+        weights: pretrained weights: ``pretrained`` (timm's, for the tag in ``name`` or its default
+            one, through the Hugging Face Hub's cache), ``hf-hub:<org>/<repo>`` (a Hub repo of timm
+            weights for ``name``'s architecture), a local state-dict file (``.pth``, ``.pt``, ``.bin``,
             ``.safetensors``) or ``efficientnet-lite0``, ``-lite1``, ``-lite2`` (shipped by the
             ``pretrained`` extra, for ``tf_efficientnet_lite0``, ``1``, ``2``). Read only when ``fit`` starts from scratch; default: none.
         kwargs: extra ``timm.create_model`` arguments, e.g. ``{drop_rate: 0.2, drop_path_rate: 0.1}``.
@@ -44,6 +48,7 @@ class TimmSpec(NetworkSpec):
         named = pretrained.NAMED_WEIGHTS.get(self.weights)
         if named is not None and named.arch != self.name:
             raise UserInputError(f"model.network.weights {self.weights!r} fit model.network.name {named.arch!r}, not {self.name!r}.")
+        zoo.check_timm_weights(self.name, self.weights)
         object.__setattr__(self, "kwargs", dict(self.kwargs or {}))
 
     def build(self, num_classes: int, image_size: int) -> nn.Module:
@@ -56,18 +61,21 @@ class TimmSpec(NetworkSpec):
         return network
 
     def load_pretrained(self, network: nn.Module) -> None:
-        if self.weights is not None:
+        if zoo.is_timm_zoo(self.weights):
+            pretrained.load_state(network, *zoo.timm_state_dict(self.name, self.weights, self.kwargs))
+        elif self.weights is not None:
             pretrained.load_weights(network, self.weights)
 
     def normalization(self) -> Normalization:
-        """The named weights' own statistics, else timm's pretrained config for the model."""
+        """The named weights' own statistics, else the pretrained config of the weights (a Hub repo's,
+        or timm's for the model and its tag)."""
         if self.weights in pretrained.NAMED_WEIGHTS:
             named = pretrained.NAMED_WEIGHTS[self.weights]
             return Normalization(named.mean, named.std, named.input_size)
-        config = timm.models.get_pretrained_cfg(self.name)
+        config = zoo.timm_pretrained_cfg(self.name, self.weights)
         if config is None:
             return Normalization()
-        return Normalization(tuple(config.mean), tuple(config.std), config.input_size[-1])
+        return Normalization(tuple(config["mean"]), tuple(config["std"]), config["input_size"][-1])
 
 
 def freeze_stages(network: nn.Module, stages: int) -> None:
@@ -93,7 +101,9 @@ class TorchvisionSpec(NetworkSpec):
 
     Args:
         name: the model name, e.g. ``resnet18`` (``torchvision.models.list_models()``).
-        weights: pretrained weights: a local state-dict file; read only when ``fit`` starts from scratch.
+        weights: pretrained weights: torchvision's, by the weights enum's name (e.g.
+            ``ResNet50_Weights.IMAGENET1K_V2``, loaded by torchvision through torch's cache,
+            ``$TORCH_HOME/hub/checkpoints``), or a local state-dict file; read only when ``fit`` starts from scratch.
     """
 
     name: str = "resnet18"
@@ -105,10 +115,22 @@ class TorchvisionSpec(NetworkSpec):
             raise UserInputError(
                 f"model.network: torchvision has no classification model {self.name!r}. Choose one of: {', '.join(known)}."
             )
+        zoo.torchvision_weights(self.name, self.weights)  # an enum name that does not fit: one line now
 
     def build(self, num_classes: int, image_size: int) -> nn.Module:
         return torchvision.models.get_model(self.name, weights=None, num_classes=num_classes)
 
     def load_pretrained(self, network: nn.Module) -> None:
-        if self.weights is not None:
+        enum = zoo.torchvision_weights(self.name, self.weights)
+        if enum is not None:
+            pretrained.load_state(network, zoo.torchvision_state_dict(enum), f"torchvision {self.weights} ({enum.url})")
+        elif self.weights is not None:
             pretrained.load_weights(network, self.weights)
+
+    def normalization(self) -> Normalization:
+        """The statistics and crop size of torchvision's weights (their ``transforms()``), else ImageNet's."""
+        enum = zoo.torchvision_weights(self.name, self.weights)
+        if enum is None:
+            return Normalization()
+        preset = enum.transforms()
+        return Normalization(tuple(preset.mean), tuple(preset.std), int(preset.crop_size[0]))

@@ -1,7 +1,8 @@
 """Pretrained weights from local files: find them, read them, map their keys, load them into a network.
 
-Nothing is downloaded. ``model.network.weights`` is either a state-dict file (``.pth``, ``.pt``, ``.bin``,
-``.safetensors``) or the name of a set of weights that an installed package ships (``NAMED_WEIGHTS``).
+Nothing is downloaded here. ``model.network.weights`` is a state-dict file (``.pth``, ``.pt``, ``.bin``,
+``.safetensors``) or the name of a set of weights that an installed package ships (``NAMED_WEIGHTS``);
+the model zoos' weights (``gem_lightning.models.zoo``) are loaded into the network here too (:func:`load_state`).
 Tensors that fit the network by name and shape are loaded; tensors of the network left out (the
 old classifier, sized for other classes) stay at their random initialisation and are logged.
 """
@@ -165,25 +166,35 @@ def resolve(weights: str) -> tuple[Path, NamedWeights | None]:
 
 
 def load_weights(network: nn.Module, weights: str) -> None:
-    """Load ``weights`` into ``network``: every tensor that fits by name and shape.
+    """Load the file (or the named set) ``weights`` into ``network`` (see :func:`load_state`).
 
     Raises:
-        UserInputError: the file is missing, unreadable, or fits less than half of the network;
-            the message names the file, how many tensors matched and the first keys that did not.
+        UserInputError: the file is missing, unreadable, or does not fit the network.
     """
     path, named = resolve(weights)
     state = read_state_dict(path)
-    own = network.state_dict()
     if named is not None:
-        state = named.convert(state, own)
+        state = named.convert(state, network.state_dict())
     elif is_efficientnet_pytorch_layout(state):  # a file of that family given by path
-        state = efficientnet_pytorch_to_timm(state, own)
+        state = efficientnet_pytorch_to_timm(state, network.state_dict())
+    load_state(network, state, str(path))
+
+
+def load_state(network: nn.Module, state: StateDict, source: str) -> None:
+    """Load every tensor of ``state`` that fits ``network`` by name and shape; those of the network left
+    out (a classifier sized for other classes) keep their random initialisation and are logged.
+
+    Raises:
+        UserInputError: ``state`` fits less than half of the network, or holds tensors it has no place
+            for; the message names ``source``, how many tensors matched and the first keys that did not.
+    """
+    own = network.state_dict()
     fitting = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
     missing = [k for k in own if k not in fitting]
     unexpected = [k for k in state if k not in own and not k.endswith("num_batches_tracked")]  # frozen batch norms count nothing
     if len(fitting) < MIN_LOADED_FRACTION * len(own) or unexpected:
         raise UserInputError(
-            f"model.network.weights: {str(path)!r} does not fit this model.network: {len(fitting)} of {len(own)} tensors matched; "
+            f"model.network.weights: {source!r} does not fit this model.network: {len(fitting)} of {len(own)} tensors matched; "
             f"first missing: {missing[:3]}, first unexpected: {unexpected[:3]}. Use weights of the same architecture."
         )
     network.load_state_dict(fitting, strict=False)
@@ -192,6 +203,6 @@ def load_weights(network: nn.Module, weights: str) -> None:
             "model.network.weights: %d of %d tensors loaded from %s; left at random initialisation: %s",
             len(fitting),
             len(own),
-            path,
+            source,
             ", ".join(missing),
         )

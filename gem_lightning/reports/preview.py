@@ -2,9 +2,10 @@
 
 :func:`augmentation_preview` draws, from a set-up :class:`~gem_lightning.data.datamodule.GemDataModule`,
 one training photo next to several random augmentations of it (made by the data module's own
-training transform, on the same cached image the loader uses) and a sample training batch titled
-with its class names. Too strong a rotation, a zoom that crops the gem away, or labels that do not
-match the pictures show up here at a glance.
+training transform, on the same cached image the loader uses: the augmentation policy and random
+erasing included, named in the title) and a sample training batch titled with its class names.
+Too strong a rotation, a zoom that crops the gem away, or labels that do not match the pictures
+show up here at a glance.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 
 from gem_lightning.data.datamodule import GemDataModule
 from gem_lightning.data.datasets import CachedImageDataset
+from gem_lightning.data.policies import describe_policy
 from gem_lightning.reports.grids import image_grid_png
 
 
@@ -45,11 +47,12 @@ def augmentation_preview(datamodule: GemDataModule, out_dir: Path, n_augmented: 
         augmented = _augmentations(dataset, position, n_augmented)
         batch = [dataset[int(p)] for p in torch.randperm(len(dataset))[:n_batch]]
     label = names[dataset.labels[dataset.indices[position]]]
+    policy = describe_policy(datamodule.augment)
     augmentation = image_grid_png(
         augmented,
         [f"original: {label}"] + [f"augmented {i}" for i in range(1, n_augmented + 1)],
         out_dir / "augmentation_preview.png",
-        title=f"One training image and {n_augmented} random augmentations",
+        title=f"One training image and {n_augmented} random augmentations" + (f" ({policy})" if policy else ""),
     )
     batch_grid = image_grid_png(
         [_to_hwc(image) for image, _, _ in batch],

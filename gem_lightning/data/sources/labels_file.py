@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import Dataset
 
@@ -108,7 +109,8 @@ class LabelsFileSource(DataSource):
         return {"train": self._dataset(store, train_idx, transforms.train), "val": self._dataset(store, val_idx, transforms.eval)}
 
     def _dataset(self, store: ImageStore, indices: list[int], transform) -> CachedImageDataset:
-        targets = [multi_hot(record.label_set, len(self.class_names)) for record in store.records]
+        # One (N, C) tensor, not N of them: each tensor crosses to a loader worker as its own file descriptor.
+        targets = torch.stack([multi_hot(record.label_set, len(self.class_names)) for record in store.records])
         return CachedImageDataset(store, targets, indices, transform)
 
     def class_counts(self) -> list[int]:
