@@ -27,9 +27,12 @@ from gem_lightning.inference.runtime_callback import InferenceRuntime
 from gem_lightning.models import spec_from_config
 from gem_lightning.resilience import ResumableModelCheckpoint, make_resumable
 from gem_lightning.resilience.signals import listen_for_requeue_signal
+from gem_lightning.tracking.checkpoint_uri import resolve_checkpoint
+from gem_lightning.tracking.server import check_tracker_packages, check_trackers_reachable
 from gem_lightning.training.callbacks.prediction_writer import PredictionWriter
 from gem_lightning.training.callbacks.reports import EvaluationReport, LearningCurves
 from gem_lightning.training.callbacks.timing import EpochTimer
+from gem_lightning.training.callbacks.trackers import TrackerArtifacts
 from gem_lightning.training.checkpoints import check_checkpoint_fits, checkpoint_hparams
 from gem_lightning.training.metrics import MONITOR
 from gem_lightning.training.module import GemClassifier
@@ -65,6 +68,7 @@ class GemCLI(LightningCLI):
         parser.add_lightning_class_args(EvaluationReport, "report")
         parser.add_lightning_class_args(LearningCurves, "curves")
         parser.add_lightning_class_args(InferenceRuntime, "inference")  # --inference.runtime torch|onnxruntime|onnxruntime-int8
+        parser.add_lightning_class_args(TrackerArtifacts, "trackers")
         parser.set_defaults({"trainer.logger": lazy_instance(CSVLogger, save_dir="runs", name="gem")})
         parser.link_arguments("data.class_names", "model.class_names", compute_fn=self._class_names, apply_on="instantiate")
         parser.link_arguments("data.image_size", "model.image_size", apply_on="instantiate")
@@ -74,9 +78,15 @@ class GemCLI(LightningCLI):
         parser.link_arguments("data.progressive_resizing", "model.progressive_resizing", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
-        """From a checkpoint, rebuild the network as it was trained and feed the data what it expects."""
+        """From a checkpoint, rebuild the network as it was trained and feed the data what it expects.
+
+        A checkpoint kept by MLflow (``runs:/...``, ``models:/...``) is downloaded first, and the
+        local copy is what every later step reads."""
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config  # None: cli_main(args, run=False)
+        check_tracker_packages(_class_paths(config.trainer.get("logger")))
+        if config.get("ckpt_path"):
+            config.ckpt_path = str(resolve_checkpoint(config.ckpt_path))
         if subcommand in (None, "fit"):
             if config.data.image_size is None:
                 config.data.image_size = spec_from_config(config.model.network.as_dict()).normalization().input_size
@@ -139,6 +149,8 @@ class GemCLI(LightningCLI):
         for callback in self.trainer.callbacks:  # a multi-label model is best by mAP: watch that by default
             if isinstance(callback, ModelCheckpoint | EarlyStopping) and callback.monitor == MONITOR:
                 callback.monitor = self.model.monitor
+        if subcommand:  # last, as it starts the MLflow run: a command that will run refuses a tracker that does not answer
+            check_trackers_reachable(self.trainer.loggers)
         if subcommand == "fit":
             self.model.prepare_training(from_scratch=not config.get("ckpt_path"))
 
@@ -151,6 +163,12 @@ def check_same_task(checkpoint_task: str | None, data_task: str | None) -> None:
             f"The checkpoint is {checkpoint_task} (trained on {trained}) but data.data_dir is {given} ({data_task}): "
             f"evaluate it on {trained}, as it was trained."
         )
+
+
+def _class_paths(setting: object) -> list[str]:
+    """The class paths a ``class_path`` setting (one, or a list) names; none for ``false`` or a default object."""
+    items = setting if isinstance(setting, list) else [setting]
+    return [item.class_path for item in items if isinstance(item, Namespace) and isinstance(item.get("class_path"), str)]
 
 
 DESCRIPTION = """gem-lightning: train, evaluate and serve image classifiers on folder-per-class photo sets.

@@ -22,6 +22,7 @@ import torch
 from gem_lightning.errors import UserInputError
 from gem_lightning.inference.preprocessing import Preprocessing
 from gem_lightning.inference.runtime import check_runtime, onnx_probabilities, require_onnxruntime
+from gem_lightning.tracking.checkpoint_uri import resolve_checkpoint
 from gem_lightning.training.checkpoints import load_checkpoint
 from gem_lightning.training.module import GemClassifier
 from gem_lightning.training.thresholds import label_sets
@@ -132,7 +133,8 @@ def load_model(
     """Load a checkpoint written by training; the checkpoint alone rebuilds the network.
 
     Args:
-        ckpt_path: the ``.ckpt`` file (``str`` or ``Path``).
+        ckpt_path: the ``.ckpt`` file (``str`` or ``Path``), or one kept by MLflow (``runs:/<run id>/<path>``,
+            ``models:/<name>/<version>``: downloaded from ``$MLFLOW_TRACKING_URI``'s server).
         device: where the model runs (``cpu``, ``cuda``, ``cuda:1``, ...); ONNX Runtime runs on the CPU.
         runtime: ``torch``; ``onnxruntime`` (the network exported to ONNX from the checkpoint, cached
             beside it, float32); ``onnxruntime-int8`` (quantized; the first time needs ``int8_images``).
@@ -144,6 +146,7 @@ def load_model(
             its packages missing, or the ONNX model is refused; the message says why.
     """
     require_onnxruntime(check_runtime(runtime))
+    ckpt_path = resolve_checkpoint(ckpt_path)
     load_checkpoint(ckpt_path)
     classifier = GemClassifier.load_from_checkpoint(Path(ckpt_path), map_location="cpu").eval()
     probabilities = None

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gem_lightning.inference.export import FORMATS, export_checkpoint
+from gem_lightning.tracking.checkpoint_uri import is_store_uri, resolve_checkpoint
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -18,14 +19,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="main.py export",
         description="Export a trained checkpoint for use without Lightning (or Python): TorchScript and ONNX.",
     )
-    parser.add_argument("checkpoint", type=Path, help="a .ckpt file written by training")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: export/ next to the checkpoint)")
+    parser.add_argument(
+        "checkpoint", help="a .ckpt file written by training, or one kept by MLflow: runs:/<run id>/<path>, models:/<name>/<version>"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: export/ next to the checkpoint; for one kept by MLflow, ./export)"
+    )
     parser.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS), help="what to export (default: all)")
     args = parser.parse_args(argv)
-    if not args.checkpoint.is_file():
-        parser.error(f"checkpoint {str(args.checkpoint)!r} does not exist")
+    checkpoint = Path(resolve_checkpoint(args.checkpoint))
+    if not checkpoint.is_file():
+        parser.error(f"checkpoint {args.checkpoint!r} does not exist")
+    out = args.out or (Path("export") if is_store_uri(args.checkpoint) else checkpoint.parent / "export")
     try:
-        written = export_checkpoint(args.checkpoint, args.out or args.checkpoint.parent / "export", args.formats)
+        written = export_checkpoint(checkpoint, out, args.formats)
     except ImportError as error:
         parser.error(str(error))
     for kind, path in written.items():

@@ -16,6 +16,7 @@ from pathlib import Path
 from gem_lightning.inference.runtime import RUNTIMES
 from gem_lightning.serving.server import ENDPOINTS, ServeOptions, build_server
 from gem_lightning.serving.supervision import Supervisor
+from gem_lightning.tracking.checkpoint_uri import resolve_checkpoint
 
 API_KEY_ENV = "GEM_LIGHTNING_API_KEY"
 DEFAULTS = ServeOptions()
@@ -29,7 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
         "dying or cannot load the model, it exits with status 1. Ctrl-C or SIGTERM stops it after the requests in flight.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--ckpt_path", required=True, type=Path, help="a .ckpt file written by training")
+    parser.add_argument(
+        "--ckpt_path",
+        required=True,
+        help="a .ckpt file written by training, or one kept by MLflow: runs:/<run id>/<path>, models:/<name>/<version>",
+    )
     parser.add_argument(
         "--host", default="127.0.0.1", choices=["127.0.0.1", "0.0.0.0", "::"], help="address to listen on (0.0.0.0: every interface)"
     )
@@ -81,8 +86,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Start the server and block until Ctrl-C or SIGTERM; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not args.ckpt_path.is_file():
-        parser.error(f"--ckpt_path {str(args.ckpt_path)!r} is not a file")
     if not 1024 <= args.port <= 65535:
         parser.error(f"--port must be from 1024 to 65535, got {args.port}")
     for name in ("workers_per_device", "max_batch_size", "threads"):
@@ -90,6 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.decode_threads is not None and args.decode_threads < 0:
         parser.error(f"--decode_threads must be 0 (decode in the model worker) or more, got {args.decode_threads}")
+    ckpt_path = Path(resolve_checkpoint(args.ckpt_path))  # a download from MLflow: after the options are known to be right
+    if not ckpt_path.is_file():
+        parser.error(f"--ckpt_path {args.ckpt_path!r} is not a file")
     options = ServeOptions(
         accelerator=args.accelerator,
         devices=int(args.devices) if str(args.devices).isdigit() else args.devices,
@@ -106,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         _check_address_free(args.host, args.port)
-        server = build_server(args.ckpt_path, options)
+        server = build_server(ckpt_path, options)
     except (ValueError, OSError, RuntimeError) as error:
         print(f"error: cannot serve {args.ckpt_path}: {error}", file=sys.stderr)
         return 2
