@@ -86,7 +86,7 @@ def datamodule(data_dir: Path, **overrides) -> GemDataModule:
 def audited(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, AuditResult, dict[str, Path]]:
     """One audit of the planted set, shared by the tests that read its findings."""
     root = make_audit_set(tmp_path_factory.mktemp("audit") / "gems")
-    result = run_audit(datamodule(root).folders, OPTIONS)
+    result = run_audit(datamodule(root).source.folders, OPTIONS)
     return root, result, write_outputs(result, root.parent / "audit")
 
 
@@ -139,14 +139,14 @@ def test_edited_corrections_csv_drops_and_relabels_without_touching_the_folder(a
     data = datamodule(root, corrections=str(edited))
     data.setup("fit")
     data.setup("test")
-    scans = data.folders.scans
+    scans = data.source.folders.scans
     assert (len(scans["train"].dropped), len(scans["train"].relabelled)) == (0, 4)
     assert (len(scans["test"].dropped), len(scans["test"].relabelled)) == (1, 0)
     assert "data.corrections applied: 0 file(s) dropped, 4 relabelled" in format_summary({"train": scans["train"]})
     assert "data.corrections applied: 1 file(s) dropped, 0 relabelled" in format_summary({"test": scans["test"]})
-    labels = {r.path.relative_to(root).as_posix(): r.label for r in data.records["train"] + data.records["val"]}
+    labels = {r.path.relative_to(root).as_posix(): r.label for r in data.source.records["train"] + data.source.records["val"]}
     assert {p: data.class_names[labels[p]] for p in MISLABELLED} == MISLABELLED
-    assert len(data.records["test"]) == 3 * TEST  # the leaked copy is left out
+    assert len(data.source.records["test"]) == 3 * TEST  # the leaked copy is left out
     assert sorted(p.relative_to(root) for p in root.rglob("*.jpg")) == before
 
 
