@@ -23,6 +23,7 @@ from gem_lightning.data.cache import Cache, DecodeSettings
 from gem_lightning.data.datasets import collate_channels_last, collate_predictions
 from gem_lightning.data.loader import Loader, SignalSafeDataLoader, start_worker_server
 from gem_lightning.data.progressive_resizing import ProgressiveResizing, resize_batch
+from gem_lightning.data.provenance import PhotoRecord
 from gem_lightning.data.samplers import FitEpochDistributedSampler
 from gem_lightning.data.scan import DatasetLayoutError, Rejected
 from gem_lightning.data.sources import DataSource, FolderSource, StreamSource, Transforms
@@ -128,6 +129,7 @@ class GemDataModule(LightningDataModule):
         self.settings = self.source.decode if self.source else DecodeSettings(cache_size_for(image_size), autocrop, tuple(background))
         self.class_names = self.source.class_names if self.source else None
         self.datasets: dict[str, Dataset] = {}
+        self.trained_before: PhotoRecord | None = PhotoRecord()  # what the checkpoint a fit resumes from trained on
 
     def _open_source(
         self, data_dir: str | None, generate: str | None, corrections: str | None, decode: DecodeSettings
@@ -195,6 +197,20 @@ class GemDataModule(LightningDataModule):
         return Transforms(train=train, eval=eval_transform(self.image_size))
 
     # Lightning hooks -------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """What checkpoints keep of the data: which photos the model trained on (``trained_on``, a
+        :class:`~gem_lightning.data.provenance.PhotoRecord`: those of a resumed run too), so that
+        ``calibrate`` refuses them. Nothing where the source cannot say."""
+        current = self.source.photos("train") if self.source is not None else None
+        if current is None or self.trained_before is None:
+            return {}
+        return {"trained_on": (self.trained_before | current).state()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """A checkpoint's record (restored by Lightning with ``--ckpt_path``); a checkpoint without one
+        leaves the record of a resumed run incomplete, so none is written."""
+        self.trained_before = PhotoRecord.from_state(state_dict["trained_on"]) if "trained_on" in state_dict else None
 
     def prepare_data(self) -> None:
         """Once per machine: whatever the source shares between processes (the embedded dataset, the disk cache)."""

@@ -6,6 +6,10 @@ weights restored), the module's ``predict_proba``, which ``predict_step`` and th
 is replaced by the ONNX Runtime session of :mod:`gem_lightning.inference.runtime` (exported from
 ``--ckpt_path`` on first use, checked against torch, cached beside it); when the stage ends, torch's
 is back.
+
+It also holds what ``predict`` answers beside the ranked classes, another inference-time choice that
+no checkpoint stores: ``coverage`` (prediction sets) and ``unknown`` (answered for photos unlike every
+class), from the checkpoint's calibration (:mod:`gem_lightning.inference.answers`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,10 @@ from __future__ import annotations
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from gem_lightning.errors import UserInputError
+from gem_lightning.inference.answers import Answers, AnswerSettings, UnknownScore
 from gem_lightning.inference.runtime import Runtime, check_runtime, onnx_probabilities, require_onnxruntime
+from gem_lightning.training.checkpoints import load_checkpoint
+from gem_lightning.training.combine import CALIBRATION
 
 
 class InferenceRuntime(Callback):
@@ -25,13 +32,33 @@ class InferenceRuntime(Callback):
         int8_images: a folder or glob of at least 40 photos like those to classify: up to 128 calibrate
             the int8 model, the rest measure what it loses against fp32 (accuracy, when they sit in class
             folders); more than half a point lost refuses int8.
+        coverage: ``predict`` also answers each photo's prediction set: the fewest classes that hold
+            the true class with this probability (0 to 1, exclusive; e.g. 0.9). Needs a checkpoint
+            written by ``python main.py calibrate``.
+        unknown: ``predict`` answers ``unknown`` for a photo unlike every class, so that this share of
+            photos of the known classes are too (the false-rejection rate, 0 to 1 exclusive; e.g.
+            0.05). Needs a calibrated checkpoint.
+        unknown_score: how unlike the classes a photo is: ``msp`` (1 - the top probability),
+            ``energy`` (of the logits), ``mahalanobis`` or ``knn`` (distance of the penultimate
+            features to the training photos'); ``auto``: the best the checkpoint holds.
     """
 
-    def __init__(self, runtime: Runtime = "torch", int8_images: str | None = None) -> None:
+    def __init__(
+        self,
+        runtime: Runtime = "torch",
+        int8_images: str | None = None,
+        coverage: float | None = None,
+        unknown: float | None = None,
+        unknown_score: UnknownScore = "auto",
+    ) -> None:
         self.runtime = check_runtime(runtime)
         self.int8_images = int8_images
+        self.answer_settings = AnswerSettings(coverage, unknown, unknown_score).checked("inference.")
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.answer_settings.asked:
+            if stage != "predict":
+                raise UserInputError(f"inference.coverage and inference.unknown shape what predict answers, not {stage}: leave them out.")
         if self.runtime == "torch":
             return
         if stage == "fit":
@@ -48,6 +75,8 @@ class InferenceRuntime(Callback):
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._install(trainer, pl_module)
+        if self.answer_settings.asked:  # the checkpoint is known from here on; no photo is read yet
+            pl_module.answers = self._answers(trainer, pl_module)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._uninstall(pl_module)
@@ -57,6 +86,18 @@ class InferenceRuntime(Callback):
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._uninstall(pl_module)
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if getattr(pl_module, "answers", None) is not None:
+            pl_module.answers.close()
+            pl_module.answers = None
+
+    def _answers(self, trainer: Trainer, pl_module: LightningModule) -> Answers:
+        if not trainer.ckpt_path:
+            raise UserInputError("inference.coverage and inference.unknown come from a calibrated checkpoint: give --ckpt_path.")
+        record = load_checkpoint(trainer.ckpt_path).get(CALIBRATION)
+        name = repr(str(trainer.ckpt_path))
+        return Answers(record, self.answer_settings, pl_module, runtime=self.runtime, prefix="inference.", checkpoint=name)
 
     def _install(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Replace ``pl_module.predict_proba`` by the ONNX Runtime session (an instance attribute shadows the method)."""

@@ -192,6 +192,7 @@ class GemClassifier(LightningModule):
             network_module, self.hparams.mean, self.hparams.std, channels_last=channels_last, tta=tta, temperature=temperature
         )
         self.teacher: Teacher | None = None
+        self.answers: Callable[[torch.Tensor], list[dict[str, Any]]] | None = None  # set for predict: prediction sets, "unknown"
         self.pretrained_loaded = False
         if compile:
             self.model.compile()  # in place: parameter names, hence checkpoints, stay the same
@@ -298,13 +299,16 @@ class GemClassifier(LightningModule):
         return {"probs": probs, "targets": targets, "indices": indices}
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        """For each good image: its path, the top-k class names and their probabilities."""
+        """For each good image: its path, the top-k class names and their probabilities, and what
+        ``answers`` adds (``gem_lightning.inference.answers``: a prediction set, "unknown")."""
         rows = []
         if len(batch["path"]):
             probs = self.predict_proba(batch["image"])
             top_probs, top_labels = probs.topk(min(self.hparams.top_k, self.num_classes), dim=-1)
             for path, index, labels, values in zip(batch["path"], batch["index"], top_labels.tolist(), top_probs.tolist()):
                 rows.append({"index": index, "path": path, "classes": [self.class_names[i] for i in labels], "probs": values})
+            for row, answer in zip(rows, self.answers(probs) if self.answers is not None else ()):
+                row.update(answer)
         return {"predictions": rows, "rejected": batch["rejected"]}
 
     # Optimisation ----------------------------------------------------------------------------

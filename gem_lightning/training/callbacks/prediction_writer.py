@@ -16,6 +16,9 @@ from gem_lightning.errors import UserInputError
 from gem_lightning.files import atomic_write
 from gem_lightning.reports.prediction_grid import write_prediction_grid
 
+ANSWER_COLUMNS = ("prediction_set", "unknown", "unknown_score")
+"""What ``inference.coverage`` and ``inference.unknown`` add to each row (``gem_lightning.inference.answers``)."""
+
 
 class PredictionWriter(BasePredictionWriter):
     """Streams each batch's predictions to a per-process part file, then merges them in input order.
@@ -116,18 +119,24 @@ class PredictionWriter(BasePredictionWriter):
         trainer.strategy.barrier()
 
     def _write_predictions(self, rows: list[dict]) -> None:
+        """``path``, the ranked classes and probabilities, then what ``inference.coverage`` and
+        ``inference.unknown`` add (``prediction_set``, ``unknown``, ``unknown_score``; with them,
+        ``prediction`` is ``unknown`` for a photo unlike every class)."""
+        extra = [key for key in ANSWER_COLUMNS if rows and key in rows[0]]
+        keys = ("path", "classes", "probs") + (("prediction", *extra) if extra else ())
         with atomic_write(self.path, "w", what="the predictions", newline="") as file:
             if self.format == "jsonl":
                 for row in rows:
-                    file.write(json.dumps({k: row[k] for k in ("path", "classes", "probs")}) + "\n")
+                    file.write(json.dumps({key: row[key] for key in keys}) + "\n")
             else:
                 k = max((len(row["classes"]) for row in rows), default=0)
                 writer = csv.writer(file)
                 header = ["path", "prediction", "probability"]
-                writer.writerow(header + [f"{kind}_{i}" for i in range(1, k + 1) for kind in ("class", "prob")])
+                writer.writerow(header + [f"{kind}_{i}" for i in range(1, k + 1) for kind in ("class", "prob")] + extra)
                 for row in rows:
                     ranked = [value for pair in zip(row["classes"], (f"{p:.6f}" for p in row["probs"])) for value in pair]
-                    writer.writerow([row["path"], row["classes"][0], f"{row['probs'][0]:.6f}", *ranked])
+                    answers = [_cell(row[key]) for key in extra]
+                    writer.writerow([row["path"], row.get("prediction", row["classes"][0]), f"{row['probs'][0]:.6f}", *ranked, *answers])
 
     def _write_rejects(self, rejects: list[dict]) -> None:
         if not rejects:
@@ -137,6 +146,15 @@ class PredictionWriter(BasePredictionWriter):
             writer = csv.writer(file)
             writer.writerow(["path", "reason"])
             writer.writerows([row["path"], row["reason"]] for row in rejects)
+
+
+def _cell(value) -> str:
+    """A CSV cell: a set as its classes joined by ``;``, ``true``/``false``, a score to 6 decimals."""
+    if isinstance(value, list):
+        return ";".join(value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:.6f}" if isinstance(value, float) else str(value)
 
 
 def _read_jsonl(paths) -> list[dict]:
