@@ -38,7 +38,14 @@ SPLIT_SETTINGS = ("val_fraction", "seed")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="main.py calibrate", description=__doc__.splitlines()[0], add_help=False)
+    parser = argparse.ArgumentParser(
+        prog="main.py calibrate",
+        description="Fit a temperature, prediction sets (--inference.coverage) and 'unknown' (--inference.unknown) on photos the "
+        "checkpoint never trained on, into a copy of the checkpoint.",
+        epilog="Every other option is validate's (python main.py validate --help): the training config (--config), --data.data_dir "
+        "(its validation split is the held-out photos unless --calibration_dir; data.val_fraction and data.seed default to the "
+        "checkpoint's own), --model.tta, --trainer.accelerator, --trainer.precision.",
+    )
     parser.add_argument("--ckpt_path", type=Path, required=True, help="the trained (or ensemble) checkpoint")
     parser.add_argument("--output", type=Path, required=True, help="the calibrated checkpoint to write (not overwritten)")
     parser.add_argument(
@@ -72,7 +79,7 @@ def main(argv: Sequence[str]) -> dict[str, float]:
                 for arg in (f"--data.{key}", str(value))]  # fmt: skip
     cli = cli_main(["validate", *cli_args, *defaults, "--ckpt_path", str(options.ckpt_path)], prepare_only=True)
     held_out, photos, description, training = _photos(cli.datamodule, cli.model.class_names, options, trained_split)
-    _refuse_trained_on(_trained_on(checkpoint), photos, description, options, trained_split)
+    _refuse_trained_on(_trained_on(checkpoint), photos, len(held_out), description, options, trained_split)
     measured = _measure(cli, held_out, options.ckpt_path)
     trained = _measure(cli, training, options.ckpt_path) if training is not None and measured.features is not None else None
     temperature, record, summary = fit_calibration(
@@ -91,32 +98,29 @@ def _photos(
     """The held-out photos, their record and description, and the training photos (or None), read as evaluation reads."""
     transform = eval_transform(datamodule.image_size)
     source = datamodule.source
-    datasets = {}
-    if source is not None:
-        datamodule.prepare_data()
-        datasets = source.evaluation_datasets(transform)
-    training = datasets.get("train") or None
     if options.calibration_dir is not None:
         held_out, photos = class_folder_dataset(
             options.calibration_dir, class_names, datamodule.settings, cache=datamodule.cache,
             loader=datamodule.loader, transform=transform, what="--calibration_dir",
         )  # fmt: skip
-        return held_out, photos, f"the photos of {str(options.calibration_dir)!r}", training
-    if source is None:
+        description = f"the photos of {str(options.calibration_dir)!r}"
+    elif source is None:
         raise UserInputError("calibrate needs held-out photos: --data.data_dir (its validation split) or --calibration_dir <folder>.")
+    datasets = {}
+    if source is not None:
+        datamodule.prepare_data()
+        datasets = source.evaluation_datasets(transform)
+    training = datasets.get("train") if len(datasets.get("train") or []) else None
+    if options.calibration_dir is not None:
+        return held_out, photos, description, training
     if not len(datasets.get("val") or []):
-        trained = "" if trained_split["val_fraction"] is None else f" (it trained with data.val_fraction {trained_split['val_fraction']})"
         raise UserInputError(
-            f"calibrate fits on photos the checkpoint never saw, and the validation split is empty{trained}: give "
-            "--calibration_dir <a folder of <Class>/ photos it never trained on>, or the split it was trained with."
+            f"calibrate fits on photos the checkpoint never saw, and the validation split is empty (data.val_fraction "
+            f"{datamodule.hparams.val_fraction}). {_remedy(trained_split)}"
         )
     hparams = datamodule.hparams
-    return (
-        datasets["val"],
-        source.photos("val"),
-        f"the validation split of {hparams.data_dir} ({hparams.val_fraction}, seed {hparams.seed})",
-        training,
-    )
+    description = f"the validation split of {hparams.data_dir} (val_fraction {hparams.val_fraction}, seed {hparams.seed})"
+    return datasets["val"], source.photos("val"), description, training
 
 
 def _trained_on(checkpoint: dict) -> PhotoRecord | None:
@@ -124,13 +128,15 @@ def _trained_on(checkpoint: dict) -> PhotoRecord | None:
     return PhotoRecord.from_state(state) if state is not None else None
 
 
-def _refuse_trained_on(trained: PhotoRecord | None, photos: PhotoRecord | None, description: str, options, trained_split: dict) -> None:
-    """One line when the held-out photos include (or cannot be shown not to include) photos the checkpoint trained on."""
+def _refuse_trained_on(
+    trained: PhotoRecord | None, photos: PhotoRecord | None, count: int, description: str, options, trained_split: dict
+) -> None:
+    """One line when the ``count`` held-out photos include (or cannot be shown not to include) photos the checkpoint trained on."""
     if trained is not None and photos is not None:
         shared = trained.shared_with(photos)
         if shared:
             raise UserInputError(
-                f"{shared} of the calibration photos ({description}) trained {options.ckpt_path.name}: fitted on them, the "
+                f"{shared} of the {count} calibration photos ({description}) trained {options.ckpt_path.name}: fitted on them, the "
                 f"calibration learns how the model behaves on photos it memorised. {_remedy(trained_split)}"
             )
         if trained.can_tell_apart(photos) or options.trust_split:
@@ -147,8 +153,14 @@ def _refuse_trained_on(trained: PhotoRecord | None, photos: PhotoRecord | None, 
 
 
 def _remedy(trained_split: dict) -> str:
+    """What to calibrate on instead: held-out photos, or the validation split the checkpoint was trained with."""
     fraction, seed = trained_split["val_fraction"], trained_split["seed"]
-    split = "" if not fraction else f", or its own validation split (--data.val_fraction {fraction} --data.seed {seed}, the default)"
+    if fraction is None:
+        split = ", or set --data.val_fraction and --data.seed as in training"
+    elif fraction:
+        split = f", or set --data.val_fraction {fraction} --data.seed {seed} as in training (the default)"
+    else:
+        split = " (it trained with data.val_fraction 0: on every photo of train/)"
     return f"Give --calibration_dir <a folder of <Class>/ photos it never trained on>{split}."
 
 
