@@ -3,7 +3,7 @@
 Some of what gem-lightning needs sits behind Lightning's private names: the trainer's signal
 connector (to run Lightning's signal handlers only in the trainer's own process, and to stop the
 loops as its SIGTERM handler does), ``ModelCheckpoint``'s saving steps (to refresh ``last.ckpt`` at
-every epoch) and two ``LightningCLI`` methods. Private names change without deprecation, so:
+every epoch) and three ``LightningCLI`` methods. Private names change without deprecation, so:
 
 * this module is the only one that imports them (``from lightning... import _X``); the rest of the
   package uses the aliases and functions below, or calls a private method of a Lightning class it
@@ -56,6 +56,8 @@ PRIVATE_NAMES: tuple[str, ...] = (
     # hyperparameters into the model config, and its config lookup helper.
     "lightning.pytorch.cli.LightningCLI._parse_ckpt_path",
     "lightning.pytorch.cli.LightningCLI._get",
+    # (subcommand): runs trainer.<subcommand>; overridden to build a subcommand's objects without running it (calibrate).
+    "lightning.pytorch.cli.LightningCLI._run_subcommand",
 )
 
 

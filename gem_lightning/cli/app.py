@@ -146,9 +146,10 @@ Besides fit/validate/test/predict: `optimize` (a folder -> a stream at a path or
 sets; then --data.data_dir <stream>), `prepare` (split one folder-per-class collection into train/ and
 test/), `preview` (augmentation preview and a sample batch), `lr_find` (learning-rate range test),
 `export` (TorchScript / ONNX), `seeds` (fit and test over several seeds: mean +- std), `ensemble`
-(several checkpoints as one), `calibrate` (temperature scaling on held-out photos), `serve` (HTTP
-server and web page), `audit` (label issues, near-duplicates and train/test leakage, with a
-corrections CSV for --data.corrections). Run `python main.py <command> --help` for each."""
+(several checkpoints as one), `calibrate` (temperature, prediction sets and "unknown" on photos the
+checkpoint never trained on), `serve` (HTTP server and web page), `audit` (label issues,
+near-duplicates and train/test leakage, with a corrections CSV for --data.corrections). Run
+`python main.py <command> --help` for each."""
 
 
 def cli_main(
