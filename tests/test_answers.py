@@ -108,7 +108,8 @@ def test_checkpoints_record_the_training_split_and_a_resumed_run_adds_to_it(tmp_
     earlier = PhotoRecord.of_files(["e" * 40])
     datamodule.load_state_dict({"trained_on": earlier.state()})
     assert PhotoRecord.from_state(datamodule.state_dict()["trained_on"]) == train | earlier
-    datamodule.load_state_dict({})  # resumed from a checkpoint without a record: the union is unknown
+    datamodule.trained_before = None
+    datamodule.trainer = SimpleNamespace(ckpt_path="old.ckpt")  # resumed from a checkpoint without a record: the union is unknown
     assert datamodule.state_dict() == {} and DATA_STATE == GemDataModule.__qualname__
 
 
@@ -198,7 +199,7 @@ def test_calibrate_refuses_photos_the_checkpoint_trained_on_in_one_line(world, e
     own = one_line(
         cli(*base, "--output", world.root / "x.ckpt", "--calibration_dir", world.data / "train", env=env, cwd=world.root, status=2)
     )
-    assert "42 of the 60 calibration photos" in own and "trained last.ckpt" in own and "--calibration_dir" in own
+    assert "42 of the 60 distinct calibration photos" in own and "trained last.ckpt" in own and "--calibration_dir" in own
     other_split = one_line(cli(*base, "--output", world.root / "x.ckpt", "--data.val_fraction", "0.5", env=env, cwd=world.root, status=2))
     assert (
         "calibration photos (the validation split" in other_split and "--data.val_fraction 0.3 --data.seed 42 as in training" in other_split

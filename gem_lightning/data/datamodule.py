@@ -129,7 +129,7 @@ class GemDataModule(LightningDataModule):
         self.settings = self.source.decode if self.source else DecodeSettings(cache_size_for(image_size), autocrop, tuple(background))
         self.class_names = self.source.class_names if self.source else None
         self.datasets: dict[str, Dataset] = {}
-        self.trained_before: PhotoRecord | None = PhotoRecord()  # what the checkpoint a fit resumes from trained on
+        self.trained_before: PhotoRecord | None = None  # what the checkpoint a fit resumes from trained on
 
     def _open_source(
         self, data_dir: str | None, generate: str | None, corrections: str | None, decode: DecodeSettings
@@ -200,16 +200,17 @@ class GemDataModule(LightningDataModule):
 
     def state_dict(self) -> dict:
         """What checkpoints keep of the data: which photos the model trained on (``trained_on``, a
-        :class:`~gem_lightning.data.provenance.PhotoRecord`: those of a resumed run too), so that
-        ``calibrate`` refuses them. Nothing where the source cannot say."""
+        :class:`~gem_lightning.data.provenance.PhotoRecord`, with those of the checkpoint a fit resumed
+        from), so that ``calibrate`` refuses them. Nothing where that is unknown: a source that cannot
+        say, or a resumed checkpoint without a record."""
         current = self.source.photos("train") if self.source is not None else None
-        if current is None or self.trained_before is None:
+        resumed = self.trainer is not None and self.trainer.ckpt_path is not None
+        if current is None or (resumed and self.trained_before is None):
             return {}
-        return {"trained_on": (self.trained_before | current).state()}
+        return {"trained_on": (current | (self.trained_before or PhotoRecord())).state()}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """A checkpoint's record (restored by Lightning with ``--ckpt_path``); a checkpoint without one
-        leaves the record of a resumed run incomplete, so none is written."""
+        """A checkpoint's record, restored by Lightning with ``--ckpt_path`` (not called for a checkpoint without one)."""
         self.trained_before = PhotoRecord.from_state(state_dict["trained_on"]) if "trained_on" in state_dict else None
 
     def prepare_data(self) -> None:

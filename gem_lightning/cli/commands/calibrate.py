@@ -74,12 +74,13 @@ def main(argv: Sequence[str]) -> dict[str, float]:
         raise UserInputError(f"--raps_lambda and --raps_k_reg must be 0 or more, got {options.raps_lambda} and {options.raps_k_reg}.")
     checkpoint = load_checkpoint(options.ckpt_path)
     trained_split = {key: (checkpoint.get("datamodule_hyper_parameters") or {}).get(key) for key in SPLIT_SETTINGS}
+    trained_split["streams"] = sorted(name.rpartition("#")[0] for name in (_trained_on(checkpoint) or PhotoRecord()).streams)
     given = {arg.partition("=")[0] for arg in cli_args}
-    defaults = [arg for key, value in trained_split.items() if value is not None and f"--data.{key}" not in given
-                for arg in (f"--data.{key}", str(value))]  # fmt: skip
+    defaults = [arg for key in SPLIT_SETTINGS if trained_split[key] is not None and f"--data.{key}" not in given
+                for arg in (f"--data.{key}", str(trained_split[key]))]  # fmt: skip
     cli = cli_main(["validate", *cli_args, *defaults, "--ckpt_path", str(options.ckpt_path)], prepare_only=True)
     held_out, photos, description, training = _photos(cli.datamodule, cli.model.class_names, options, trained_split)
-    _refuse_trained_on(_trained_on(checkpoint), photos, len(held_out), description, options, trained_split)
+    _refuse_trained_on(_trained_on(checkpoint), photos, description, options, trained_split)
     measured = _measure(cli, held_out, options.ckpt_path)
     trained = _measure(cli, training, options.ckpt_path) if training is not None and measured.features is not None else None
     temperature, record, summary = fit_calibration(
@@ -118,9 +119,9 @@ def _photos(
             f"calibrate fits on photos the checkpoint never saw, and the validation split is empty (data.val_fraction "
             f"{datamodule.hparams.val_fraction}). {_remedy(trained_split)}"
         )
-    hparams = datamodule.hparams
-    description = f"the validation split of {hparams.data_dir} (val_fraction {hparams.val_fraction}, seed {hparams.seed})"
-    return datasets["val"], source.photos("val"), description, training
+    hparams, photos = datamodule.hparams, source.photos("val")
+    split = "" if photos is None or photos.streams else f" (val_fraction {hparams.val_fraction}, seed {hparams.seed})"  # a stream's own
+    return datasets["val"], photos, f"the validation split of {hparams.data_dir}{split}", training
 
 
 def _trained_on(checkpoint: dict) -> PhotoRecord | None:
@@ -128,16 +129,20 @@ def _trained_on(checkpoint: dict) -> PhotoRecord | None:
     return PhotoRecord.from_state(state) if state is not None else None
 
 
-def _refuse_trained_on(
-    trained: PhotoRecord | None, photos: PhotoRecord | None, count: int, description: str, options, trained_split: dict
-) -> None:
-    """One line when the ``count`` held-out photos include (or cannot be shown not to include) photos the checkpoint trained on."""
+def _refuse_trained_on(trained: PhotoRecord | None, photos: PhotoRecord | None, description: str, options, trained_split: dict) -> None:
+    """One line when the held-out photos include (or cannot be shown not to include) photos the checkpoint trained on."""
     if trained is not None and photos is not None:
+        memorised = "fitted on them, the calibration learns how the model behaves on photos it memorised"
+        if trained.streams & photos.streams:
+            name = options.ckpt_path.name
+            raise UserInputError(
+                f"the calibration photos ({description}) are the split that trained {name}: {memorised}. {_remedy(trained_split)}"
+            )
         shared = trained.shared_with(photos)
         if shared:
             raise UserInputError(
-                f"{shared} of the {count} calibration photos ({description}) trained {options.ckpt_path.name}: fitted on them, the "
-                f"calibration learns how the model behaves on photos it memorised. {_remedy(trained_split)}"
+                f"{shared} of the {len(photos.digests)} distinct calibration photos ({description}) trained {options.ckpt_path.name}: "
+                f"{memorised}. {_remedy(trained_split)}"
             )
         if trained.can_tell_apart(photos) or options.trust_split:
             return
@@ -155,7 +160,9 @@ def _refuse_trained_on(
 def _remedy(trained_split: dict) -> str:
     """What to calibrate on instead: held-out photos, or the validation split the checkpoint was trained with."""
     fraction, seed = trained_split["val_fraction"], trained_split["seed"]
-    if fraction is None:
+    if trained_split["streams"]:
+        split = f", or the validation split of the stream it trained on (--data.data_dir {trained_split['streams'][0]})"
+    elif fraction is None:
         split = ", or set --data.val_fraction and --data.seed as in training"
     elif fraction:
         split = f", or set --data.val_fraction {fraction} --data.seed {seed} as in training (the default)"
