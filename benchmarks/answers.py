@@ -36,6 +36,7 @@ from gem_lightning.data.datamodule import GemDataModule
 from gem_lightning.data.loader import Loader
 from gem_lightning.inference.answers import PREFERRED_SCORES
 from gem_lightning.inference.api import GemModel, load_model
+from gem_lightning.inference.onnx_model import file_sha256
 from gem_lightning.models.features import PenultimateTap, view_count
 from gem_lightning.training.calibration import expected_calibration_error, with_temperature
 from gem_lightning.training.checkpoints import load_checkpoint
@@ -49,6 +50,28 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".ti
 
 def photos_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+class Measurements:
+    """:func:`measure`'s results kept in ``path`` (``--cache``), for the weights of ``ckpt`` and its test-time
+    augmentation: a rerun after calibrating again measures nothing (probabilities follow the new temperature)."""
+
+    def __init__(self, path: Path | None, ckpt: Path, model: GemModel) -> None:
+        self.path, self.model = path, model
+        self.identity = {"ckpt": file_sha256(ckpt), "tta": model.classifier.model.tta}
+        kept = torch.load(path, weights_only=True) if path is not None and path.exists() else {}
+        self.kept = kept if kept.get("identity") == self.identity else {"identity": self.identity}
+
+    def __call__(self, name: str, paths: list[Path]) -> dict[str, torch.Tensor]:
+        temperature = float(self.model.classifier.hparams.temperature)
+        found = self.kept.get(name)
+        if found is None or found["paths"] != [str(p) for p in paths]:
+            found = {**measure(self.model, paths), "paths": [str(p) for p in paths], "temperature": temperature}
+            self.kept[name] = found
+            if self.path is not None:
+                torch.save(self.kept, self.path)
+        probs = with_temperature(found["probs"], temperature / found["temperature"])
+        return {"probs": probs, "features": found["features"], "logits": found["logits"]}
 
 
 @torch.inference_mode()
@@ -166,6 +189,7 @@ def main() -> None:
     parser.add_argument("--unknown_dir", type=Path, required=True, help="photos of none of the classes, in <kind>/ folders")
     parser.add_argument("--data_dir", type=Path, default=None, help="the training folder: the penalty sweep on its validation split")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--cache", type=Path, default=None, help="keep the network's outputs here, for reruns")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -173,7 +197,8 @@ def main() -> None:
     record = load_checkpoint(args.calibrated)["calibration"]
     model = load_model(args.calibrated)
     test_paths, unknown_paths = photos_in(args.test_dir), photos_in(args.unknown_dir)
-    test, unknown = measure(model, test_paths), measure(model, unknown_paths)
+    measured = Measurements(args.cache, args.ckpt, model)
+    test, unknown = measured("test", test_paths), measured("unknown", unknown_paths)
     labels = labels_of(test_paths, model.class_names)
     before_t = float(load_checkpoint(args.ckpt)["hyper_parameters"].get("temperature", 1.0))
     after_t = float(model.classifier.hparams.temperature)
@@ -196,7 +221,7 @@ def main() -> None:
     print(check_against_the_api(args.calibrated, paths, merged["probs"], record, best, scores) + "\n")
     if args.data_dir is not None:
         val_paths = validation_photos(args.ckpt, args.data_dir)
-        val = measure(model, val_paths)
+        val = measured("val", val_paths)
         print(f"## RAPS penalty on the validation split ({len(val_paths)} photos; halves: calibrate / measure)\n")
         print("\n".join(penalty_sweep(val["probs"], labels_of(val_paths, model.class_names))) + "\n")
     print(f"({time.perf_counter() - started:.0f} s, torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "

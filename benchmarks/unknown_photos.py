@@ -6,7 +6,7 @@ astronaut, a cat, coffee, coins, a rocket, microscopy, textures, drawings) and m
 square crops. Generated ones: textures (stripes, checks, smooth noise, wood-like rings), drawings
 (lines, circles, polygons on paper), noise, flat colours, and blurred frames (real photos out of focus).
 
-    pip install scikit-image
+    pip install -e '.[benchmarks]'     # scikit-image
     python benchmarks/unknown_photos.py --out runs/unknown_photos
 
 Writes ``<out>/<kind>/<name>.png``; the kinds are ``photo``, ``drawing`` (the packages' drawings and

@@ -9,7 +9,9 @@ of the checkpoint that carries it (``test``, ``predict``, ``serve``, ``export`` 
   statistics of the training photos' features.
 
 The held-out photos are the validation split (``data.val_fraction`` and ``data.seed`` default to the
-checkpoint's own) or ``--calibration_dir``. The checkpoint records which photos it trained on, and
+checkpoint's own) or ``--calibration_dir``. The test-time augmentation is the checkpoint's own
+(``serve`` and the API answer with it) unless ``--model.tta`` says otherwise: the calibration holds
+for the one it was fitted with, and ``predict`` refuses another. The checkpoint records which photos it trained on, and
 any overlap is refused in one line. Prints the expected calibration error before and after.
 """
 
@@ -44,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint never trained on, into a copy of the checkpoint.",
         epilog="Every other option is validate's (python main.py validate --help): the training config (--config), --data.data_dir "
         "(its validation split is the held-out photos unless --calibration_dir; data.val_fraction and data.seed default to the "
-        "checkpoint's own), --model.tta, --trainer.accelerator, --trainer.precision.",
+        "checkpoint's own), --model.tta (default: the checkpoint's own), --trainer.accelerator, --trainer.precision.",
     )
     parser.add_argument("--ckpt_path", type=Path, required=True, help="the trained (or ensemble) checkpoint")
     parser.add_argument("--output", type=Path, required=True, help="the calibrated checkpoint to write (not overwritten)")
@@ -76,9 +78,12 @@ def main(argv: Sequence[str]) -> dict[str, float]:
     trained_split = {key: (checkpoint.get("datamodule_hyper_parameters") or {}).get(key) for key in SPLIT_SETTINGS}
     trained_split["streams"] = sorted(name.rpartition("#")[0] for name in (_trained_on(checkpoint) or PhotoRecord()).streams)
     given = {arg.partition("=")[0] for arg in cli_args}
-    defaults = [arg for key in SPLIT_SETTINGS if trained_split[key] is not None and f"--data.{key}" not in given
-                for arg in (f"--data.{key}", str(trained_split[key]))]  # fmt: skip
+    own = {f"--data.{key}": trained_split[key] for key in SPLIT_SETTINGS} | {"--model.tta": checkpoint["hyper_parameters"].get("tta")}
+    defaults = [arg for name, value in own.items() if value is not None and name not in given for arg in (name, str(value))]
     cli = cli_main(["validate", *cli_args, *defaults, "--ckpt_path", str(options.ckpt_path)], prepare_only=True)
+    task = cli.model.hparams.get("task", "multiclass")
+    if task != "multiclass":
+        raise UserInputError(f"calibrate fits single-label checkpoints (model.task multiclass); {options.ckpt_path.name} is {task}.")
     held_out, photos, description, training = _photos(cli.datamodule, cli.model.class_names, options, trained_split)
     _refuse_trained_on(_trained_on(checkpoint), photos, description, options, trained_split)
     measured = _measure(cli, held_out, options.ckpt_path)
