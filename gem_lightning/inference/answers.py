@@ -87,7 +87,7 @@ def check_calibration(
     if record["tta"] != tta:
         raise UserInputError(
             f"{checkpoint} was calibrated with test-time augmentation {record['tta']!r}, on which {asked} rely: "
-            f"keep --model.tta {record['tta']} (or calibrate again with {tta})."
+            f"give --model.tta {record['tta']} (or calibrate again with {tta})."
         )
     if settings.unknown is None:
         return None
