@@ -81,7 +81,7 @@ def test_feature_distances_tell_far_photos_from_the_training_classes():
     features = centres[labels] + torch.randn(500, 64, generator=generator)
     near = centres[torch.arange(5).repeat(20)] + torch.randn(100, 64, generator=generator)
     far = torch.randn(100, 64, generator=generator) * 4  # features of no class
-    mahalanobis, knn = fit_mahalanobis(features, labels, 5), fit_knn(features)
+    mahalanobis, knn = fit_mahalanobis(features, labels), fit_knn(features)
     for score, statistics in ((mahalanobis_score, mahalanobis), (knn_score, knn)):
         threshold = rejection_threshold(score(near, statistics), 0.05)
         assert (score(far, statistics) > threshold).float().mean() > 0.95

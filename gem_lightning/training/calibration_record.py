@@ -47,7 +47,7 @@ def fit_calibration(
     statistics = {}
     if training is not None and training.features is not None:
         statistics = {
-            "mahalanobis": fit_mahalanobis(training.features, training.targets, probs.shape[1]),
+            "mahalanobis": fit_mahalanobis(training.features, training.targets),
             "knn": fit_knn(training.features),
         }
     kinds = ("msp",) + (("energy",) if held_out.logits is not None else ()) + (("mahalanobis", "knn") if statistics else ())

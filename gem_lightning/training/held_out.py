@@ -17,7 +17,7 @@ from gem_lightning.models.features import PenultimateTap, view_count
 @dataclass
 class Measured:
     """Photos as the model saw them: ``(N, C)`` probabilities, ``(N,)`` labels, and ``(N, d)`` features
-    and ``(N, C)`` logits (None where not asked for, or where the network has no head of its own: an ensemble)."""
+    and ``(N, C)`` logits (None where the network has no head of its own: an ensemble)."""
 
     probs: torch.Tensor
     targets: torch.Tensor
@@ -27,25 +27,19 @@ class Measured:
 
 class Measure(Callback):
     """Keeps what each validation batch's photos gave (``validation_step``'s ``probs`` and ``targets``), with
-    the features and logits of the same pass when ``features``.
+    the features and logits of the same pass (the classifier head's input and output)."""
 
-    Args:
-        features: also keep the classifier head's input and output.
-    """
-
-    def __init__(self, features: bool = True) -> None:
-        self.features = features
+    def __init__(self) -> None:
         self.tap: PenultimateTap | None = None
         self.kept: list[tuple[torch.Tensor, ...]] = []
 
     @override
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.kept = []
-        if self.features:
-            try:
-                self.tap = PenultimateTap(pl_module.network_spec, pl_module.model.network)
-            except UserInputError:  # an ensemble: its members' heads, none of its own
-                self.tap = None
+        try:
+            self.tap = PenultimateTap(pl_module.network_spec, pl_module.model.network)
+        except UserInputError:  # an ensemble: its members' heads, none of its own
+            self.tap = None
 
     @override
     def on_validation_batch_end(

@@ -41,7 +41,7 @@ def energy_score(logits: torch.Tensor) -> torch.Tensor:
     return -torch.logsumexp(logits.float(), dim=1)
 
 
-def fit_mahalanobis(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, torch.Tensor]:
+def fit_mahalanobis(features: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
     """Class means and the whitening matrix of the shared, shrunk covariance, in whitened coordinates
     (``means``: ``(C, d)``, ``whiten``: ``(d, d)``): the score is then a squared Euclidean distance."""
     features = features.double()

@@ -70,17 +70,11 @@ def main(argv: Sequence[str]) -> dict[str, float]:
     from gem_lightning.cli.app import cli_main
 
     options, cli_args = build_parser().parse_known_args(argv)
-    if options.output.exists():
-        raise UserInputError(f"--output {str(options.output)!r} already exists: give another path (nothing was overwritten).")
-    if options.raps_lambda < 0 or options.raps_k_reg < 0:
-        raise UserInputError(f"--raps_lambda and --raps_k_reg must be 0 or more, got {options.raps_lambda} and {options.raps_k_reg}.")
+    _check_options(options)
     checkpoint = load_checkpoint(options.ckpt_path)
-    trained_split = {key: (checkpoint.get("datamodule_hyper_parameters") or {}).get(key) for key in SPLIT_SETTINGS}
-    trained_split["streams"] = sorted(name.rpartition("#")[0] for name in (_trained_on(checkpoint) or PhotoRecord()).streams)
-    given = {arg.partition("=")[0] for arg in cli_args}
-    own = {f"--data.{key}": trained_split[key] for key in SPLIT_SETTINGS} | {"--model.tta": checkpoint["hyper_parameters"].get("tta")}
-    defaults = [arg for name, value in own.items() if value is not None and name not in given for arg in (name, str(value))]
-    cli = cli_main(["validate", *cli_args, *defaults, "--ckpt_path", str(options.ckpt_path)], prepare_only=True)
+    trained_split = _training_split(checkpoint)
+    own_settings = _own_settings(checkpoint, trained_split, cli_args)
+    cli = cli_main(["validate", *cli_args, *own_settings, "--ckpt_path", str(options.ckpt_path)], prepare_only=True)
     task = cli.model.hparams.get("task", "multiclass")
     if task != "multiclass":
         raise UserInputError(f"calibrate fits single-label checkpoints (model.task multiclass); {options.ckpt_path.name} is {task}.")
@@ -96,6 +90,27 @@ def main(argv: Sequence[str]) -> dict[str, float]:
     options.output.with_suffix(".calibration.json").write_text(json.dumps({"held_out": description, **summary}, indent=2) + "\n")
     _report(summary, description, record, options.output)
     return summary
+
+
+def _check_options(options: argparse.Namespace) -> None:
+    if options.output.exists():
+        raise UserInputError(f"--output {str(options.output)!r} already exists: give another path (nothing was overwritten).")
+    if options.raps_lambda < 0 or options.raps_k_reg < 0:
+        raise UserInputError(f"--raps_lambda and --raps_k_reg must be 0 or more, got {options.raps_lambda} and {options.raps_k_reg}.")
+
+
+def _training_split(checkpoint: dict) -> dict:
+    """How the checkpoint's fit split its photos: ``val_fraction`` and ``seed`` (None where not kept), and the streams it read."""
+    split = {key: (checkpoint.get("datamodule_hyper_parameters") or {}).get(key) for key in SPLIT_SETTINGS}
+    return {**split, "streams": sorted(name.rpartition("#")[0] for name in (_trained_on(checkpoint) or PhotoRecord()).streams)}
+
+
+def _own_settings(checkpoint: dict, trained_split: dict, cli_args: list[str]) -> list[str]:
+    """The checkpoint's own split and test-time augmentation as command-line options, for those ``cli_args`` do not name
+    (they come after a restated config, so they win over it)."""
+    given = {arg.partition("=")[0] for arg in cli_args}
+    own = {f"--data.{key}": trained_split[key] for key in SPLIT_SETTINGS} | {"--model.tta": checkpoint["hyper_parameters"].get("tta")}
+    return [arg for name, value in own.items() if value is not None and name not in given for arg in (name, str(value))]
 
 
 def _photos(
@@ -178,7 +193,7 @@ def _remedy(trained_split: dict) -> str:
 
 def _measure(cli, dataset: Dataset, ckpt_path: Path) -> Measured:
     """The checkpoint's answers (and features) on ``dataset``, with the command line's precision and accelerator."""
-    measure = Measure(features=True)
+    measure = Measure()
     trainer = Trainer(
         accelerator=cli.trainer.accelerator, devices=1, precision=cli.trainer.precision, logger=False, enable_checkpointing=False,
         enable_model_summary=False, enable_progress_bar=cli.trainer.progress_bar_callback is not None, callbacks=[measure],
