@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, datamodule_kwargs, make_dataset
-from helpers import TINY_MODEL
+from helpers import TINY_MODEL, TINY_NETWORK
 from PIL import Image
 from warm_cli import run_main
 
@@ -28,8 +28,9 @@ from gem_lightning.data.provenance import PhotoRecord, digest_key
 from gem_lightning.errors import UserInputError
 from gem_lightning.inference.answers import AnswerSettings
 from gem_lightning.inference.api import load_model
-from gem_lightning.training.combine import DATA_STATE
+from gem_lightning.training.combine import DATA_STATE, ensemble_checkpoint
 from gem_lightning.training.conformal import conformal_threshold, prediction_sets, raps_scores, true_class_standing
+from gem_lightning.training.module import GemClassifier
 from gem_lightning.training.unknown import fit_knn, fit_mahalanobis, knn_score, mahalanobis_score, rejection_threshold
 
 # Two classes drawn from one colour: the model cannot tell them apart, so its sets must hold both.
@@ -281,6 +282,25 @@ def test_bad_answer_settings_are_one_line(world, env):
     with pytest.raises(UserInputError, match="coverage must be above 0 and below 1"):
         load_model(world.calibrated, coverage=1.0)
     assert not (world.root / "bad.csv").exists()
+    serve = one_line(cli("serve", "--ckpt_path", world.checkpoint, "--unknown", "0.05", env=env, cwd=world.root, status=2))
+    assert "--unknown needs a calibrated checkpoint" in serve
+    out_of_range = cli("serve", "--ckpt_path", world.calibrated, "--coverage", "0", env=env, cwd=world.root, status=2)
+    assert "--coverage must be above 0 and below 1" in out_of_range.stderr and "Traceback" not in out_of_range.stderr
+
+
+def test_an_ensemble_records_what_all_its_members_trained_on(tmp_path):
+    def member(name: str, record: PhotoRecord | None) -> Path:
+        model = GemClassifier(list(CLASSES), 32, network=TINY_NETWORK)
+        checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
+        if record is not None:
+            checkpoint[DATA_STATE] = {"trained_on": record.state()}
+        torch.save(checkpoint, tmp_path / name)
+        return tmp_path / name
+
+    a, b = PhotoRecord.of_files(["a" * 40]), PhotoRecord.of_files(["b" * 40])
+    both = ensemble_checkpoint([member("a.ckpt", a), member("b.ckpt", b)])
+    assert PhotoRecord.from_state(both[DATA_STATE]["trained_on"]) == a | b
+    assert DATA_STATE not in ensemble_checkpoint([member("c.ckpt", a), member("old.ckpt", None)])  # one unknown: the union is unknown
 
 
 @pytest.mark.slow

@@ -27,7 +27,7 @@ from gem_lightning.training.conformal import conformal_threshold, prediction_set
 from gem_lightning.training.unknown import NEEDS_FEATURES, NEEDS_LOGITS, SCORES, rejection_threshold, unknown_scores
 
 UnknownScore = Literal["auto", "msp", "energy", "mahalanobis", "knn"]
-PREFERRED_SCORES = ("knn", "mahalanobis", "energy", "msp")
+PREFERRED_SCORES = ("knn", "mahalanobis", "msp", "energy")
 """What ``unknown_score: auto`` uses: the first of these the checkpoint holds (best first on the gemstones, docs/answers.md)."""
 UNKNOWN = "unknown"
 CALIBRATE = "python main.py calibrate --ckpt_path <ckpt> --output <calibrated.ckpt> --config <training config> --data.data_dir <dir>"
