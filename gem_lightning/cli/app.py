@@ -44,11 +44,21 @@ CHOSEN_AT_INFERENCE = {"tta", "top_k", "channels_last", "compile"}
 
 class GemCLI(LightningCLI):
     """LightningCLI with gem-lightning's links, checkpointing and prediction writer, and a trainer
-    whose ``precision`` also takes ``auto`` (:class:`~gem_lightning.cli.precision.AutoPrecisionTrainer`)."""
+    whose ``precision`` also takes ``auto`` (:class:`~gem_lightning.cli.precision.AutoPrecisionTrainer`).
 
-    def __init__(self, *args, **kwargs) -> None:
+    With ``prepare_only``, the subcommand's model, data module and trainer are built (the model from
+    ``--ckpt_path`` as the subcommand would rebuild it) and not run: for commands that run passes of
+    their own (``calibrate``).
+    """
+
+    def __init__(self, *args, prepare_only: bool = False, **kwargs) -> None:
+        self.prepare_only = prepare_only
         kwargs.setdefault("trainer_class", AutoPrecisionTrainer)
         super().__init__(*args, **kwargs)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        if not self.prepare_only:
+            super()._run_subcommand(subcommand)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ResumableModelCheckpoint, "checkpoint")
@@ -177,16 +187,20 @@ Besides fit/validate/test/predict: `optimize` (a folder -> a stream at a path or
 sets; then --data.data_dir <stream>), `prepare` (split one folder-per-class collection into train/ and
 test/), `preview` (augmentation preview and a sample batch), `lr_find` (learning-rate range test),
 `export` (TorchScript / ONNX), `seeds` (fit and test over several seeds: mean +- std), `ensemble`
-(several checkpoints as one), `calibrate` (temperature scaling on held-out photos), `serve` (HTTP
-server and web page), `audit` (label issues, near-duplicates and train/test leakage, with a
-corrections CSV for --data.corrections). Run `python main.py <command> --help` for each."""
+(several checkpoints as one), `calibrate` (temperature, prediction sets and "unknown" on photos the
+checkpoint never trained on), `serve` (HTTP server and web page), `audit` (label issues,
+near-duplicates and train/test leakage, with a corrections CSV for --data.corrections). Run
+`python main.py <command> --help` for each."""
 
 
-def cli_main(args: list[str] | None = None, *, run: bool = True, callbacks: list[Callback] | None = None) -> GemCLI | object:
+def cli_main(
+    args: list[str] | None = None, *, run: bool = True, callbacks: list[Callback] | None = None, prepare_only: bool = False
+) -> GemCLI | object:
     """Entry point of ``python main.py`` and the ``gem-lightning`` command.
 
     Mistakes in the user's input end the run with the error message and exit status 2
-    (``gem_lightning.cli.errors``). ``callbacks`` join the trainer's (commands built on the CLI use it).
+    (``gem_lightning.cli.errors``). ``callbacks`` join the trainer's (commands built on the CLI use it);
+    ``prepare_only`` builds the subcommand's objects without running it (:class:`GemCLI`).
     """
     argv = sys.argv[1:] if args is None else list(args)
     with report_user_errors():
@@ -203,6 +217,7 @@ def cli_main(args: list[str] | None = None, *, run: bool = True, callbacks: list
             save_config_kwargs={"overwrite": True},
             parser_class=ConciseErrorParser,
             parser_kwargs={"description": DESCRIPTION},
+            prepare_only=prepare_only,
         )
 
 

@@ -3,7 +3,7 @@
 Some of what gem-lightning needs sits behind Lightning's private names: the trainer's signal
 connector (to run Lightning's signal handlers only in the trainer's own process, and to stop the
 loops as its SIGTERM handler does), ``ModelCheckpoint``'s saving steps (to refresh ``last.ckpt`` at
-every epoch), two ``LightningCLI`` methods, and the fit loop's epoch counter (the epoch the loop is
+every epoch), three ``LightningCLI`` methods, and the fit loop's epoch counter (the epoch the loop is
 about to run, which the DDP training sampler shuffles for). Private names change without deprecation, so:
 
 * this module is the only one that imports or reads them; the rest of the package uses the aliases
@@ -65,6 +65,8 @@ PRIVATE_NAMES: tuple[str, ...] = (
     "lightning.pytorch.loops.fit_loop._FitLoop.epoch_progress",
     "lightning.pytorch.loops.progress._Progress.current",
     "lightning.pytorch.loops.progress._ProcessedTracker.processed",
+    # (subcommand): runs trainer.<subcommand>; overridden to build a subcommand's objects without running it (calibrate).
+    "lightning.pytorch.cli.LightningCLI._run_subcommand",
 )
 
 PARAMETERS: dict[str, tuple[str, ...]] = {
@@ -75,6 +77,7 @@ PARAMETERS: dict[str, tuple[str, ...]] = {
     "lightning.pytorch.callbacks.ModelCheckpoint._monitor_candidates": ("trainer",),
     "lightning.pytorch.cli.LightningCLI._parse_ckpt_path": (),
     "lightning.pytorch.cli.LightningCLI._get": ("config", "key", "default"),
+    "lightning.pytorch.cli.LightningCLI._run_subcommand": ("subcommand",),
 }
 """The parameters, in order and without ``self``, that the package passes to (or, overriding, takes
 in) each listed method; any further parameter of Lightning's must have a default."""

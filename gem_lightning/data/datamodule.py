@@ -26,6 +26,7 @@ from gem_lightning.data.datasets import collate_channels_last, collate_predictio
 from gem_lightning.data.labels_file import is_labels_file
 from gem_lightning.data.loader import Loader, SignalSafeDataLoader, start_worker_server
 from gem_lightning.data.progressive_resizing import ProgressiveResizing, resize_batch
+from gem_lightning.data.provenance import PhotoRecord
 from gem_lightning.data.samplers import FitEpochDistributedSampler
 from gem_lightning.data.scan import DatasetLayoutError, Rejected
 from gem_lightning.data.sources import DataSource, FolderSource, LabelsFileSource, StreamSource, Task, Transforms
@@ -140,6 +141,7 @@ class GemDataModule(LightningDataModule):
         self.settings = self.source.decode if self.source else decode
         self.class_names = self.source.class_names if self.source else None
         self.datasets: dict[str, Dataset] = {}
+        self.trained_before: PhotoRecord | None = None  # what the checkpoint a fit resumes from trained on
 
     def _open_source(
         self, data_dir: str | None, generate: str | None, corrections: str | None, decode: DecodeSettings
@@ -228,6 +230,21 @@ class GemDataModule(LightningDataModule):
         return Transforms(train=train, eval=eval_transform(self.image_size))
 
     # Lightning hooks -------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """What checkpoints keep of the data: which photos the model trained on (``trained_on``, a
+        :class:`~gem_lightning.data.provenance.PhotoRecord`, with those of the checkpoint a fit resumed
+        from), so that ``calibrate`` refuses them. Nothing where that is unknown: a source that cannot
+        say, or a resumed checkpoint without a record."""
+        current = self.source.photos("train") if self.source is not None else None
+        resumed = self.trainer is not None and self.trainer.ckpt_path is not None
+        if current is None or (resumed and self.trained_before is None):
+            return {}
+        return {"trained_on": (current | (self.trained_before or PhotoRecord())).state()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """A checkpoint's record, restored by Lightning with ``--ckpt_path`` (not called for a checkpoint without one)."""
+        self.trained_before = PhotoRecord.from_state(state_dict["trained_on"]) if "trained_on" in state_dict else None
 
     def prepare_data(self) -> None:
         """Once per machine: whatever the source shares between processes (the embedded dataset, the disk cache)."""

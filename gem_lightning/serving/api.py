@@ -20,6 +20,7 @@ import litserve as ls
 import torch
 from fastapi import Depends
 
+from gem_lightning.inference.answers import AnswerSettings
 from gem_lightning.inference.api import GemModel, load_model
 from gem_lightning.serving.decoding import Prepared, Unusable, UploadDecoder, decoded_upload
 
@@ -49,6 +50,8 @@ class GemLitAPI(ls.LitAPI):
         threads: torch (or ONNX Runtime) threads per worker (``None``: torch's default, ``OMP_NUM_THREADS`` or every core).
         runtime: ``torch``, ``onnxruntime`` or ``onnxruntime-int8`` (its ONNX model already cached:
             :func:`gem_lightning.inference.runtime.prepare`).
+        answers: prediction sets (``coverage``) and "unknown" to answer beside the top classes
+            (:mod:`gem_lightning.inference.answers`; checked against the checkpoint by ``build_server``).
     """
 
     def __init__(
@@ -59,12 +62,14 @@ class GemLitAPI(ls.LitAPI):
         batch_timeout: float = 0.0,
         threads: int | None = None,
         runtime: str = "torch",
+        answers: AnswerSettings = AnswerSettings(),
     ) -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout)
         self.ckpt_path = str(ckpt_path)
         self.model_id = model_id
         self.threads = threads
         self.runtime = runtime
+        self.answer_settings = answers
 
     def setup(self, device: str) -> None:
         # Ctrl-C reaches every process of the group; the main process stops the HTTP servers
@@ -72,7 +77,10 @@ class GemLitAPI(ls.LitAPI):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         if self.threads:
             torch.set_num_threads(self.threads)
-        self.model: GemModel = load_model(self.ckpt_path, device=device, runtime=self.runtime)
+        settings = self.answer_settings
+        self.model: GemModel = load_model(
+            self.ckpt_path, device, self.runtime, coverage=settings.coverage, unknown=settings.unknown, unknown_score=settings.unknown_score
+        )
         self.decoder = WorkerDecoder(self.model.preprocessing)
 
     def decode_request(self, request: Annotated[Prepared, Depends(decoded_upload)]) -> Decoded:
@@ -89,7 +97,8 @@ class GemLitAPI(ls.LitAPI):
         return outputs
 
     def predict(self, x: Decoded | list[Decoded]) -> Any:
-        """One forward pass over the usable images of the batch (or the single request)."""
+        """One forward pass over the usable images of the batch (or the single request): each answer is a
+        dict of the top classes (``predictions``), what ``answers`` adds, and ``cam`` when asked for."""
         requests = x if self.max_batch_size > 1 else [x]
         usable = [i for i, (image, *_) in enumerate(requests) if isinstance(image, torch.Tensor)]
         answers: list = [image for image, *_ in requests]  # the Unusable ones stay as they are
@@ -97,13 +106,25 @@ class GemLitAPI(ls.LitAPI):
             images = torch.stack([requests[i][0] for i in usable])
             probs = self.model.predict_proba(images).cpu()
             label_sets = self.model.label_sets(probs) if self.model.multilabel else [None] * len(usable)
-            for row, label_set, i in zip(probs, label_sets, usable):
+            extras = self.model.answers(probs) if self.model.answers is not None else [{} for _ in usable]
+            for row, i, label_set, extra in zip(probs, usable, label_sets, extras):
                 values, labels = row.topk(requests[i][1])
                 ranked = [(self.model.class_names[label], value) for label, value in zip(labels.tolist(), values.tolist())]
-                answers[i] = {"ranked": ranked, "labels": label_set}
-                if requests[i][2]:
-                    answers[i]["cam"] = self.where_it_looked(requests[i][0], int(labels[0]))
+                answers[i] = {"predictions": ranked, **self._with_probabilities(extra, row)}
+                if label_set is not None:
+                    answers[i]["labels"] = label_set
+                cam = self.where_it_looked(requests[i][0], int(labels[0])) if requests[i][2] else None
+                if cam is not None:
+                    answers[i]["cam"] = cam
         return answers if self.max_batch_size > 1 else answers[0]
+
+    def _with_probabilities(self, extra: dict[str, Any], probs: torch.Tensor) -> dict[str, Any]:
+        """``extra`` with each class of its prediction set as ``{"class", "probability"}`` and the coverage promised."""
+        if "prediction_set" not in extra:
+            return extra
+        index = {name: label for label, name in enumerate(self.model.class_names)}
+        members = [{"class": name, "probability": float(probs[index[name]])} for name in extra["prediction_set"]]
+        return {**extra, "prediction_set": members, "coverage": self.answer_settings.coverage}
 
     def where_it_looked(self, image: torch.Tensor, label: int) -> str | None:
         """The photo with the Grad-CAM map of ``label`` over it, a PNG data URL (the torch network's,
@@ -115,14 +136,15 @@ class GemLitAPI(ls.LitAPI):
         return overlay_data_url(self.model.classifier, image.to(self.model.device), label)
 
     def encode_response(self, output: dict[str, Any] | Unusable):
-        """The answer's JSON (a multi-label model's ``labels``; ``cam``, the overlay, when asked for), or
-        the 422 of an unusable upload. (No return annotation: LitServe would make it the route's response model.)"""
+        """The answer's JSON (a multi-label model's ``labels``, what ``answers`` adds, ``cam`` when asked
+        for), or the 422 of an unusable upload. (No return annotation: LitServe would make it the route's
+        response model.)"""
         if isinstance(output, Unusable):
             return output.response()
-        answer = {"predictions": _named(output["ranked"]), "model": self.model_id}
-        if output["labels"] is not None:
+        answer = {**output, "predictions": _named(output["predictions"]), "model": self.model_id}
+        if "labels" in output:
             answer["labels"] = _named(output["labels"])
-        return answer if "cam" not in output else {**answer, "cam": output["cam"]}
+        return answer
 
 
 def _named(ranked: list[tuple[str, float]]) -> list[dict[str, Any]]:

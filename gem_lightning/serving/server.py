@@ -27,12 +27,14 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from gem_lightning.inference import runtime as runtimes
+from gem_lightning.inference.answers import AnswerSettings, check_calibration
 from gem_lightning.inference.preprocessing import Preprocessing
 from gem_lightning.serving.api import GemLitAPI
 from gem_lightning.serving.decoding import UploadDecoder
 from gem_lightning.serving.gate import GateMiddleware, Limits
 from gem_lightning.serving.supervision import fail_requests_on_worker_loss
-from gem_lightning.training.checkpoints import upgrade_hparams
+from gem_lightning.training.checkpoints import load_checkpoint, upgrade_hparams
+from gem_lightning.training.combine import CALIBRATION
 
 ENDPOINTS = "POST /predict, GET /info, GET /health, GET / (the web page)"
 
@@ -53,6 +55,7 @@ class ServeOptions:
     runtime: str = "torch"
     int8_images: str | None = None
     decode_threads: int | None = None
+    answers: AnswerSettings = AnswerSettings()
 
 
 def describe_checkpoint(ckpt_path: str | Path) -> dict:
@@ -97,8 +100,15 @@ def build_server(ckpt_path: str | Path, options: ServeOptions = ServeOptions()) 
     if not info["class_names"] or not info["image_size"]:
         raise ValueError("it holds no class names or image size: is it a gem-lightning checkpoint?")
     model_id = {"checkpoint": info["checkpoint"], "sha256": info["sha256"][:12]}
+    if options.answers.asked:
+        record = load_checkpoint(ckpt_path).get(CALIBRATION)
+        kind = check_calibration(record, options.answers, tta=info["architecture"]["tta"], runtime=options.runtime, prefix="--",
+                                 checkpoint=info["checkpoint"])  # fmt: skip
+        info["answers"] = {"coverage": options.answers.coverage, "unknown": options.answers.unknown, "unknown_score": kind}
     prepare_runtime(ckpt_path, options.runtime, options.int8_images)
-    api = GemLitAPI(ckpt_path, model_id, options.max_batch_size, options.batch_timeout, options.threads, options.runtime)
+    api = GemLitAPI(
+        ckpt_path, model_id, options.max_batch_size, options.batch_timeout, options.threads, options.runtime, answers=options.answers
+    )
     limits = Limits(max_body_bytes=int(options.max_body_mb * 2**20), num_classes=len(info["class_names"]))
     server = ls.LitServer(
         api,

@@ -8,13 +8,9 @@ honest. The expected calibration error (ECE) measures the gap between confidence
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import Callback, LightningModule, Trainer
 from torchmetrics.functional.classification import multiclass_calibration_error
-from typing_extensions import override
 
 from gem_lightning.training.metrics import ECE_BINS
 
@@ -48,24 +44,3 @@ def fit_temperature(probs: torch.Tensor, targets: torch.Tensor) -> float:
 def expected_calibration_error(probs: torch.Tensor, targets: torch.Tensor, bins: int = ECE_BINS) -> float:
     """The mean gap between confidence and accuracy over confidence bins, weighted by bin size."""
     return float(multiclass_calibration_error(probs.float(), targets, num_classes=probs.shape[1], n_bins=bins, norm="l1"))
-
-
-class HeldOutProbabilities(Callback):
-    """Keeps every validation photo's class probabilities and label (``probs``, ``targets``): what
-    ``calibrate`` fits the temperature on."""
-
-    def __init__(self) -> None:
-        self.probs: list[torch.Tensor] = []
-        self.targets: list[torch.Tensor] = []
-
-    @override
-    def on_validation_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        if not trainer.sanity_checking:
-            self.probs.append(outputs["probs"].detach().float().cpu())
-            self.targets.append(outputs["targets"].detach().cpu())
-
-    def collected(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(N, C)`` probabilities and ``(N,)`` labels of every validation photo seen."""
-        return torch.cat(self.probs), torch.cat(self.targets)

@@ -6,6 +6,8 @@ Python API use them as they use one trained model.
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 import lightning
 import torch
 
+from gem_lightning.data.provenance import PhotoRecord
 from gem_lightning.errors import UserInputError
 from gem_lightning.files import atomic_write
 from gem_lightning.models.ensemble import ENSEMBLE_MEAN, ENSEMBLE_STD, EnsembleSpec
@@ -20,6 +23,12 @@ from gem_lightning.training.checkpoints import load_checkpoint, upgrade_hparams
 
 MODEL_PREFIX = "model."
 """Where the module keeps its ImageClassifier: ``model.network.*`` in a checkpoint's state dict."""
+
+CALIBRATION = "calibration"
+"""Where a calibrated checkpoint keeps what ``calibrate`` fitted besides the temperature."""
+TRAINED_ON = "trained_on"
+DATA_STATE = "GemDataModule"
+"""Where Lightning keeps the data module's ``state_dict``: which photos trained the model (``TRAINED_ON``)."""
 
 SAME_IN_EVERY_MEMBER = ("class_names", "image_size", "preprocessing")
 """What members must share: the classes in the same order, and photos prepared the same way."""
@@ -60,7 +69,12 @@ def ensemble_checkpoint(ckpt_paths: Sequence[str | Path], tta: str | None = None
         for key, tensor in checkpoint["state_dict"].items()
         if key.startswith(MODEL_PREFIX)
     }
-    return {"state_dict": state, "hyper_parameters": ensemble_hparams, "pytorch-lightning_version": lightning.__version__}
+    ensemble = {"state_dict": state, "hyper_parameters": ensemble_hparams, "pytorch-lightning_version": lightning.__version__}
+    records = [checkpoint.get(DATA_STATE, {}).get(TRAINED_ON) for _, checkpoint in members]
+    if all(record is not None for record in records):  # one member without a record leaves the union unknown
+        union = functools.reduce(operator.or_, (PhotoRecord.from_state(record) for record in records))
+        ensemble[DATA_STATE] = {TRAINED_ON: union.state()}
+    return ensemble
 
 
 def _member_config(hparams: dict[str, Any]) -> dict[str, Any]:
@@ -93,10 +107,13 @@ def _first_difference(first: list[str], other: list[str]) -> str:
     return "one has more classes"
 
 
-def calibrated_checkpoint(ckpt_path: str | Path, temperature: float) -> dict[str, Any]:
-    """``ckpt_path``'s checkpoint with its calibration temperature set to ``temperature``."""
+def calibrated_checkpoint(ckpt_path: str | Path, temperature: float, record: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``ckpt_path``'s checkpoint with its calibration temperature set to ``temperature`` and, when
+    given, the prediction-set and "unknown" record (``gem_lightning.training.calibration_record``)."""
     checkpoint = dict(load_checkpoint(ckpt_path))
     checkpoint["hyper_parameters"] = {**upgrade_hparams(dict(checkpoint["hyper_parameters"])), "temperature": temperature}
+    if record is not None:
+        checkpoint[CALIBRATION] = record
     return checkpoint
 
 

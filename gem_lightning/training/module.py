@@ -180,6 +180,7 @@ class GemClassifier(LightningModule):
             multilabel=task == "multilabel",
         )
         self.teacher: Teacher | None = None
+        self.answers: Callable[[torch.Tensor], list[dict[str, Any]]] | None = None  # set for predict: prediction sets, "unknown"
         self.pretrained_loaded = False
         self._inference_engine: Callable[[torch.Tensor], torch.Tensor] | None = None
         if compile:
@@ -332,7 +333,8 @@ class GemClassifier(LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """For each good image: its path, the top-k class names and their probabilities; a multi-label
-        model also answers its label set (``labels``, ``label_probs``) at the stored thresholds."""
+        model also answers its label set (``labels``, ``label_probs``) at the stored thresholds, and a
+        calibrated one what ``answers`` adds (``gem_lightning.inference.answers``: a prediction set, "unknown")."""
         rows = []
         if len(batch["path"]):
             probs = self.predict_proba(batch["image"])
@@ -346,6 +348,8 @@ class GemClassifier(LightningModule):
                     answer["labels"] = [self.class_names[i] for i in sets[row]]
                     answer["label_probs"] = probs[row, sets[row]].tolist()
                 rows.append(answer)
+            for row, answer in zip(rows, self.answers(probs) if self.answers is not None else ()):
+                row.update(answer)
         return {"predictions": rows, "rejected": batch["rejected"]}
 
     # Optimisation ----------------------------------------------------------------------------

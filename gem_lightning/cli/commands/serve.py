@@ -13,10 +13,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from gem_lightning.errors import UserInputError
+from gem_lightning.inference.answers import AnswerSettings
 from gem_lightning.inference.runtime import RUNTIMES
 from gem_lightning.serving.server import ENDPOINTS, ServeOptions, build_server
 from gem_lightning.serving.supervision import Supervisor
 from gem_lightning.tracking.checkpoint_uri import resolve_checkpoint
+from gem_lightning.training.unknown import SCORES
 
 API_KEY_ENV = "GEM_LIGHTNING_API_KEY"
 DEFAULTS = ServeOptions()
@@ -65,6 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
         "a little faster at concurrency 1 (docs/performance.md)",
     )  # fmt: skip
     parser.add_argument(
+        "--coverage", type=float, default=None,
+        help="also answer each photo's prediction set: the fewest classes that hold the true class with this probability "
+        "(0 to 1, exclusive; e.g. 0.9); needs a checkpoint written by `main.py calibrate`",
+    )  # fmt: skip
+    parser.add_argument(
+        "--unknown", type=float, default=None,
+        help="answer 'unknown' for a photo unlike every class, so that this share of photos of the known classes are too "
+        "(the false-rejection rate, 0 to 1 exclusive; e.g. 0.05); needs a calibrated checkpoint",
+    )  # fmt: skip
+    parser.add_argument(
+        "--unknown_score", default="auto", choices=["auto", *SCORES],
+        help="how unlike the classes a photo is: msp (1 - the top probability), energy (of the logits), mahalanobis or knn "
+        "(distance of the penultimate features to the training photos'; torch runtime only); auto: the best the checkpoint holds",
+    )  # fmt: skip
+    parser.add_argument(
         "--max_batch_size", type=int, default=DEFAULTS.max_batch_size, help="most concurrent requests in one forward pass (1: no batching)"
     )
     parser.add_argument("--batch_timeout", type=float, default=DEFAULTS.batch_timeout, help="seconds to wait for a batch to fill")
@@ -93,6 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.decode_threads is not None and args.decode_threads < 0:
         parser.error(f"--decode_threads must be 0 (decode in the model worker) or more, got {args.decode_threads}")
+    try:
+        answers = AnswerSettings(args.coverage, args.unknown, args.unknown_score).checked("--")
+    except UserInputError as error:
+        parser.error(str(error))
     ckpt_path = Path(resolve_checkpoint(args.ckpt_path))  # a download from MLflow: after the options are known to be right
     if not ckpt_path.is_file():
         parser.error(f"--ckpt_path {args.ckpt_path!r} is not a file")
@@ -109,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runtime=args.runtime,
         int8_images=args.int8_images,
         decode_threads=args.decode_threads,
+        answers=answers,
     )
     try:
         _check_address_free(args.host, args.port)

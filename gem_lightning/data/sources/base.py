@@ -14,6 +14,7 @@ from typing import Literal, NamedTuple
 from torch.utils.data import DataLoader, Dataset
 
 from gem_lightning.data.cache import DecodeSettings
+from gem_lightning.data.provenance import PhotoRecord
 from gem_lightning.data.scan import Rejected
 from gem_lightning.errors import UserInputError
 
@@ -59,6 +60,16 @@ class DataSource(ABC):
         raise UserInputError(
             "model.class_weights: balanced weights need per-class counts, which this data source does not keep; use a folder dataset."
         )
+
+    def evaluation_datasets(self, transform: Callable) -> dict[str, Dataset]:
+        """``{"train": ..., "val": ...}`` both read as evaluation reads (``transform``, in order, not
+        augmented): what ``calibrate`` measures the training and held-out photos with."""
+        return self.datasets("fit", Transforms(train=transform, eval=transform))
+
+    def photos(self, split: str) -> PhotoRecord | None:
+        """Which photos ``split`` holds (after ``datasets``), for the record of what a model trained on
+        (``gem_lightning.data.provenance``); None where the source cannot say, so nothing is recorded."""
+        return None
 
     def paths(self, split: str) -> list[Path] | None:
         """Files behind the evaluation dataset of ``split``, by dataset index; None where the photos are not files here."""

@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 from gem_lightning.data.cache import Cache, DecodeSettings
 from gem_lightning.data.datasets import CachedImageDataset
 from gem_lightning.data.folders import FolderData
+from gem_lightning.data.provenance import PhotoRecord
 from gem_lightning.data.scan import EXPECTED_LAYOUT, DatasetLayoutError, ImageRecord, Rejected, check_dataset_dir
 from gem_lightning.data.sources.base import DataSource, Stage, Transforms
 from gem_lightning.data.split import stratified_split
@@ -101,6 +102,9 @@ class FolderSource(DataSource):
 
     def paths(self, split: str) -> list[Path] | None:
         return [record.path for record in self.records[split]]
+
+    def photos(self, split: str) -> PhotoRecord | None:
+        return PhotoRecord.of_files(record.digest for record in self.records[split]) if split in self.records else None
 
     @property
     def rejected(self) -> dict[str, list[Rejected]]:

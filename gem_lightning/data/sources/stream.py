@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from gem_lightning.data.datasets import collate_channels_last
 from gem_lightning.data.loader import Loader, SignalSafeStreamingDataLoader
+from gem_lightning.data.provenance import PhotoRecord
 from gem_lightning.data.sources.base import DataSource, Stage, Transforms
 from gem_lightning.data.streaming import AugmentingCollate, EvaluationStream, TrainingStream, read_info, stream_decode_settings
 
@@ -60,6 +61,16 @@ class StreamSource(DataSource):
             "train": TrainingStream(self.root, info, self.seed, self.cache_dir),
             "val": EvaluationStream(self.root, "val", info, transforms.eval, cache_dir=self.cache_dir) if has_val else [],
         }
+
+    def evaluation_datasets(self, transform) -> dict[str, Dataset]:
+        return {
+            split: EvaluationStream(self.root, split, self.info, transform, cache_dir=self.cache_dir) if self.info.counts.get(split) else []
+            for split in ("train", "val")
+        }
+
+    def photos(self, split: str) -> PhotoRecord | None:
+        """The stream's split by name: a stream keeps no digests of its photos."""
+        return PhotoRecord.of_stream(self.root, split)
 
     def train_loader(self, dataset: Dataset, indexed_loader, transforms: Transforms) -> DataLoader:
         """LitData's loader: the stream shuffles and shards itself, and its position goes into checkpoints;

@@ -16,6 +16,10 @@ from gem_lightning.errors import UserInputError
 from gem_lightning.files import atomic_write
 from gem_lightning.reports.prediction_grid import write_prediction_grid
 
+MULTILABEL_COLUMNS = ("labels", "label_probs")
+ANSWER_COLUMNS = ("prediction_set", "unknown", "unknown_score")
+"""What ``inference.coverage`` and ``inference.unknown`` add to each row (``gem_lightning.inference.answers``)."""
+
 
 class PredictionWriter(BasePredictionWriter):
     """Streams each batch's predictions to a per-process part file, then merges them in input order.
@@ -116,20 +120,27 @@ class PredictionWriter(BasePredictionWriter):
         trainer.strategy.barrier()
 
     def _write_predictions(self, rows: list[dict]) -> None:
+        """``path``, a multi-label model's label set (``labels``, ``label_probs``), the ranked classes
+        and probabilities, then what ``inference.coverage`` and ``inference.unknown`` add
+        (``prediction_set``, ``unknown``, ``unknown_score``; with them, ``prediction`` is ``unknown``
+        for a photo unlike every class)."""
+        extra = [key for key in ANSWER_COLUMNS if rows and key in rows[0]]
         with atomic_write(self.path, "w", what="the predictions", newline="") as file:
             if self.format == "jsonl":
                 for row in rows:
                     file.write(json.dumps({key: value for key, value in row.items() if key != "index"}) + "\n")
             else:
                 k = max((len(row["classes"]) for row in rows), default=0)
-                answers = [key for key in (rows[0] if rows else {}) if key not in ("index", "path", "classes", "probs")]
+                labels = [key for key in MULTILABEL_COLUMNS if rows and key in rows[0]]
                 writer = csv.writer(file)
-                header = ["path", *answers, "prediction", "probability"]
-                writer.writerow(header + [f"{kind}_{i}" for i in range(1, k + 1) for kind in ("class", "prob")])
+                header = ["path", *labels, "prediction", "probability"]
+                writer.writerow(header + [f"{kind}_{i}" for i in range(1, k + 1) for kind in ("class", "prob")] + extra)
                 for row in rows:
                     ranked = [value for pair in zip(row["classes"], (f"{p:.6f}" for p in row["probs"])) for value in pair]
-                    extra = [_csv_value(row[key]) for key in answers]
-                    writer.writerow([row["path"], *extra, row["classes"][0], f"{row['probs'][0]:.6f}", *ranked])
+                    prediction = [row.get("prediction", row["classes"][0]), f"{row['probs'][0]:.6f}"]
+                    writer.writerow(
+                        [row["path"], *(_cell(row[key]) for key in labels), *prediction, *ranked, *(_cell(row[key]) for key in extra)]
+                    )
 
     def _write_rejects(self, rejects: list[dict]) -> None:
         if not rejects:
@@ -141,11 +152,13 @@ class PredictionWriter(BasePredictionWriter):
             writer.writerows([row["path"], row["reason"]] for row in rejects)
 
 
-def _csv_value(value: Any) -> str:
-    """An answer beyond the ranked classes (a multi-label model's ``labels`` and ``label_probs``) as one CSV
-    cell: a list joined by ``;``, probabilities with 6 decimals."""
+def _cell(value: Any) -> str:
+    """A CSV cell: a list (a set of classes, their probabilities) joined by ``;``, ``true``/``false``,
+    a probability or score to 6 decimals."""
     if isinstance(value, list):
-        return ";".join(_csv_value(item) for item in value)
+        return ";".join(_cell(item) for item in value)
+    if isinstance(value, bool):
+        return str(value).lower()
     return f"{value:.6f}" if isinstance(value, float) else str(value)
 
 
