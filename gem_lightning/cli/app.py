@@ -152,7 +152,8 @@ DESCRIPTION = """gem-lightning: train, evaluate and serve image classifiers on f
 Besides fit/validate/test/predict: `optimize` (a folder -> a stream at a path or s3:// for large
 sets; then --data.data_dir <stream>), `prepare` (split one folder-per-class collection into train/ and
 test/), `preview` (augmentation preview and a sample batch), `lr_find` (learning-rate range test),
-`export` (TorchScript / ONNX), `seeds` (fit and test over several seeds: mean +- std), `ensemble`
+`export` (TorchScript / ONNX), `seeds` (fit and test over several seeds: mean +- std), `tune`
+(search fit settings with Optuna, on one machine or a SLURM array), `ensemble`
 (several checkpoints as one), `calibrate` (temperature scaling on held-out photos), `serve` (HTTP
 server and web page), `audit` (label issues, near-duplicates and train/test leakage, with a
 corrections CSV for --data.corrections). Run `python main.py <command> --help` for each."""
@@ -164,22 +165,31 @@ def cli_main(args: list[str] | None = None, *, run: bool = True, callbacks: list
     Mistakes in the user's input end the run with the error message and exit status 2
     (``gem_lightning.cli.errors``). ``callbacks`` join the trainer's (commands built on the CLI use it).
     """
-    argv = sys.argv[1:] if args is None else list(args)
     with report_user_errors():
-        check_moved_settings(argv, check_config_files(argv))
-        if run and argv and argv[0] in COMMANDS:
-            return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
-        return GemCLI(
-            GemClassifier,
-            GemDataModule,
-            args=args,
-            run=run,
-            seed_everything_default=42,
-            trainer_defaults={"callbacks": callbacks} if callbacks else None,
-            save_config_kwargs={"overwrite": True},
-            parser_class=ConciseErrorParser,
-            parser_kwargs={"description": DESCRIPTION},
-        )
+        return run_cli(args, run=run, callbacks=callbacks)
+
+
+def run_cli(
+    args: list[str] | None = None, *, run: bool = True, callbacks: list[Callback] | None = None, cli_class: type[GemCLI] = GemCLI
+) -> GemCLI | object:
+    """:func:`cli_main` without its error reporting: the user's mistakes are raised, as
+    ``UserInputError``, for commands that run the CLI many times and decide what one means (``tune``).
+    ``cli_class`` replaces :class:`GemCLI` (a subclass that only parses, say)."""
+    argv = sys.argv[1:] if args is None else list(args)
+    check_moved_settings(argv, check_config_files(argv))
+    if run and argv and argv[0] in COMMANDS:
+        return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
+    return cli_class(
+        GemClassifier,
+        GemDataModule,
+        args=args,
+        run=run,
+        seed_everything_default=42,
+        trainer_defaults={"callbacks": callbacks} if callbacks else None,
+        save_config_kwargs={"overwrite": True},
+        parser_class=ConciseErrorParser,
+        parser_kwargs={"description": DESCRIPTION},
+    )
 
 
 def main() -> int:

@@ -1,0 +1,82 @@
+"""Where a study lives: a SQLite file on one machine (the default), a PostgreSQL server for many.
+
+Both are Optuna's ``RDBStorage``, with its heartbeat: every running trial's worker writes a
+heartbeat every ``heartbeat`` seconds; a trial whose heartbeat is older than twice that (its
+worker was SIGKILLed, or its machine died) is marked failed by the next worker that starts a trial,
+and its settings are queued again (``RetryHeartbeatStaleTrialCallback``, up to :data:`MAX_RETRY`
+times). SQLite rather than Optuna's journal file for the default: the journal storage has no
+heartbeat, so a killed worker's trial would stay "running" for ever; SQLite serialises writers
+with file locks, which is safe for several processes on one machine's disk (not on NFS: use
+PostgreSQL across machines), and a study's writes are a few small rows per trial.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from optuna.exceptions import ExperimentalWarning
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+from gem_lightning.errors import UserInputError
+
+MAX_RETRY = 3
+"""How many times the settings of a trial whose worker died (or was stopped) are run again."""
+DRIVERS = {"postgresql": "psycopg2-binary", "mysql": "pymysql (and mysql+pymysql://)"}
+
+
+def default_storage(study_dir: Path) -> str:
+    """The study's SQLite file in its folder."""
+    return f"sqlite:///{(study_dir / 'study.db').resolve()}"
+
+
+def retry_callback() -> RetryHeartbeatStaleTrialCallback:
+    """Queues a failed trial's settings again as a new trial (its ``system_attrs`` say which it retries)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+
+
+def open_storage(url: str, heartbeat: int) -> RDBStorage:
+    """The storage at ``url`` (``sqlite:///<path>``, ``postgresql://user:password@host:port/database``),
+    its tables created if new; an unreachable one is one line naming it."""
+    import sqlalchemy
+
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise UserInputError(
+            f"--tune.storage {url!r} is not a database URL: give sqlite:///<path>.db (one machine) or "
+            "postgresql://<user>:<password>@<host>:<port>/<database> (many machines)."
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite" and parsed.database:
+        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    connect_args = {"timeout": 60} if backend == "sqlite" else {"connect_timeout": 10} if backend == "postgresql" else {}
+    try:
+        return RDBStorage(
+            url,
+            engine_kwargs={"connect_args": connect_args, "pool_pre_ping": True},
+            heartbeat_interval=heartbeat,
+            grace_period=2 * heartbeat,
+            heartbeat_stale_trial_callback=retry_callback(),
+        )
+    except ImportError as error:
+        raise UserInputError(
+            f"--tune.storage {shown(url)}: its driver is not installed ({error}): pip install {DRIVERS.get(backend, 'it')}."
+        ) from None
+    except sqlalchemy.exc.SQLAlchemyError as error:
+        reason = " ".join(str(getattr(error, "orig", None) or error).split())
+        raise UserInputError(f"--tune.storage {shown(url)}: cannot use it: {reason}") from None
+
+
+def shown(url: str) -> str:
+    """``url`` with its password hidden, for messages and logs."""
+    import sqlalchemy
+
+    return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+
+
+def dashboard_command(url: str) -> str:
+    """The command that opens Optuna's web dashboard on the study's storage."""
+    return f"pip install optuna-dashboard && optuna-dashboard '{shown(url)}'"
