@@ -8,6 +8,10 @@ times). SQLite rather than Optuna's journal file for the default: the journal st
 heartbeat, so a killed worker's trial would stay "running" for ever; SQLite serialises writers
 with file locks, which is safe for several processes on one machine's disk (not on NFS: use
 PostgreSQL across machines), and a study's writes are a few small rows per trial.
+
+PostgreSQL goes through psycopg 3 (``psycopg[binary]``, the ``tune`` extra): a plain
+``postgresql://`` URL is given that driver explicitly, since SQLAlchemy's default for it changed
+from psycopg2 (2.0) to psycopg (2.1).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from gem_lightning.errors import UserInputError
 
 MAX_RETRY = 3
 """How many times the settings of a trial whose worker died (or was stopped) are run again."""
-DRIVERS = {"postgresql": "psycopg2-binary", "mysql": "pymysql (and mysql+pymysql://)"}
+DRIVERS = {"postgresql": "'psycopg[binary]'", "mysql": "pymysql (and mysql+pymysql://)"}
 
 
 def default_storage(study_dir: Path) -> str:
@@ -37,9 +41,8 @@ def retry_callback() -> RetryHeartbeatStaleTrialCallback:
         return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
 
 
-def open_storage(url: str, heartbeat: int) -> RDBStorage:
-    """The storage at ``url`` (``sqlite:///<path>``, ``postgresql://user:password@host:port/database``),
-    its tables created if new; an unreachable one is one line naming it."""
+def database_url(url: str) -> str:
+    """``url`` as SQLAlchemy should read it: a plain ``postgresql://`` names psycopg 3; refused in one line if it is no URL."""
     import sqlalchemy
 
     try:
@@ -49,6 +52,16 @@ def open_storage(url: str, heartbeat: int) -> RDBStorage:
             f"--tune.storage {url!r} is not a database URL: give sqlite:///<path>.db (one machine) or "
             "postgresql://<user>:<password>@<host>:<port>/<database> (many machines)."
         ) from None
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def open_storage(url: str, heartbeat: int) -> RDBStorage:
+    """The storage at ``url`` (:func:`database_url`), its tables created if new; an unreachable one is one line naming it."""
+    import sqlalchemy
+
+    parsed = sqlalchemy.engine.make_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite" and parsed.database:
         Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)

@@ -82,5 +82,5 @@ def check_space(space: SearchSpace, fit_args: list[str]) -> TrialCommand:
 
 
 def _close_matches(key: str, config: Namespace) -> str:
-    matches = difflib.get_close_matches(key, config.keys(), n=3, cutoff=0.75)
-    return f" (did you mean {' or '.join(matches)}?)" if matches else ""
+    matches = difflib.get_close_matches(key, config.keys(), n=1, cutoff=0.8)
+    return f" (did you mean {matches[0]}?)" if matches else ""

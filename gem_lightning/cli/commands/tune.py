@@ -96,13 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     """Run the study ``argv`` describes; the exit status (that of the worst worker)."""
-    import optuna
-
     from gem_lightning.errors import UserInputError
+
+    try:
+        import optuna
+    except ImportError:
+        raise UserInputError("`tune` needs Optuna: pip install 'gem-lightning[tune]'") from None
     from gem_lightning.tuning.objective import Objective, worker_name
     from gem_lightning.tuning.outputs import write_outputs
     from gem_lightning.tuning.space import read_space
-    from gem_lightning.tuning.storage import dashboard_command, default_storage, open_storage, retry_callback, shown
+    from gem_lightning.tuning.storage import dashboard_command, database_url, default_storage, open_storage, retry_callback, shown
     from gem_lightning.tuning.study import make_pruner, make_sampler, open_study
     from gem_lightning.tuning.trial_command import check_space
     from gem_lightning.tuning.worker import run_worker
@@ -116,7 +119,7 @@ def main(argv: list[str]) -> int:
     command = check_space(space, fit_args)
     name = options.study or options.space.stem
     study_dir = (options.out / name).resolve()
-    url = options.storage or default_storage(study_dir)
+    url = database_url(options.storage or default_storage(study_dir))
     direction = options.direction or ("minimize" if "loss" in options.metric.lower() else "maximize")
     index = options.worker_index if options.worker_index is not None else int(os.environ.get("SLURM_ARRAY_TASK_ID", 0))
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial instead (tuning.worker.Announcer)
