@@ -16,6 +16,8 @@ from psycopg2 (2.0) to psycopg (2.1).
 
 from __future__ import annotations
 
+import random
+import time
 import warnings
 from pathlib import Path
 
@@ -24,6 +26,8 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from gem_lightning.errors import UserInputError
 
+TABLE_RACE_ATTEMPTS = 5
+"""Tries at opening a new database whose tables another worker is creating at the same instant."""
 MAX_RETRY = 3
 """How many times the settings of a trial whose worker died (or was stopped) are run again."""
 DRIVERS = {"postgresql": "'psycopg[binary]'", "mysql": "pymysql (and mysql+pymysql://)"}
@@ -39,6 +43,18 @@ def retry_callback() -> RetryHeartbeatStaleTrialCallback:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
         return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+
+
+def _rdb_storage(url: str, connect_args: dict, heartbeat: int) -> RDBStorage:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeat_interval
+        return RDBStorage(
+            url,
+            engine_kwargs={"connect_args": connect_args, "pool_pre_ping": True},
+            heartbeat_interval=heartbeat,
+            grace_period=2 * heartbeat,
+            heartbeat_stale_trial_callback=retry_callback(),
+        )
 
 
 def database_url(url: str) -> str:
@@ -66,21 +82,27 @@ def open_storage(url: str, heartbeat: int) -> RDBStorage:
     if backend == "sqlite" and parsed.database:
         Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     connect_args = {"timeout": 60} if backend == "sqlite" else {"connect_timeout": 10} if backend == "postgresql" else {}
-    try:
-        return RDBStorage(
-            url,
-            engine_kwargs={"connect_args": connect_args, "pool_pre_ping": True},
-            heartbeat_interval=heartbeat,
-            grace_period=2 * heartbeat,
-            heartbeat_stale_trial_callback=retry_callback(),
-        )
-    except ImportError as error:
-        raise UserInputError(
-            f"--tune.storage {shown(url)}: its driver is not installed ({error}): pip install {DRIVERS.get(backend, 'it')}."
-        ) from None
-    except sqlalchemy.exc.SQLAlchemyError as error:
-        reason = " ".join(str(getattr(error, "orig", None) or error).split())
-        raise UserInputError(f"--tune.storage {shown(url)}: cannot use it: {reason}") from None
+    for attempt in range(TABLE_RACE_ATTEMPTS):
+        try:
+            return _rdb_storage(url, connect_args, heartbeat)
+        except ImportError:
+            raise UserInputError(
+                f"--tune.storage {shown(url)}: its driver is not installed: pip install {DRIVERS.get(backend, 'it')}."
+            ) from None
+        except sqlalchemy.exc.SQLAlchemyError as error:
+            if not (lost_table_race(error) and attempt + 1 < TABLE_RACE_ATTEMPTS):
+                reason = " ".join(str(getattr(error, "orig", None) or error).split())
+                raise UserInputError(f"--tune.storage {shown(url)}: cannot use it: {reason}") from None
+            time.sleep(random.uniform(0.5, 2.0))  # another worker is creating them: they will be there
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def lost_table_race(error: Exception) -> bool:
+    """Whether creating Optuna's tables failed because another worker created them at the same instant
+    (the tasks of an array starting on a fresh database: optuna/optuna#1092); trying again finds them made."""
+    import sqlalchemy
+
+    return isinstance(error, sqlalchemy.exc.IntegrityError | sqlalchemy.exc.ProgrammingError) or "already exists" in str(error)
 
 
 def shown(url: str) -> str:
