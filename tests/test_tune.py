@@ -22,12 +22,12 @@ import yaml
 from conftest import REPO, make_dataset
 from helpers import TINY_MODEL, free_port
 
-from gem_lightning.cli.app import cli_main, run_cli
+from gem_lightning.cli.app import cli_main, parse_fit_options
 from gem_lightning.cli.commands.tune import parse_duration
 from gem_lightning.errors import UserInputError
 from gem_lightning.tuning.reporting import ReportToTrial
 from gem_lightning.tuning.space import nested, read_space
-from gem_lightning.tuning.trial_command import ParseOnlyCLI, check_space
+from gem_lightning.tuning.trial_command import check_space
 
 SPACE = {
     "model.optimizer.init_args.lr": {"log_uniform": ["1e-4", 1.0e-1]},
@@ -100,25 +100,31 @@ def test_a_missing_space_file_is_named(tmp_path):
         read_space(tmp_path / "nope.yaml")
 
 
+def checked(space_file: Path, options: list[str]):
+    """``check_space`` with the options read by ``fit``'s parser, as ``tune`` calls it."""
+    fit = parse_fit_options(options)
+    return check_space(read_space(space_file), options, fit.config, fit.parser)
+
+
 def test_the_shipped_spaces_are_settings_of_their_configs():
     for space_file, config in (
         ("gemstones_finetune.yaml", "gemstones_finetune.yaml"),
         ("time_to_accuracy.yaml", "gemstones_finetune.yaml"),
     ):
-        check_space(read_space(REPO / "configs" / "tune" / space_file), ["--config", str(REPO / "configs" / config)])
+        checked(REPO / "configs" / "tune" / space_file, ["--config", str(REPO / "configs" / config)])
 
 
 def test_the_space_is_checked_against_fits_parser(tmp_path):
     options = ["--config", str(REPO / "configs" / "quickstart.yaml")]
-    command = check_space(read_space(write_space(tmp_path / "s.yaml", SPACE)), options)
+    command = checked(write_space(tmp_path / "s.yaml", SPACE), options)
     assert command.logger_save_dir
     with pytest.raises(
         UserInputError,
         match=r"s2\.yaml: model\.optimizer\.init_args\.lrr is not a `fit` setting \(did you mean model\.optimizer\.init_args\.lr\?\)",
     ):
-        check_space(read_space(write_space(tmp_path / "s2.yaml", {"model.optimizer.init_args.lrr": {"uniform": [0.1, 0.2]}})), options)
+        checked(write_space(tmp_path / "s2.yaml", {"model.optimizer.init_args.lrr": {"uniform": [0.1, 0.2]}}), options)
     with pytest.raises(UserInputError, match=r"s3\.yaml: data\.image_size: `fit` refuses 'big'"):
-        check_space(read_space(write_space(tmp_path / "s3.yaml", {"data.image_size": {"choice": [32, "big"]}})), options)
+        checked(write_space(tmp_path / "s3.yaml", {"data.image_size": {"choice": [32, "big"]}}), options)
 
 
 def test_durations():
@@ -188,7 +194,7 @@ def test_a_study_runs_resumes_and_writes_a_config_that_fit_stacks(tmp_path, gems
     assert f"optuna-dashboard 'sqlite:///{folder / 'study.db'}'" in output
 
     best = folder / "best.yaml"  # stacked on the study's options, fit reads the best trial's settings
-    config = run_cli([*options, "--config", str(best)], run=False, cli_class=ParseOnlyCLI).config
+    config = parse_fit_options([*options, "--config", str(best)]).config
     assert config.model.optimizer.init_args.lr == study.best_params["model.optimizer.init_args.lr"]
     assert list(config.model.network.init_args.channels) == json.loads(study.best_params["model.network.init_args.channels"])
 

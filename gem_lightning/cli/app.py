@@ -137,6 +137,23 @@ class GemCLI(LightningCLI):
             self.model.prepare_training(from_scratch=not config.get("ckpt_path"))
 
 
+class ParseOnlyCLI(GemCLI):
+    """The command line that stops once it has read its options: the configuration ``fit`` would run
+    (``config``) and the parser that read it (``parser``), with nothing built, seeded or run."""
+
+    def _set_seed(self) -> None:
+        pass
+
+    def before_instantiate_classes(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass
+
+    def after_instantiate_classes(self) -> None:
+        pass
+
+
 def check_same_task(checkpoint_task: str | None, data_task: str | None) -> None:
     """A multi-label checkpoint evaluates labels files, a single-label one class folders (or streams of them)."""
     if checkpoint_task and data_task and checkpoint_task != data_task:
@@ -190,6 +207,11 @@ def run_cli(
         parser_class=ConciseErrorParser,
         parser_kwargs={"description": DESCRIPTION},
     )
+
+
+def parse_fit_options(args: list[str]) -> ParseOnlyCLI:
+    """How ``fit`` reads ``args`` (without ``fit``): its ``config`` and ``parser``; mistakes are raised (:func:`run_cli`)."""
+    return run_cli(args, run=False, cli_class=ParseOnlyCLI)
 
 
 def main() -> int:

@@ -1,21 +1,23 @@
 """One trial: sample the settings, run ``fit`` through the command line in the trial's folder, return its score.
 
 The fit is the one ``python main.py fit`` runs (the same configs, callbacks, checkpoints and reports),
-with the sampled settings as command-line options and ``<study folder>/trial-<n>/`` for its outputs.
+with the sampled settings as command-line options and ``<study folder>/trial-<n>/`` for its outputs;
+the ``tune`` command hands in the function that runs the command line (this package sits below it).
 """
 
 from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
+from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from gem_lightning.cli.app import run_cli
 from gem_lightning.resilience import interrupted_by_ctrl_c
 from gem_lightning.tuning import stopping
 from gem_lightning.tuning.reporting import ReportToTrial
@@ -41,8 +43,13 @@ def describe(values: dict[str, Any]) -> str:
 
 @dataclass
 class Objective:
-    """The function Optuna optimises: ``trial`` -> the study's metric of one ``fit`` with the sampled settings."""
+    """The function Optuna optimises: ``trial`` -> the study's metric of one ``fit`` with the sampled settings.
 
+    ``run_fit(args, callbacks)`` runs the command line with ``args`` (``fit ...``) and the extra trainer
+    ``callbacks``, raising the user's mistakes, and returns the trainer.
+    """
+
+    run_fit: Callable[[list[str], list[Callback]], Trainer]
     space: SearchSpace
     command: TrialCommand
     metric: str
@@ -58,10 +65,10 @@ class Objective:
         print(f"trial {trial.number}: {describe(values)}", flush=True)
         reporter = ReportToTrial(trial, self.metric, self.direction)
         try:
-            cli = run_cli(self.command.args(values, folder), callbacks=[reporter])
+            trainer = self.run_fit(self.command.args(values, folder), [reporter])
         except SIGTERMException:  # the checkpoint is saved (SaveOnSigterm); this worker starts no further trial
             stopping.request("SIGINT" if interrupted_by_ctrl_c()[0] else "SIGTERM")
             raise TrialStopped(f"stopped by {stopping.requested()} after {len(reporter.values)} validations") from None
         if reporter.pruned:
             raise optuna.TrialPruned(f"after {len(reporter.values)} validations")
-        return reporter.result(cli.trainer)
+        return reporter.result(trainer)

@@ -74,17 +74,18 @@ def database_url(url: str) -> str:
 
 
 def open_storage(url: str, heartbeat: int) -> RDBStorage:
-    """The storage at ``url`` (:func:`database_url`), its tables created if new; an unreachable one is one line naming it."""
+    """The storage at ``url`` (as the user gave it: :func:`database_url`), its tables created if new; an
+    unreachable one is one line naming it."""
     import sqlalchemy
 
-    parsed = sqlalchemy.engine.make_url(url)
+    parsed = sqlalchemy.engine.make_url(database_url(url))
     backend = parsed.get_backend_name()
     if backend == "sqlite" and parsed.database:
         Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     connect_args = {"timeout": 60} if backend == "sqlite" else {"connect_timeout": 10} if backend == "postgresql" else {}
     for attempt in range(TABLE_RACE_ATTEMPTS):
         try:
-            return _rdb_storage(url, connect_args, heartbeat)
+            return _rdb_storage(parsed.render_as_string(hide_password=False), connect_args, heartbeat)
         except ImportError:
             raise UserInputError(
                 f"--tune.storage {shown(url)}: its driver is not installed: pip install {DRIVERS.get(backend, 'it')}."
@@ -113,5 +114,5 @@ def shown(url: str) -> str:
 
 
 def dashboard_command(url: str) -> str:
-    """The command that opens Optuna's web dashboard on the study's storage."""
-    return f"pip install optuna-dashboard && optuna-dashboard '{shown(url)}'"
+    """The command that opens Optuna's web dashboard on the study's storage (password hidden: type it in)."""
+    return f"pip install optuna-dashboard && optuna-dashboard '{shown(database_url(url))}'"

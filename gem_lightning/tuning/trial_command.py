@@ -1,7 +1,7 @@
 """A trial's ``fit`` command line: the study's options, the sampled settings, and the trial's own folder.
 
-Before the first trial, :func:`check_space` reads the study's ``fit`` options with the command line's
-own parser (nothing is built) and has it parse every end of every range and every choice of the
+Before the first trial, :func:`check_space` takes the study's ``fit`` options as the command line's
+own parser read them (nothing built) and has it parse every end of every range and every choice of the
 space: a key ``fit`` does not have, or a value it would refuse, is one line naming the space file
 and the key, before any training, instead of a failure in every trial.
 """
@@ -13,28 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jsonargparse import ArgumentError, Namespace
+from jsonargparse import ArgumentError, ArgumentParser, Namespace
 
-from gem_lightning.cli.app import GemCLI, run_cli
 from gem_lightning.errors import UserInputError
 from gem_lightning.tuning.space import SearchSpace, command_line_options, command_line_value
-
-
-class ParseOnlyCLI(GemCLI):
-    """The command line that stops once it has read its options: the configuration ``fit`` would
-    run, with nothing built, seeded or run."""
-
-    def _set_seed(self) -> None:
-        pass
-
-    def before_instantiate_classes(self) -> None:
-        pass
-
-    def instantiate_classes(self) -> None:
-        pass
-
-    def after_instantiate_classes(self) -> None:
-        pass
 
 
 @dataclass(frozen=True)
@@ -60,23 +42,22 @@ class TrialCommand:
         return options
 
 
-def check_space(space: SearchSpace, fit_args: list[str]) -> TrialCommand:
-    """Check ``space`` against ``fit``'s parser with the study's ``fit_args``; the trials' command builder.
-
-    ``fit_args`` themselves are read first: a mistake there ends the command as it would end ``fit``.
-    """
-    cli = run_cli(list(fit_args), run=False, cli_class=ParseOnlyCLI)
-    config, parser = cli.config, cli.parser
-    parser.exit_on_error = False  # a refused value raises ArgumentError instead of exiting
-    for param in space.params:
-        if param.key not in config:
-            raise UserInputError(f"{space.source}: {param.key} is not a `fit` setting{_close_matches(param.key, config)}.")
-        for value in param.extremes():
-            try:
-                parser.parse_args([*fit_args, f"--{param.key}", command_line_value(value)])
-            except ArgumentError as error:
-                reason = " ".join(str(error).split())
-                raise UserInputError(f"{space.source}: {param.key}: `fit` refuses {value!r}: {reason}") from None
+def check_space(space: SearchSpace, fit_args: list[str], config: Namespace, parser: ArgumentParser) -> TrialCommand:
+    """Check ``space`` against ``fit``'s ``parser``, which read the study's ``fit_args`` into ``config``
+    (``gem_lightning.cli.app.parse_fit_options``); the trials' command builder."""
+    exits, parser.exit_on_error = parser.exit_on_error, False  # a refused value raises ArgumentError instead of exiting
+    try:
+        for param in space.params:
+            if param.key not in config:
+                raise UserInputError(f"{space.source}: {param.key} is not a `fit` setting{_close_matches(param.key, config)}.")
+            for value in param.extremes():
+                try:
+                    parser.parse_args([*fit_args, f"--{param.key}", command_line_value(value)])
+                except ArgumentError as error:
+                    reason = " ".join(str(error).split())
+                    raise UserInputError(f"{space.source}: {param.key}: `fit` refuses {value!r}: {reason}") from None
+    finally:
+        parser.exit_on_error = exits
     logger = config.get("trainer.logger")
     return TrialCommand(tuple(fit_args), isinstance(logger, Namespace) and "init_args.save_dir" in logger)
 

@@ -94,8 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser  # fmt: skip
 
 
+def run_fit(args: list[str], callbacks: list) -> object:
+    """A trial's ``fit``: the command line with ``args`` and the extra trainer ``callbacks``; its trainer."""
+    from gem_lightning.cli.app import run_cli
+
+    return run_cli(args, callbacks=callbacks).trainer
+
+
 def main(argv: list[str]) -> int:
     """Run the study ``argv`` describes; the exit status (that of the worst worker)."""
+    from gem_lightning.cli.app import parse_fit_options
     from gem_lightning.errors import UserInputError
 
     try:
@@ -105,7 +113,7 @@ def main(argv: list[str]) -> int:
     from gem_lightning.tuning.objective import Objective, worker_name
     from gem_lightning.tuning.outputs import write_outputs
     from gem_lightning.tuning.space import read_space
-    from gem_lightning.tuning.storage import dashboard_command, database_url, default_storage, open_storage, retry_callback, shown
+    from gem_lightning.tuning.storage import dashboard_command, default_storage, open_storage, retry_callback, shown
     from gem_lightning.tuning.study import make_pruner, make_sampler, open_study
     from gem_lightning.tuning.trial_command import check_space
     from gem_lightning.tuning.worker import run_worker
@@ -116,10 +124,11 @@ def main(argv: list[str]) -> int:
         if getattr(options, name) < 1:
             raise UserInputError(f"--tune.{name} must be at least 1; got {getattr(options, name)}.")
     space = read_space(options.space)
-    command = check_space(space, fit_args)
+    fit = parse_fit_options(fit_args)  # a mistake in the fit options ends the command here, as it would end `fit`
+    command = check_space(space, fit_args, fit.config, fit.parser)
     name = options.study or options.space.stem
     study_dir = (options.out / name).resolve()
-    url = database_url(options.storage or default_storage(study_dir))
+    url = options.storage or default_storage(study_dir)
     direction = options.direction or ("minimize" if "loss" in options.metric.lower() else "maximize")
     index = options.worker_index if options.worker_index is not None else int(os.environ.get("SLURM_ARRAY_TASK_ID", 0))
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial instead (tuning.worker.Announcer)
@@ -137,7 +146,7 @@ def main(argv: list[str]) -> int:
     if options.workers > 1:
         status = run_local_workers(argv, options.workers)
     else:
-        objective = Objective(space, command, options.metric, direction, study_dir, worker_name(index))
+        objective = Objective(run_fit, space, command, options.metric, direction, study_dir, worker_name(index))
         deadline = time.monotonic() + options.timeout if options.timeout else None
         reason = run_worker(study, objective, trials=options.trials, deadline=deadline, retry=retry_callback())
         print(f"worker {index}: done, {reason}", flush=True)
