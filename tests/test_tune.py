@@ -27,6 +27,7 @@ from gem_lightning.cli.commands.tune import parse_duration
 from gem_lightning.errors import UserInputError
 from gem_lightning.tuning.reporting import ReportToTrial
 from gem_lightning.tuning.space import nested, read_space
+from gem_lightning.tuning.study import make_pruner
 from gem_lightning.tuning.trial_command import check_space
 
 SPACE = {
@@ -142,8 +143,8 @@ def fake_trainer(**metrics) -> SimpleNamespace:
     return SimpleNamespace(sanity_checking=False, callback_metrics={k: torch.tensor(v) for k, v in metrics.items()}, should_stop=False)
 
 
-def test_a_trial_behind_the_median_is_stopped_and_a_missing_metric_names_the_logged_ones():
-    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
+def test_a_trial_behind_the_median_is_stopped_from_its_second_validation_and_a_missing_metric_names_the_logged_ones():
+    study = optuna.create_study(direction="maximize", pruner=make_pruner("median", startup_trials=1))
     leader = ReportToTrial(study.ask(), "val/acc", "maximize")
     for value in (0.5, 0.8):
         leader.on_validation_end(trainer := fake_trainer(**{"val/acc": value}), None)
@@ -151,6 +152,8 @@ def test_a_trial_behind_the_median_is_stopped_and_a_missing_metric_names_the_log
     assert leader.result(trainer) == pytest.approx(0.8) and not trainer.should_stop
     behind = ReportToTrial(study.ask(), "val/acc", "maximize")
     behind.on_validation_end(trainer := fake_trainer(**{"val/acc": 0.1, "val/loss": 2.0}), None)
+    assert not behind.pruned and not trainer.should_stop  # the first validation is never judged
+    behind.on_validation_end(trainer, None)
     assert behind.pruned and trainer.should_stop
     with pytest.raises(UserInputError, match=r"--tune.metric 'val/accuracy' is not logged by this run; it logs: val/acc, val/loss\."):
         ReportToTrial(study.ask(), "val/accuracy", "maximize").on_validation_end(trainer, None)

@@ -38,7 +38,10 @@ def write_outputs(study: optuna.Study, space: SearchSpace, folder: Path, metric:
     trials = sorted(study.get_trials(deepcopy=False), key=lambda trial: trial.number)
     completed = [trial for trial in trials if trial.state == TrialState.COMPLETE]
     counts = ", ".join(f"{n} {state.name.lower()}" for state in TrialState if (n := sum(t.state == state for t in trials)))
-    lines = [f"study {study.study_name!r}: {len(trials)} trials ({counts})", f"trials table: {write_trials(trials, space, folder)}"]
+    lines = [
+        f"study {study.study_name!r}: {len(trials)} trials ({counts}){throughput(trials)}",
+        f"trials table: {write_trials(trials, space, folder)}",
+    ]
     if completed:
         best = study.best_trial
         path = write_best(best, space, folder / "best.yaml", study.study_name, metric)
@@ -49,6 +52,15 @@ def write_outputs(study: optuna.Study, space: SearchSpace, folder: Path, metric:
         lines.append(f"history: {plot(optuna.visualization.matplotlib.plot_optimization_history, study, metric, folder / 'history.png')}")
     lines.append(f"importance: {plot_importance(study, completed, metric, folder / 'importance.png')}")
     return lines
+
+
+def throughput(trials: list[FrozenTrial]) -> str:
+    """Finished trials an hour, from the first start to the last end (all workers together, pauses between runs included)."""
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.datetime_start and t.datetime_complete]
+    if not finished:
+        return ""
+    hours = (max(t.datetime_complete for t in finished) - min(t.datetime_start for t in finished)).total_seconds() / 3600
+    return f"; {len(finished)} finished in {hours * 60:.1f} min: {len(finished) / hours:.0f} trials/hour" if hours > 0 else ""
 
 
 def write_trials(trials: list[FrozenTrial], space: SearchSpace, folder: Path) -> Path:

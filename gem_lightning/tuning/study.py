@@ -4,7 +4,8 @@ A study remembers what it searches (the space, the metric and its direction, in 
 ``user_attrs``): a run that names the same study with another space or metric is refused in one
 line, instead of mixing two searches into one history. TPE samples (seeded; each worker from its
 own seed, and with ``constant_liar`` so that parallel workers do not all try the same point),
-and the median rule prunes (a trial behind the median of earlier trials at the same validation).
+and the median rule prunes (a trial behind the median of earlier trials at the same validation, from
+its second validation on).
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ def make_sampler(name: str, seed: int, startup_trials: int) -> optuna.samplers.B
 
 
 def make_pruner(name: str, startup_trials: int) -> optuna.pruners.BasePruner:
-    """The median rule once ``startup_trials`` trials have finished, or no pruning."""
+    """The median rule once ``startup_trials`` trials have finished, from a trial's second validation on
+    (the first is too noisy to judge a recipe by, warm-up schedules most of all), or no pruning."""
     if name == "none":
         return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(n_startup_trials=startup_trials)
+    return optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=1)
 
 
 def open_study(

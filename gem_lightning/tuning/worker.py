@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from gem_lightning.tuning import stopping
-from gem_lightning.tuning.objective import Objective, TrialStopped, describe
+from gem_lightning.tuning.objective import Objective, TrialStopped
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
@@ -49,7 +49,8 @@ def requeue_stopped(retry: Callable) -> Callable[[optuna.Study, FrozenTrial], No
 
 
 class Announcer:
-    """An Optuna callback that prints one line per finished trial (Optuna's own log is turned down to errors)."""
+    """An Optuna callback that prints one line per finished trial (Optuna's own log is turned down to errors);
+    the objective printed its settings when it started."""
 
     def __init__(self, objective: Objective) -> None:
         self.objective = objective
@@ -63,10 +64,9 @@ class Announcer:
             outcome = f"pruned after {steps} validations"
         else:
             outcome = f"failed ({self._reason()})"
-        print(f"trial {trial.number}: {outcome} in {seconds:.0f} s ({describe(self.objective.space.decode(trial.params))})", flush=True)
         best = self._best(study)
-        if best is not None:
-            print(f"  best so far: trial {best.number}, {self.objective.metric} {best.value:.4f}", flush=True)
+        leader = f"; best so far: trial {best.number}, {best.value:.4f}" if best is not None else ""
+        print(f"trial {trial.number}: {outcome} in {seconds:.0f} s{leader}", flush=True)
 
     def _reason(self) -> str:
         """Why a trial failed without raising: a signal stopped it (TrialStopped), or its value is not a number."""
