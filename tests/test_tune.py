@@ -269,7 +269,12 @@ def test_two_workers_share_one_study_without_losing_or_repeating_a_trial(tmp_pat
     study = study_of(tmp_path / "out", "lr")
     finished = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
     assert 4 <= len(finished) <= 5 and len(study.trials) == len(finished), states(study)  # at most one extra, none lost
-    assert len({trial.user_attrs["worker"] for trial in finished}) == 2  # both workers ran trials
+    by_worker = {
+        worker: sorted(t.number for t in finished if t.user_attrs["worker"] == worker)
+        for worker in {t.user_attrs["worker"] for t in finished}
+    }
+    print(json.dumps({"scenario": "2 local workers", "states": states(study), "trials by worker": by_worker}))  # pytest -s
+    assert len(by_worker) == 2  # both workers ran trials
     assert sorted(path.name for path in (tmp_path / "out" / "lr").glob("trial-*")) == sorted(f"trial-{t.number}" for t in finished)
     assert "study 'lr':" in output and output.count("trials table:") == 1  # the summary, once, by the parent
 

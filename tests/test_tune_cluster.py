@@ -6,6 +6,7 @@ are started by the tests; the studies are the tiny ones of ``test_tune.py``.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -139,7 +140,9 @@ def test_a_slurm_array_of_two_tasks_shares_one_study_on_postgresql(cluster, post
     finished = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
     assert 4 <= len(finished) <= 5 and len(study.trials) == len(finished), states(study)  # none lost, none left running
     assert len({trial.number for trial in finished}) == len(finished)
-    assert {trial.user_attrs["worker"].rsplit(" ", 1)[1] for trial in finished} == {f"{job}_0", f"{job}_1"}  # both tasks ran trials
+    by_task = {task: sorted(t.number for t in finished if t.user_attrs["worker"].endswith(f" {job}_{task}")) for task in (0, 1)}
+    print(json.dumps({"scenario": "SLURM array of 2 on PostgreSQL", "states": states(study), "trials by task": by_task}))  # pytest -s
+    assert all(by_task.values()) and sum(map(len, by_task.values())) == len(finished)  # both tasks ran trials, and no other
     folders = sorted(path.name for path in (tmp_path / "out" / "array").glob("trial-*"))
     assert folders == sorted(f"trial-{trial.number}" for trial in finished)  # no trial ran twice into one folder
     assert all(len(list((tmp_path / "out" / "array" / folder).rglob("metrics.csv"))) == 1 for folder in folders)
