@@ -139,10 +139,7 @@ class GemCLI(LightningCLI):
 
 class ParseOnlyCLI(GemCLI):
     """The command line that stops once it has read its options: the configuration ``fit`` would run
-    (``config``) and the parser that read it (``parser``), with nothing built, seeded or run."""
-
-    def _set_seed(self) -> None:
-        pass
+    (``config``) and the parser that read it (``parser``), with nothing built or run."""
 
     def before_instantiate_classes(self) -> None:
         pass

@@ -15,6 +15,13 @@ import os
 import re
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported when the command runs: `tune --help` and a missing Optuna need neither
+    import optuna
+    from lightning.pytorch import Trainer
+
+    from gem_lightning.tuning.space import SearchSpace
 
 DURATION = re.compile(r"^(?:(?P<h>\d+(?:\.\d+)?)h)?(?:(?P<m>\d+(?:\.\d+)?)m)?(?:(?P<s>\d+(?:\.\d+)?)s?)?$")
 
@@ -94,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser  # fmt: skip
 
 
-def run_fit(args: list[str], callbacks: list) -> object:
+def run_fit(args: list[str], callbacks: list) -> Trainer:
     """A trial's ``fit``: the command line with ``args`` and the extra trainer ``callbacks``; its trainer."""
     from gem_lightning.cli.app import run_cli
 
@@ -113,8 +120,7 @@ def main(argv: list[str]) -> int:
     from gem_lightning.tuning.objective import Objective, worker_name
     from gem_lightning.tuning.outputs import write_outputs
     from gem_lightning.tuning.space import read_space
-    from gem_lightning.tuning.storage import dashboard_command, default_storage, open_storage, retry_callback, shown
-    from gem_lightning.tuning.study import make_pruner, make_sampler, open_study
+    from gem_lightning.tuning.storage import dashboard_command, default_storage, retry_callback
     from gem_lightning.tuning.trial_command import check_space
     from gem_lightning.tuning.worker import run_worker
     from gem_lightning.tuning.workers import run_local_workers
@@ -126,32 +132,42 @@ def main(argv: list[str]) -> int:
     space = read_space(options.space)
     fit = parse_fit_options(fit_args)  # a mistake in the fit options ends the command here, as it would end `fit`
     command = check_space(space, fit_args, fit.config, fit.parser)
-    name = options.study or options.space.stem
-    study_dir = (options.out / name).resolve()
-    url = options.storage or default_storage(study_dir)
-    direction = options.direction or ("minimize" if "loss" in options.metric.lower() else "maximize")
+    options.study = options.study or options.space.stem
+    study_dir = (options.out / options.study).resolve()
+    options.storage = options.storage or default_storage(study_dir)
+    options.direction = options.direction or ("minimize" if "loss" in options.metric.lower() else "maximize")
     index = options.worker_index if options.worker_index is not None else int(os.environ.get("SLURM_ARRAY_TASK_ID", 0))
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial instead (tuning.worker.Announcer)
-    study = open_study(
-        open_storage(url, options.heartbeat),
-        name,
-        space,
-        options.metric,
-        direction,
-        sampler=make_sampler(options.sampler, options.seed + index, options.startup_trials),
-        pruner=make_pruner(options.pruner, options.startup_trials),
-        where=shown(url),
-    )
-    print(f"study {name!r} in {shown(url)}: {direction} {options.metric} over {len(space.params)} settings of {space.source}", flush=True)
+    study = open_the_study(options, space, index)
     if options.workers > 1:
         status = run_local_workers(argv, options.workers)
     else:
-        objective = Objective(run_fit, space, command, options.metric, direction, study_dir, worker_name(index))
+        objective = Objective(run_fit, space, command, options.metric, options.direction, study_dir, worker_name(index))
         deadline = time.monotonic() + options.timeout if options.timeout else None
         reason = run_worker(study, objective, trials=options.trials, deadline=deadline, retry=retry_callback())
         print(f"worker {index}: done, {reason}", flush=True)
         status = 0
     if options.summary:
-        for line in [*write_outputs(study, space, study_dir, options.metric, fit_args), f"dashboard: {dashboard_command(url)}"]:
+        for line in [*write_outputs(study, space, study_dir, options.metric, fit_args), f"dashboard: {dashboard_command(options.storage)}"]:
             print(line, flush=True)
     return status
+
+
+def open_the_study(options: argparse.Namespace, space: SearchSpace, index: int) -> optuna.Study:
+    """The study the options name, made or loaded, with worker ``index``'s sampler; says which on stdout."""
+    from gem_lightning.tuning.storage import open_storage, shown
+    from gem_lightning.tuning.study import make_pruner, make_sampler, open_study
+
+    study = open_study(
+        open_storage(options.storage, options.heartbeat),
+        options.study,
+        space,
+        options.metric,
+        options.direction,
+        sampler=make_sampler(options.sampler, options.seed + index, options.startup_trials),
+        pruner=make_pruner(options.pruner, options.startup_trials),
+        where=shown(options.storage),
+    )
+    what = f"{options.direction} {options.metric} over {len(space.params)} settings of {space.source}"
+    print(f"study {options.study!r} in {shown(options.storage)}: {what}", flush=True)
+    return study
