@@ -42,6 +42,8 @@ def write_space(path: Path, content) -> Path:
 
 
 def fit_options(data: Path) -> list[str]:
+    """The tiny recipe every study here tunes: the quickstart's config, 32 px, 2 epochs, the tiny network
+    (its channels left to the space)."""
     return ["--config", str(REPO / "configs" / "quickstart.yaml"), "--data.data_dir", str(data), "--data.generate", "null",
             "--data.image_size", "32", "--data.batch_size", "8", "--data.loader.num_workers", "0", *TINY_MODEL[2:],
             "--trainer.max_epochs", "2", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
