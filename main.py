@@ -1,6 +1,6 @@
 """gem-lightning's command line: ``python main.py {fit,validate,test,predict} --config configs/<x>.yaml`` (LightningCLI's).
 
-Also ``prepare``, ``optimize``, ``preview``, ``lr_find``, ``seeds``, ``ensemble``, ``calibrate``, ``export``, ``serve`` and
+Also ``prepare``, ``optimize``, ``preview``, ``lr_find``, ``seeds``, ``tune``, ``ensemble``, ``calibrate``, ``export``, ``serve`` and
 ``audit``, one module each in gem_lightning/cli/commands/; ``python main.py --help`` describes them all.
 """
 

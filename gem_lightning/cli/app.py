@@ -165,6 +165,20 @@ class GemCLI(LightningCLI):
             self.model.prepare_training(from_scratch=not config.get("ckpt_path"))
 
 
+class ParseOnlyCLI(GemCLI):
+    """The command line that stops once it has read its options: the configuration ``fit`` would run
+    (``config``) and the parser that read it (``parser``), with nothing built or run."""
+
+    def before_instantiate_classes(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass
+
+    def after_instantiate_classes(self) -> None:
+        pass
+
+
 def check_same_task(checkpoint_task: str | None, data_task: str | None) -> None:
     """A multi-label checkpoint evaluates labels files, a single-label one class folders (or streams of them)."""
     if checkpoint_task and data_task and checkpoint_task != data_task:
@@ -186,10 +200,11 @@ DESCRIPTION = """gem-lightning: train, evaluate and serve image classifiers on f
 Besides fit/validate/test/predict: `optimize` (a folder -> a stream at a path or s3:// for large
 sets; then --data.data_dir <stream>), `prepare` (split one folder-per-class collection into train/ and
 test/), `preview` (augmentation preview and a sample batch), `lr_find` (learning-rate range test),
-`export` (TorchScript / ONNX), `seeds` (fit and test over several seeds: mean +- std), `ensemble`
-(several checkpoints as one), `calibrate` (temperature, prediction sets and "unknown" on photos the
-checkpoint never trained on), `serve` (HTTP server and web page), `audit` (label issues,
-near-duplicates and train/test leakage, with a corrections CSV for --data.corrections). Run
+`export` (TorchScript / ONNX), `seeds` (fit and test over several seeds: mean +- std), `tune`
+(search fit settings with Optuna, on one machine or a SLURM array), `ensemble` (several checkpoints
+as one), `calibrate` (temperature, prediction sets and "unknown" on photos the checkpoint never
+trained on), `serve` (HTTP server and web page), `audit` (label issues, near-duplicates and
+train/test leakage, with a corrections CSV for --data.corrections). Run
 `python main.py <command> --help` for each."""
 
 
@@ -202,23 +217,42 @@ def cli_main(
     (``gem_lightning.cli.errors``). ``callbacks`` join the trainer's (commands built on the CLI use it);
     ``prepare_only`` builds the subcommand's objects without running it (:class:`GemCLI`).
     """
-    argv = sys.argv[1:] if args is None else list(args)
     with report_user_errors():
-        check_moved_settings(argv, check_config_files(argv))
-        if run and argv and argv[0] in COMMANDS:
-            return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
-        return GemCLI(
-            GemClassifier,
-            GemDataModule,
-            args=args,
-            run=run,
-            seed_everything_default=42,
-            trainer_defaults={"callbacks": callbacks} if callbacks else None,
-            save_config_kwargs={"overwrite": True},
-            parser_class=ConciseErrorParser,
-            parser_kwargs={"description": DESCRIPTION},
-            prepare_only=prepare_only,
-        )
+        return run_cli(args, run=run, callbacks=callbacks, prepare_only=prepare_only)
+
+
+def run_cli(
+    args: list[str] | None = None,
+    *,
+    run: bool = True,
+    callbacks: list[Callback] | None = None,
+    prepare_only: bool = False,
+    cli_class: type[GemCLI] = GemCLI,
+) -> GemCLI | object:
+    """:func:`cli_main` without its error reporting: the user's mistakes are raised, as
+    ``UserInputError``, for commands that run the CLI many times and decide what one means (``tune``).
+    ``cli_class`` replaces :class:`GemCLI` (a subclass that only parses, say)."""
+    argv = sys.argv[1:] if args is None else list(args)
+    check_moved_settings(argv, check_config_files(argv))
+    if run and argv and argv[0] in COMMANDS:
+        return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
+    return cli_class(
+        GemClassifier,
+        GemDataModule,
+        args=args,
+        run=run,
+        seed_everything_default=42,
+        trainer_defaults={"callbacks": callbacks} if callbacks else None,
+        save_config_kwargs={"overwrite": True},
+        parser_class=ConciseErrorParser,
+        parser_kwargs={"description": DESCRIPTION},
+        prepare_only=prepare_only,
+    )
+
+
+def parse_fit_options(args: list[str]) -> ParseOnlyCLI:
+    """How ``fit`` reads ``args`` (without ``fit``): its ``config`` and ``parser``; mistakes are raised (:func:`run_cli`)."""
+    return run_cli(args, run=False, cli_class=ParseOnlyCLI)
 
 
 def main() -> int:

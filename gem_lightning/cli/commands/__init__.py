@@ -10,6 +10,7 @@ COMMANDS: dict[str, str] = {
     "preview": "gem_lightning.cli.commands.preview",
     "lr_find": "gem_lightning.cli.commands.lr_find",
     "seeds": "gem_lightning.cli.commands.seeds",
+    "tune": "gem_lightning.cli.commands.tune",
     "ensemble": "gem_lightning.cli.commands.ensemble",
     "calibrate": "gem_lightning.cli.commands.calibrate",
     "export": "gem_lightning.cli.commands.export",
