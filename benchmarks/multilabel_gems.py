@@ -18,6 +18,14 @@ the data module draws validation from the train rows) writes ``val`` pictures fr
 kept out of the train pictures, so thresholds tuned on them are tuned on photos no train picture shows.
 Writes ``<output>/<split>/<n>.jpg`` (JPEG quality 92) and ``<output>/labels.csv`` (``path,labels,split``).
 
+``coverage``: on the ``test`` rows, what a calibrated multi-label checkpoint's label sets hold
+(``python main.py calibrate`` on the set's ``val`` rows, then ``--inference.coverage``): for each
+promise, the mean share of a picture's true labels its set holds (the promise), the mean set size,
+and the pictures whose set holds all their labels. Through the Python API (``load_model(...,
+coverage=c)``), with the checkpoint's own test-time augmentation:
+
+    python benchmarks/multilabel_gems.py coverage --set /work/data/multigems_val/labels.csv --calibrated CALIBRATED.ckpt
+
 ``measure``: on the ``test`` rows, macro mAP, micro mAP and macro F1 (torchmetrics) of (a) the
 multi-label checkpoint's sigmoid probabilities at its stored per-label thresholds and (b) the
 baseline, the single-label checkpoint's softmax probabilities as label scores, with a threshold per
@@ -322,6 +330,34 @@ def measure(args: argparse.Namespace) -> None:
     print_results(results, len(test), len(names), tuned_on)
 
 
+@torch.inference_mode()
+def coverage(args: argparse.Namespace) -> None:
+    """Print what the calibrated checkpoint's label sets hold on the set's test pictures, per promise."""
+    from gem_lightning.inference.api import load_model
+
+    test = [row for row in read_set(Path(args.set)) if row["split"] == "test"]
+    promises = [float(value) for value in args.coverages.split(",")]
+    models = {promise: load_model(args.calibrated, coverage=promise) for promise in promises}
+    first = models[promises[0]]
+    probs = torch.cat(
+        [
+            first.predict_proba(torch.stack([first.preprocess(row["path"]) for row in test[start : start + 32]]))
+            for start in range(0, len(test), 32)
+        ]
+    )
+    print(f"{len(test)} test pictures, {statistics.mean(len(row['labels']) for row in test):.2f} labels each; {args.calibrated}")
+    print(
+        "| promise | true labels held (mean share) | mean set size | pictures with every label held | empty sets |\n|---|---|---|---|---|"
+    )
+    for promise, model in models.items():
+        sets = [set(answer["prediction_set"]) for answer in model.answers(probs)]
+        held = [len(chosen & set(row["labels"])) / len(row["labels"]) for chosen, row in zip(sets, test)]
+        print(
+            f"| {promise} | {statistics.mean(held):.3f} | {statistics.mean(map(len, sets)):.2f} | "
+            f"{sum(share == 1 for share in held) / len(held):.3f} | {sum(not chosen for chosen in sets) / len(sets):.3f} |"
+        )
+
+
 def print_results(results: dict[str, dict[str, float]], pictures: int, labels: int, tuned_on: str) -> None:
     """The figures as a Markdown table, with their difference and the issue's target."""
     multi, baseline = results.values()
@@ -356,13 +392,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     score.add_argument("--tune_images", type=int, default=500, help="train pictures for the baseline's thresholds when the set has no val")
     score.add_argument("--seed", type=int, default=0, help="draws the --tune_images pictures")
     score.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    sets = commands.add_parser("coverage", help="what a calibrated multi-label checkpoint's label sets hold on the test pictures")
+    sets.add_argument("--set", required=True, help="the labels.csv that generate wrote")
+    sets.add_argument("--calibrated", required=True, help="a multi-label checkpoint written by `python main.py calibrate`")
+    sets.add_argument("--coverages", default="0.8,0.9,0.95", help="the promises, comma-separated")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
-        generate(args) if args.command == "generate" else measure(args)
+        {"generate": generate, "measure": measure, "coverage": coverage}[args.command](args)
     except UserInputError as error:
         sys.exit(f"error: {error}")
 

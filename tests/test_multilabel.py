@@ -21,6 +21,7 @@ from gem_lightning.data.labels_file import LabelsFileError
 from gem_lightning.data.scan import ImageRecord
 from gem_lightning.data.split import multilabel_split
 from gem_lightning.inference.api import load_model
+from gem_lightning.training.conformal import label_coverage_threshold, labels_above, true_label_probs
 
 EPOCHS = 8
 COMMON = [
@@ -333,3 +334,82 @@ def test_loader_workers_receive_the_targets_of_hundreds_of_photos(tmp_path):
     images, targets, _ = next(iter(datamodule.train_dataloader()))
     assert targets.dtype == torch.float32 and targets.shape == (len(images), len(LABEL_COLOURS))
     assert set(targets.sum(1).tolist()) <= {1.0, 2.0, 3.0}
+
+
+# Label sets with a promise (calibrate, --inference.coverage) -----------------------------------------
+
+
+def test_label_sets_hold_the_promised_share_of_true_labels_on_average():
+    generator = torch.Generator().manual_seed(0)
+
+    def photos(count: int, labels: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+        """Calibrated-looking probabilities: true labels pushed up, the others down, by a strength per photo."""
+        truth = torch.rand(count, labels, generator=generator) < 0.1
+        truth[torch.arange(count), torch.randint(0, labels, (count,), generator=generator)] = True
+        strength = 3 * torch.rand(count, 1, generator=generator)
+        return (torch.randn(count, labels, generator=generator) + strength * (2 * truth.float() - 1)).sigmoid(), truth.float()
+
+    test_probs, test_truth = photos(20000)
+    thresholds = []
+    for coverage in (0.8, 0.9, 0.95):
+        shares = []
+        for _ in range(10):
+            threshold = label_coverage_threshold(*true_label_probs(*photos(2000)), coverage)
+            held = (test_probs >= threshold) & test_truth.bool()
+            shares.append(float((held.sum(1) / test_truth.sum(1)).mean()))
+        assert abs(sum(shares) / len(shares) - coverage) < 0.01, (coverage, shares)
+        thresholds.append(threshold)
+    assert thresholds == sorted(thresholds, reverse=True)  # a larger promise, a lower threshold: larger sets
+    probs = torch.tensor([[0.2, 0.9, 0.6], [0.1, 0.2, 0.3]])
+    assert labels_above(probs, 0.5) == [[1, 2], []]
+    assert label_coverage_threshold(*true_label_probs(probs, torch.tensor([[0, 1, 1], [1, 0, 0]])), 0.9) == 0.0  # 2 photos: every label
+
+
+@pytest.fixture(scope="module")
+def calibrated(trained: SimpleNamespace) -> SimpleNamespace:
+    """The tiny multi-label checkpoint calibrated on its validation split."""
+    path = trained.root / "calibrated.ckpt"
+    fitted = run_cli(
+        "calibrate", "--ckpt_path", trained.checkpoint, "--output", path, "--data.data_dir", trained.labels, *COMMON,
+        env=trained.env, cwd=trained.root,
+    )  # fmt: skip
+    return SimpleNamespace(path=path, stdout=fitted.stdout)
+
+
+def test_calibrate_gives_a_multilabel_checkpoint_label_sets_that_predict_and_the_api_answer(trained, calibrated):
+    assert "Label sets (--inference.coverage) fitted on" in calibrated.stdout, calibrated.stdout[-2000:]
+    summary = json.loads(calibrated.path.with_suffix(".calibration.json").read_text())
+    assert summary["photos"] > 0 and 1 <= summary["labels_per_photo"] <= 3  # the generator's photos show one to three colours
+    answered = {}
+    for coverage in ("0.5", "0.95"):
+        output = trained.root / f"sets-{coverage}.csv"
+        run_cli(
+            "predict", "--ckpt_path", calibrated.path, "--data.predict_path", trained.photos[0].parent, *COMMON,
+            "--inference.coverage", coverage, "--predictions.output", output, "--trainer.logger", "false",
+            env=trained.env, cwd=trained.root,
+        )  # fmt: skip
+        with output.open() as file:
+            answered[coverage] = {
+                Path(row["path"]).name: set(filter(None, row["prediction_set"].split(";"))) for row in csv.DictReader(file)
+            }
+    assert all(answered["0.5"][name] <= answered["0.95"][name] for name in answered["0.95"])  # a larger promise, larger sets
+    api = load_model(calibrated.path, coverage=0.95).answer_many(trained.photos)
+    assert {path.name: set(answer.prediction_set) for path, answer in zip(trained.photos, api)} == answered["0.95"]
+    truth = {Path(path).name: names for path, names in label_sets_of(trained.labels, "test").items()}
+    held = sum(len(answered["0.95"][name] & names) / len(names) for name, names in truth.items()) / len(truth)
+    assert held >= 0.75, f"the sets at 0.95 hold {held:.0%} of the test photos' labels"
+
+
+def test_label_set_calibration_refuses_what_cannot_work_in_one_line(trained, calibrated, tmp_path):
+    calibrate = ["calibrate", "--ckpt_path", trained.checkpoint, "--data.data_dir", trained.labels, *COMMON]
+    cases = [
+        ([*calibrate, "--output", tmp_path / "a.ckpt", "--data.val_fraction", "0.5"], "distinct calibration photos"),
+        ([*calibrate, "--output", tmp_path / "b.ckpt", "--calibration_dir", tmp_path], "--calibration_dir holds <Class>/ folders"),
+    ]
+    for args, message in cases:
+        result = run_cli(*args, env=trained.env, cwd=trained.root, check=False)
+        assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr
+    assert not list(tmp_path.glob("*.ckpt"))
+    with pytest.raises(Exception, match="unknown answers single-label checkpoints"):
+        load_model(calibrated.path, unknown=0.05)

@@ -6,7 +6,9 @@ the threshold for the chosen coverage or false-rejection rate is computed here, 
 photos' scores, so any value between 0 and 1 works without calibrating again.
 
 - ``coverage``: the smallest set of classes (RAPS, :mod:`gem_lightning.training.conformal`) that holds
-  the true class of a photo like the held-out ones with probability at least ``coverage``.
+  the true class of a photo like the held-out ones with probability at least ``coverage``; for a
+  multi-label checkpoint, the labels above one threshold, set so that a photo's set holds on average
+  at least ``coverage`` of its true labels (conformal risk control of the false-negative rate).
 - ``unknown``: a false-rejection rate; a photo whose score (``unknown_score``,
   :mod:`gem_lightning.training.unknown`) is above the held-out photos' threshold for that rate is
   answered ``unknown`` (and gets an empty set): about that share of photos of the known classes are too.
@@ -23,7 +25,7 @@ import torch
 
 from gem_lightning.errors import UserInputError
 from gem_lightning.models.features import PenultimateTap, view_count
-from gem_lightning.training.conformal import conformal_threshold, prediction_sets, raps_scores
+from gem_lightning.training.conformal import conformal_threshold, label_coverage_threshold, labels_above, prediction_sets, raps_scores
 from gem_lightning.training.unknown import NEEDS_FEATURES, NEEDS_LOGITS, SCORES, rejection_threshold, unknown_scores
 
 UnknownScore = Literal["auto", "msp", "energy", "mahalanobis", "knn"]
@@ -91,6 +93,11 @@ def check_calibration(
         )
     if settings.unknown is None:
         return None
+    if record.get("task") == "multilabel":
+        raise UserInputError(
+            f"{prefix}unknown answers single-label checkpoints; {checkpoint} is multi-label, and answers a photo that shows "
+            "none of its labels with an empty label set: leave it out."
+        )
     held = record["unknown"]["held_out"]
     kind = next(kind for kind in PREFERRED_SCORES if kind in held) if settings.unknown_score == "auto" else settings.unknown_score
     if kind not in held:
@@ -137,7 +144,11 @@ class Answers:
         self.tta = classifier.model.tta
         self.kind = check_calibration(record, settings, tta=self.tta, runtime=runtime, prefix=prefix, checkpoint=checkpoint)
         self.tap: PenultimateTap | None = None
-        if settings.coverage is not None:
+        self.multilabel = record.get("task") == "multilabel"
+        if settings.coverage is not None and self.multilabel:
+            true_labels = record["label_coverage"]
+            self.set_threshold = label_coverage_threshold(true_labels["true_probs"], true_labels["counts"], settings.coverage)
+        elif settings.coverage is not None:
             conformal = record["conformal"]
             self.lam, self.k_reg = float(conformal["lambda"]), int(conformal["k_reg"])
             scores = raps_scores(conformal["mass_above"], conformal["rank"], self.lam, self.k_reg)
@@ -162,7 +173,12 @@ class Answers:
                 if answer["unknown"]:
                     answer["prediction"] = UNKNOWN
         if self.settings.coverage is not None:
-            for answer, labels in zip(answers, prediction_sets(probs, self.set_threshold, self.lam, self.k_reg)):
+            sets = (
+                labels_above(probs, self.set_threshold)
+                if self.multilabel
+                else prediction_sets(probs, self.set_threshold, self.lam, self.k_reg)
+            )
+            for answer, labels in zip(answers, sets):
                 answer["prediction_set"] = [] if answer.get("unknown") else [self.class_names[label] for label in labels]
         return answers
 

@@ -5,7 +5,10 @@
   rank, so that any coverage is answered later (:mod:`gem_lightning.training.conformal`);
 - for "unknown", the class statistics of the training photos' penultimate features and each held-out
   photo's score of every kind, so that any false-rejection rate is answered later
-  (:mod:`gem_lightning.training.unknown`).
+  (:mod:`gem_lightning.training.unknown`);
+- for a multi-label checkpoint, only the probabilities of each held-out photo's true labels: its
+  label sets' promise (``label_coverage``, :mod:`gem_lightning.training.conformal`). Its thresholds per
+  label were tuned by ``fit`` and its sigmoid outputs keep their temperature.
 
 Everything is a tensor or a plain value: the checkpoint still loads with ``weights_only``.
 """
@@ -15,7 +18,14 @@ from __future__ import annotations
 from typing import Any
 
 from gem_lightning.training.calibration import expected_calibration_error, fit_temperature, with_temperature
-from gem_lightning.training.conformal import conformal_threshold, prediction_sets, raps_scores, true_class_standing
+from gem_lightning.training.conformal import (
+    conformal_threshold,
+    label_coverage_threshold,
+    prediction_sets,
+    raps_scores,
+    true_class_standing,
+    true_label_probs,
+)
 from gem_lightning.training.held_out import Measured
 from gem_lightning.training.unknown import fit_knn, fit_mahalanobis, rejection_threshold, unknown_scores
 
@@ -70,3 +80,29 @@ def fit_calibration(
         **{f"unknown_threshold_{kind}_at_0.05": rejection_threshold(values, 0.05) for kind, values in scores.items()},
     }
     return summary["temperature"], record, summary
+
+
+def fit_label_coverage(
+    held_out: Measured, *, temperature: float, tta: str, description: str
+) -> tuple[float, dict[str, Any], dict[str, float]]:
+    """A multi-label checkpoint's record: its temperature as it is, the record of its label sets'
+    promise, and a summary (what a set at coverage 0.9 holds on these photos)."""
+    probs, counts = true_label_probs(held_out.probs, held_out.targets)
+    record = {
+        "version": RECORD_VERSION,
+        "task": "multilabel",
+        "held_out": description,
+        "photos": len(counts),
+        "tta": tta,
+        "label_coverage": {"true_probs": probs, "counts": counts},
+    }
+    chosen = held_out.probs >= label_coverage_threshold(probs, counts, 0.9)  # the sets of labels_above
+    truth = held_out.targets.bool()
+    summary = {
+        "photos": len(counts),
+        "temperature": temperature,
+        "labels_per_photo": float(counts.float().mean()),
+        "set_size_at_0.9": float(chosen.sum(1).float().mean()),
+        "label_coverage_at_0.9": float(((chosen & truth).sum(1) / truth.sum(1).clamp_min(1)).mean()),
+    }
+    return temperature, record, summary

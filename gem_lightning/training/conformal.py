@@ -65,3 +65,41 @@ def prediction_sets(probs: torch.Tensor, threshold: float, lam: float, k_reg: in
     scores = (ordered.cumsum(1) - ordered) + lam * (ranks - k_reg).clamp_min(0)
     sizes = (scores <= threshold).sum(1).clamp_min(1)  # the top class has score 0
     return [row[:size].tolist() for row, size in zip(labels, sizes.tolist())]
+
+
+# Several labels a photo ------------------------------------------------------------------------------
+# The promise of a multi-label set is about a photo's labels, not one class: conformal risk control
+# (Angelopoulos et al. 2022) of the share of a photo's true labels its set misses. A photo's set is
+# every label whose probability is at least a threshold; on ``n`` held-out photos the threshold is the
+# highest at which their mean missed share, ``R``, keeps ``n / (n + 1) * R + 1 / (n + 1) <= 1 - coverage``.
+# For a photo exchangeable with them, the set then holds on average at least ``coverage`` of its true
+# labels (the expected false-negative rate is at most ``1 - coverage``).
+
+
+def true_label_probs(probs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The probabilities of each photo's true labels, one after the other, and how many each photo has.
+
+    Args:
+        probs: ``(N, C)`` label probabilities.
+        targets: ``(N, C)`` multi-hot true labels.
+    """
+    truth = targets.bool()
+    return probs.float()[truth], truth.sum(1)
+
+
+def label_coverage_threshold(probs: torch.Tensor, counts: torch.Tensor, coverage: float) -> float:
+    """The highest probability threshold whose sets keep the promise on the held-out photos
+    (``probs`` and ``counts`` as :func:`true_label_probs` gives); 0 (every label) when they are too few."""
+    n = len(counts)
+    weights = (1 / counts.clamp_min(1).double()).repeat_interleave(counts) / n  # each photo's missed share weighs 1 / n
+    order = probs.double().argsort()
+    ordered, weights = probs.double()[order], weights[order]
+    missed_below = weights.cumsum(0) - weights  # the mean missed share when the threshold is that label's probability
+    keeps = n / (n + 1) * missed_below + 1 / (n + 1) <= 1 - coverage
+    return float(ordered[keeps.nonzero().max()]) if keeps.any() else 0.0
+
+
+def labels_above(probs: torch.Tensor, threshold: float) -> list[list[int]]:
+    """Each photo's set: the labels whose probability is at least ``threshold``, most probable first."""
+    ordered, labels = probs.double().sort(dim=1, descending=True)
+    return [row[:size].tolist() for row, size in zip(labels, (ordered >= threshold).sum(1).tolist())]

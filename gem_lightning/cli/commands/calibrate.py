@@ -8,6 +8,9 @@ of the checkpoint that carries it (``test``, ``predict``, ``serve``, ``export`` 
 - "unknown" (``--inference.unknown``): the held-out photos' scores of every kind, and the class
   statistics of the training photos' features.
 
+A multi-label checkpoint gets its label sets' promise only (``--inference.coverage``: the sets hold
+on average that share of a photo's true labels); its thresholds per label were tuned by ``fit``.
+
 The held-out photos are the validation split (``data.val_fraction`` and ``data.seed`` default to the
 checkpoint's own) or ``--calibration_dir``. The test-time augmentation is the checkpoint's own
 (``serve`` and the API answer with it) unless ``--model.tta`` says otherwise: the calibration holds
@@ -32,7 +35,7 @@ from gem_lightning.data.provenance import PhotoRecord
 from gem_lightning.data.transforms import eval_transform
 from gem_lightning.errors import UserInputError
 from gem_lightning.tracking.checkpoint_uri import resolve_checkpoint
-from gem_lightning.training.calibration_record import RAPS_K_REG, RAPS_LAMBDA, fit_calibration
+from gem_lightning.training.calibration_record import RAPS_K_REG, RAPS_LAMBDA, fit_calibration, fit_label_coverage
 from gem_lightning.training.checkpoints import load_checkpoint
 from gem_lightning.training.combine import DATA_STATE, TRAINED_ON, calibrated_checkpoint, save_checkpoint
 from gem_lightning.training.held_out import Measure, Measured
@@ -44,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="main.py calibrate",
         description="Fit a temperature, prediction sets (--inference.coverage) and 'unknown' (--inference.unknown) on photos the "
-        "checkpoint never trained on, into a copy of the checkpoint.",
+        "checkpoint never trained on, into a copy of the checkpoint (a multi-label one: its label sets' coverage).",
         epilog="Every other option is validate's (python main.py validate --help): the training config (--config), --data.data_dir "
         "(its validation split is the held-out photos unless --calibration_dir; data.val_fraction and data.seed default to the "
         "checkpoint's own), --model.tta (default: the checkpoint's own), --trainer.accelerator, --trainer.precision.",
@@ -79,17 +82,21 @@ def main(argv: Sequence[str]) -> dict[str, float]:
     trained_split = _training_split(checkpoint)
     own_settings = _own_settings(checkpoint, trained_split, cli_args)
     cli = cli_main(["validate", *cli_args, *own_settings, "--ckpt_path", str(options.ckpt_path)], prepare_only=True)
-    task = cli.model.hparams.get("task", "multiclass")
-    if task != "multiclass":
-        raise UserInputError(f"calibrate fits single-label checkpoints (model.task multiclass); {options.ckpt_path.name} is {task}.")
+    multilabel = cli.model.hparams.get("task") == "multilabel"
+    if multilabel and options.calibration_dir is not None:
+        raise UserInputError(
+            f"--calibration_dir holds <Class>/ folders, one label a photo; {options.ckpt_path.name} is multi-label: calibrate it on "
+            "the validation split of a labels file (--data.data_dir <labels.csv>: its val rows, or data.val_fraction as in training)."
+        )
     held_out, photos, description, training = _photos(cli.datamodule, cli.model.class_names, options, trained_split)
     _refuse_trained_on(_trained_on(checkpoint), photos, description, options, trained_split)
     measured = _measure(cli, held_out, options.ckpt_path)
-    trained = _measure(cli, training, options.ckpt_path) if training is not None and measured.features is not None else None
-    temperature, record, summary = fit_calibration(
-        measured, trained, temperature=float(cli.model.hparams.temperature), tta=cli.model.model.tta, description=description,
-        lam=options.raps_lambda, k_reg=options.raps_k_reg,
-    )  # fmt: skip
+    fitted = {"temperature": float(cli.model.hparams.temperature), "tta": cli.model.model.tta, "description": description}
+    if multilabel:
+        temperature, record, summary = fit_label_coverage(measured, **fitted)
+    else:
+        trained = _measure(cli, training, options.ckpt_path) if training is not None and measured.features is not None else None
+        temperature, record, summary = fit_calibration(measured, trained, **fitted, lam=options.raps_lambda, k_reg=options.raps_k_reg)
     save_checkpoint(calibrated_checkpoint(options.ckpt_path, temperature, record), options.output)
     options.output.with_suffix(".calibration.json").write_text(json.dumps({"held_out": description, **summary}, indent=2) + "\n")
     _report(summary, description, record, options.output)
@@ -210,6 +217,13 @@ def _measure(cli, dataset: Dataset, ckpt_path: Path) -> Measured:
 
 
 def _report(summary: dict, description: str, record: dict, output: Path) -> None:
+    if record.get("task") == "multilabel":
+        print(
+            f"Label sets (--inference.coverage) fitted on {summary['photos']} held-out photos ({description}, "
+            f"{summary['labels_per_photo']:.2f} labels each): at coverage 0.9 a set holds {summary['set_size_at_0.9']:.2f} labels "
+            f"and {summary['label_coverage_at_0.9']:.1%} of a photo's true labels on average.\nWrote {output}."
+        )
+        return
     kinds = ", ".join(record["unknown"]["held_out"])
     print(
         f"Temperature {summary['temperature']:.3f} fitted on {summary['photos']} held-out photos ({description}): expected "

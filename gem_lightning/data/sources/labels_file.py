@@ -16,6 +16,7 @@ from gem_lightning.data.cache import Cache, DecodeSettings, ImageStore
 from gem_lightning.data.datasets import CachedImageDataset
 from gem_lightning.data.folders import FolderData
 from gem_lightning.data.labels_file import LabelRow, class_names_of, multi_hot, read_labels_file, scan_rows
+from gem_lightning.data.provenance import PhotoRecord
 from gem_lightning.data.scan import ImageRecord, Rejected, SplitScan
 from gem_lightning.data.sources.base import DataSource, Stage, Transforms
 from gem_lightning.data.split import multilabel_split
@@ -112,6 +113,9 @@ class LabelsFileSource(DataSource):
         # One (N, C) tensor, not N of them: each tensor crosses to a loader worker as its own file descriptor.
         targets = torch.stack([multi_hot(record.label_set, len(self.class_names)) for record in store.records])
         return CachedImageDataset(store, targets, indices, transform)
+
+    def photos(self, split: str) -> PhotoRecord | None:
+        return PhotoRecord.of_files(record.digest for record in self.records[split]) if split in self.records else None
 
     def class_counts(self) -> list[int]:
         counts = [0] * len(self.class_names)
