@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,7 @@ def _forkserver() -> multiprocessing.context.ForkServerContext:
 
 
 def _main_in_child(args: list[str], env: dict[str, str], cwd: str, stdout: str, stderr: str) -> None:
+    os.setsid()  # a process group of its own, as ``start_new_session``: a timeout kills the ranks it launched too
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
@@ -38,6 +40,10 @@ def _main_in_child(args: list[str], env: dict[str, str], cwd: str, stdout: str, 
     if env.get("PYTHONWARNINGS"):
         warnings.simplefilter(env["PYTHONWARNINGS"])
     sys.argv = [str(REPO / "main.py"), *args]  # launchers that re-run the script (DDP) find it
+    import torch
+
+    if env.get("OMP_NUM_THREADS"):  # read by OpenMP when torch was imported, in the forkserver
+        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
     from gem_lightning.cli.app import main
 
     try:
@@ -59,7 +65,10 @@ def run_main(args: list, *, env: dict[str, str], cwd: Path | str, timeout: float
         process.start()
         process.join(timeout)
         if process.is_alive():
-            process.kill()
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:  # not yet its own group
+                process.kill()
             process.join()
             raise subprocess.TimeoutExpired(["main.py", *args], timeout, stdout.read_text(), stderr.read_text())
         return subprocess.CompletedProcess(["main.py", *args], process.exitcode, stdout.read_text(), stderr.read_text())
