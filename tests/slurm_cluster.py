@@ -110,7 +110,7 @@ JobCompLoc={root / "log" / "jobcomp.txt"}
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 SchedulerType=sched/backfill
-SchedulerParameters=sched_interval=2,bf_interval=2
+SchedulerParameters=sched_interval=1,bf_interval=1
 JobRequeue=1
 MinJobAge=3600
 ReturnToService=2
@@ -197,7 +197,7 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSu
         while not condition(info):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id}: {what} not reached within {timeout} s; last state {info}")
-            time.sleep(1)
+            time.sleep(0.5)
             info = self.job(job_id)
         return info
 
