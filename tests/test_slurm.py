@@ -239,15 +239,16 @@ def test_sigusr1_at_four_moments_requeues_each_time_and_the_job_completes(jobs):
 
 
 TIME_LIMIT_EPOCHS = 3
-SLOW_STEP_S = 12  # 9 steps of 12 s more: the first allocation cannot finish before SLURM's signal, at most 60 s in
+SLOW_STEP_S = 12  # 9 steps of 12 s more (until the signal): the first allocation cannot finish before it, at most 60 s in
 
 
 def test_a_real_time_limit_requeues_the_job_before_the_kill_and_it_completes(jobs):
     """``--time=2 --signal=USR1@60``: SLURM itself sends SIGUSR1 a minute before the limit (its
     periodic check, every 30 s, sends it 30 to 60 s after the start). The first allocation's steps
-    are slowed (``SLOW_STEP_S`` each) so that it cannot finish in time on any machine; the next
-    allocation trains the rest at full speed. (On a starved machine the signal may come before
-    training starts: the job then saves and requeues after its first batch, which is progress too.)"""
+    are slowed (``SLOW_STEP_S`` each, until the signal) so that it cannot finish in time on any
+    machine; the next allocation trains the rest at full speed. (On a starved machine the signal may
+    come before training starts: the job then saves and requeues after its first batch, which is
+    progress too.)"""
     started = time.monotonic()
     job = jobs.submit(
         "time-limit",
