@@ -5,11 +5,11 @@ from __future__ import annotations
 import csv
 import socket
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 from conftest import datamodule_kwargs, make_dataset
+from warm_cli import run_main
 
 from gem_lightning.models import VGGSpec
 
@@ -23,10 +23,9 @@ TINY_MODEL = ["--model.network.channels", "[8, 16]", "--model.network.pools", "[
 
 
 def run_cli(*args: str, env: dict, cwd: Path, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python main.py <args>`` in a subprocess; with ``check``, fail the test with its output when it fails."""
-    result = subprocess.run(
-        [sys.executable, str(REPO / "main.py"), *map(str, args)], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
-    )
+    """``python main.py <args>`` as a process of its own, forked warm (:mod:`warm_cli`: its imports are paid
+    once per test session); with ``check``, fail the test with its output when it fails."""
+    result = run_main(list(args), env=env, cwd=cwd, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"main.py {' '.join(map(str, args))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     return result

@@ -4,8 +4,9 @@
 "after_fit", "epoch": e, "batch": b}}``. At that point (global rank 0; every rank for ``after_fit``)
 the process writes ``$GEM_TEST_MARKERS/<restart>-<at>-<rank>.json`` and waits (up to 120 s) until
 this process has received the signal the test then sends, and goes on. ``{"at": "slow", "seconds":
-s}`` instead makes every training step of that allocation last ``s`` seconds longer (so that it
-cannot finish before a time limit). Everything else is ``main.py``.
+s}`` instead makes every training step of that allocation last ``s`` seconds longer until a signal to
+stop or requeue arrives (so that it cannot finish before a time limit, yet stops as soon as it is
+told). Everything else is ``main.py``.
 Used by ``tests/test_slurm.py`` through a ``PYTHON`` wrapper for ``scripts/slurm_fit.sh``.
 """
 
@@ -31,8 +32,13 @@ PAUSE = json.loads(os.environ.get("GEM_TEST_PAUSES", "{}")).get(RESTART)
 def hold(trainer=None, **where) -> None:
     marker = Path(os.environ["GEM_TEST_MARKERS"]) / f"{RESTART}-{PAUSE['at']}-{os.environ.get('SLURM_PROCID', '0')}.json"
     marker.write_text(json.dumps({"pid": os.getpid(), **where}))
+    wait_for_signal(trainer, 120)
+
+
+def wait_for_signal(trainer, seconds: float) -> None:
+    """Sleep ``seconds``, or less: until this process has received the signal to stop or requeue."""
     stoppers = [cb for cb in trainer.callbacks if isinstance(cb, SaveOnSigterm)] if trainer else []
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if any(cb.requested(trainer) for cb in stoppers) or signals._requeue_requested:
             return
@@ -59,7 +65,7 @@ class PauseInFit(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if PAUSE["at"] == "slow" and trainer.global_rank == 0:
-            time.sleep(PAUSE["seconds"])
+            wait_for_signal(trainer, PAUSE["seconds"])
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
         if not trainer.sanity_checking and self._due(trainer, "val", batch_idx):

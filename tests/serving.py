@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from conftest import REPO
 from helpers import free_port
+from warm_cli import WarmProcess, start_main
 
 STARTUP_S = 240.0
 """Worker processes import torch and load the model: tens of seconds on a busy 2-core machine."""
@@ -32,7 +31,7 @@ class Answer:
 class Server:
     """A running ``serve`` process; ``request`` talks to it."""
 
-    process: subprocess.Popen
+    process: WarmProcess
     url: str
     log: Path
     api_key: str | None = None
@@ -98,11 +97,9 @@ def alive(pid: int) -> bool:
 
 
 def start_server(ckpt: Path, log: Path, env: dict, *args: str) -> Server:
-    """Start ``python main.py serve --ckpt_path ckpt`` on a free port and wait until ``/health`` says ok."""
+    """Start ``python main.py serve --ckpt_path ckpt`` (forked warm) on a free port and wait until ``/health`` says ok."""
     port = free_port()
-    command = [sys.executable, str(REPO / "main.py"), "serve", "--ckpt_path", str(ckpt), "--port", str(port), *args]
-    with log.open("wb") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env, cwd=log.parent)
+    process = start_main(["serve", "--ckpt_path", ckpt, "--port", port, *args], env=env, cwd=log.parent, stdout=log)
     server = Server(process, f"http://127.0.0.1:{port}", log, env.get("GEM_LIGHTNING_API_KEY"))
     deadline = time.monotonic() + STARTUP_S
     while time.monotonic() < deadline:

@@ -5,6 +5,8 @@ foreground as children of the test process, under ``nice -n 10`` (jobs inherit i
 ``slurm.conf``, munge key and socket, spool, state and logs of their own, on free ports; nothing
 outside the folder is touched and teardown stops exactly those processes. The node is this machine
 (its CPUs and memory) with ``proctrack/linuxproc`` and ``task/none``, so no cgroups are needed.
+Job ids start at a random number: Lightning's rendezvous port under SLURM is 15000 plus the id's last
+four digits, so two clusters on one machine (test runs side by side) seldom pick the same ports.
 ``JobRequeue=1``; requeued jobs wait ``cred_expire`` (5 s here, SLURM's default 120 s) before
 they run again; finished jobs stay visible to ``scontrol show job`` for an hour and are also
 written to a job-completion log (``jobcomp.txt``).
@@ -13,6 +15,7 @@ written to a job-completion log (``jobcomp.txt``).
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -87,6 +90,7 @@ class SlurmCluster:
         root = self.root
         return f"""\
 ClusterName=gemtest
+FirstJobId={random.randrange(1000, 9000)}
 SlurmctldHost=localhost(127.0.0.1)
 SlurmctldPort={free_port()}
 SlurmdPort={free_port()}
@@ -110,7 +114,7 @@ JobCompLoc={root / "log" / "jobcomp.txt"}
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 SchedulerType=sched/backfill
-SchedulerParameters=sched_interval=2,bf_interval=2
+SchedulerParameters=sched_interval=1,bf_interval=1
 JobRequeue=1
 MinJobAge=3600
 ReturnToService=2
@@ -197,7 +201,7 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSu
         while not condition(info):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id}: {what} not reached within {timeout} s; last state {info}")
-            time.sleep(1)
+            time.sleep(0.5)
             info = self.job(job_id)
         return info
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -112,9 +113,10 @@ def test_console_script_is_main_py(tmp_path, cpu_env):
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["gem-lightning"] == "gem_lightning.cli.app:main"
     assert "from gem_lightning.cli.app import main" in (REPO / "main.py").read_text()
-    result = run_cli(
-        "prepare", "--source", str(tmp_path / "missing"), "--output", str(tmp_path / "out"), env=cpu_env, cwd=tmp_path, check=False
-    )
+    result = subprocess.run(  # main.py itself, in a fresh interpreter
+        [sys.executable, str(REPO / "main.py"), "prepare", "--source", str(tmp_path / "missing"), "--output", str(tmp_path / "out")],
+        env=cpu_env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
     assert result.returncode == 2 and "missing" in result.stderr  # tools' exit status reaches the shell
 
 

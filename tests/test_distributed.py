@@ -21,10 +21,10 @@ import yaml
 from conftest import REPO, make_dataset, write_image
 from helpers import TINY_MODEL, TINY_NETWORK, read_metrics
 from torch.utils.data import DistributedSampler
+from warm_cli import run_main
 
 from gem_lightning.data.samplers import FitEpochDistributedSampler
 
-MAIN = REPO / "main.py"
 SEVEN_COLOURS = {
     "Amber": (230, 150, 30),
     "Azure": (40, 120, 230),
@@ -82,8 +82,16 @@ def run_command(
     return result
 
 
-def run_cli(args: list[str], env: dict[str, str], *, script: Path = MAIN, **kwargs) -> subprocess.CompletedProcess:
-    return run_command([sys.executable, str(script), *map(str, args)], env, **kwargs)
+def run_cli(args: list, env: dict[str, str], *, timeout: float = 240) -> subprocess.CompletedProcess:
+    """``python main.py <args>`` forked warm (:mod:`warm_cli`); Lightning starts the other ranks as fresh
+    ``main.py`` processes. Fails the test with the output's tail when it fails or runs past ``timeout``."""
+    try:
+        result = run_main(args, env=env, cwd=REPO, timeout=timeout)
+    except subprocess.TimeoutExpired as error:
+        pytest.fail(f"main.py {' '.join(map(str, args[:3]))} ... did not finish within {timeout} s; output tail:\n{error.stderr[-5000:]}")
+    if result.returncode != 0:
+        pytest.fail(f"main.py {' '.join(map(str, args))}\nexited with status {result.returncode}; output tail:\n{result.stderr[-5000:]}")
+    return result
 
 
 def run_cli_in_process(args: list, env: dict[str, str]) -> None:
@@ -226,8 +234,9 @@ def test_ddp_fit_streams_a_shard_to_each_process(ddp_fit, ddp_stream):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("source", ["folder", "stream"])
-@pytest.mark.parametrize("subcommand, stage", [("validate", "val"), ("test", "test")])
+@pytest.mark.parametrize(
+    "subcommand, stage, source", [("validate", "val", "folder"), ("test", "test", "stream")]
+)  # both subcommands, both sources: val and test share the loader, its unpadded sampler and the metrics' code
 def test_evaluation_metrics_are_exact_under_ddp(ddp_fit, ddp_stream, subcommand, stage, source):
     data = ["--data.data_dir", ddp_stream] if source == "stream" else []
     sizes = split_sizes(ddp_fit["data"], Path(ddp_fit["env"]["GEM_LIGHTNING_CACHE"]))

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
 import sys
 
 import pytest
 import torch
 from conftest import REPO, make_dataset
 from test_distributed import clean_launch_env
+from warm_cli import run_main
 
 SCRIPT = REPO / "benchmarks" / "gpu_check.py"
 
@@ -30,14 +30,7 @@ def test_dry_run_goes_through_every_step(tmp_path, cpu_env, isolated_cache):
     data = make_dataset(tmp_path / "gems", train_per_class=12, test_per_class=3)
     out = tmp_path / "results" / "check"
     env = dict(clean_launch_env(cpu_env), GEM_LIGHTNING_CACHE=str(isolated_cache), OMP_NUM_THREADS="1")
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--dry-run", "--data-dir", str(data), "--out", str(out)],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )  # fmt: skip (hang guard)
+    done = run_main(["--dry-run", "--data-dir", data, "--out", out], env=env, cwd=tmp_path, timeout=1800, script=SCRIPT)  # hang guard
     log = (tmp_path / "results" / "check.log").read_text() if (tmp_path / "results" / "check.log").is_file() else ""
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:] + log[-4000:]
 

@@ -109,6 +109,8 @@ def test_the_command_line_and_the_api_predict_with_a_flat_checkpoint(tmp_path, c
         tmp_path / "runs",
         "--trainer.enable_progress_bar",
         "false",
+        "--data.loader.num_workers",
+        "0",
         env=cpu_env,
         cwd=tmp_path,
     )

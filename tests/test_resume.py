@@ -26,6 +26,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from test_distributed import TINY_MODEL, run_command, subprocess_env
+from warm_cli import WarmProcess, start_main
 
 from gem_lightning.resilience import AtomicCheckpointIO, ResumableModelCheckpoint, RNGState, SaveOnSigterm, make_resumable
 
@@ -118,34 +119,32 @@ def resume_setup(tmp_path, isolated_cache, cpu_env):
 
 
 def fit(setup: dict, run: str, *extra: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return run_command([sys.executable, str(setup["shim"]), *setup["args"](run), *extra], setup["env"], timeout=timeout)
+    """``python SHIM fit ...`` to the end (forked warm); fails the test with the output's tail when it fails."""
+    log = setup["tmp"] / f"{run}.fit.log"
+    proc = start_main([*setup["args"](run), *extra], env=setup["env"], cwd=REPO, stdout=log, script=setup["shim"])
+    status = wait(proc, log, timeout)
+    if status != 0:
+        pytest.fail(f"{run}: fit exited with status {status}; log tail:\n{log.read_text()[-5000:]}")
+    return subprocess.CompletedProcess(proc.args, status, log.read_text())
 
 
-def start_paused_fit(setup: dict, run: str, epoch: int, batch: int, *extra: str) -> tuple[subprocess.Popen, dict, Path]:
-    """Start ``fit`` and wait until it sits before ``batch`` of ``epoch``; returns the process and the marker."""
+def start_paused_fit(setup: dict, run: str, epoch: int, batch: int, *extra: str) -> tuple[WarmProcess, dict, Path]:
+    """Start ``fit`` (forked warm, in a process group of its own) and wait until it sits before ``batch`` of
+    ``epoch``; returns the process and the marker."""
     marker = setup["tmp"] / f"{run}.paused"
     log = setup["tmp"] / f"{run}.log"
     env = dict(setup["env"], GEM_TEST_PAUSE=f"{epoch}:{batch}:{marker}")
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, str(setup["shim"]), *setup["args"](run), *extra],
-            env=env,
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = start_main([*setup["args"](run), *extra], env=env, cwd=REPO, stdout=log, script=setup["shim"])
     deadline = time.monotonic() + 240
     while not marker.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+            proc.kill_group()
             pytest.fail(f"the run never reached epoch {epoch}, batch {batch}; log tail:\n{log.read_text()[-4000:]}")
         time.sleep(0.05)
     return proc, json.loads(marker.read_text()), log
 
 
-def wait(proc: subprocess.Popen, log: Path, timeout: float = 120) -> int:
+def wait(proc: subprocess.Popen | WarmProcess, log: Path, timeout: float = 120) -> int:
     """``proc``'s exit status; past ``timeout`` its process group is killed and the test fails with the log's tail."""
     try:
         return proc.wait(timeout=timeout)
@@ -317,17 +316,8 @@ def test_slurm_requeue_signal_under_ddp_saves_on_every_rank_then_requeues(resume
     tasks, logs = [], []
     for rank in (0, 1):
         logs.append(tmp / f"slurm-task{rank}.log")
-        with logs[-1].open("w") as out:
-            tasks.append(
-                subprocess.Popen(
-                    [sys.executable, str(resume_setup["shim"]), *args],
-                    cwd=REPO,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    env=dict(common, SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank)),
-                )
-            )
+        env = dict(common, SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank))
+        tasks.append(start_main(args, env=env, cwd=REPO, stdout=logs[-1], script=resume_setup["shim"]))
     try:
         deadline = time.monotonic() + 240
         while not marker.exists():
@@ -340,7 +330,7 @@ def test_slurm_requeue_signal_under_ddp_saves_on_every_rank_then_requeues(resume
     finally:
         for task in tasks:
             if task.poll() is None:
-                os.killpg(task.pid, signal.SIGKILL)
+                task.kill_group()
     output = logs[0].read_text()
     assert statuses == [0, 0], f"{statuses}:\n{output[-3000:]}\n{logs[1].read_text()[-2000:]}"
     assert (tmp / "calls").read_text().split() == ["requeue", "4242"], "rank 0 requeues the job once"

@@ -29,6 +29,7 @@ from gem_lightning.training.module import GemClassifier
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning", "ignore::UserWarning")
 ATOL = 1e-4
+NO_WORKERS = ("--data.loader.num_workers", "0")  # the runtime is what differs: no worker forkserver to start (an interpreter's imports)
 
 
 @pytest.fixture(scope="module")
@@ -142,14 +143,14 @@ def test_predict_with_onnxruntime_writes_what_torch_writes(checkpoint, trained, 
         output = tmp_path / f"{runtime_name}.csv"
         run_cli("predict", "--ckpt_path", checkpoint, "--data.predict_path", trained.test_dir, "--model.tta", "dihedral",
                 "--inference.runtime", runtime_name, "--predictions.output", output, "--trainer.logger", "false",
-                "--trainer.enable_progress_bar", "false", env=cpu_env, cwd=tmp_path)  # fmt: skip
+                "--trainer.enable_progress_bar", "false", *NO_WORKERS, env=cpu_env, cwd=tmp_path)  # fmt: skip
         return {row["path"]: [(row[f"class_{i}"], float(row[f"prob_{i}"])) for i in (1, 2, 3)] for row in csv.DictReader(output.open())}
 
     with_torch, with_onnx = predictions("torch"), predictions("onnxruntime")
     assert sorted(with_torch) == sorted(with_onnx) and len(with_torch) == len(trained.photos)
     assert_same_ranking([with_onnx[path] for path in with_torch], list(with_torch.values()))
     refused = run_cli("fit", "--data.data_dir", trained.root / "gems", "--inference.runtime", "onnxruntime", "--trainer.max_epochs", "1",
-                      env=cpu_env, cwd=tmp_path, check=False)  # fmt: skip
+                      *NO_WORKERS, env=cpu_env, cwd=tmp_path, check=False)  # fmt: skip
     assert refused.returncode == 2 and "fit trains with torch" in refused.stderr
     assert "Traceback" not in refused.stderr
 

@@ -10,8 +10,6 @@ import io
 import json
 import os
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -23,7 +21,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import REPO
-from helpers import train_tiny
+from helpers import run_cli, train_tiny
 from PIL import Image
 from serving import Server, alive, descendants, free_port, start_server
 from starlette.datastructures import Headers
@@ -92,12 +90,8 @@ def test_server_classify_and_predict_give_the_same_answer(server, trained, tmp_p
     """The same photo through the server, ``GemModel.classify`` and the ``predict`` command."""
     model = load_model(trained.checkpoint)
     csv_path = tmp_path / "predictions.csv"
-    subprocess.run(
-        [sys.executable, str(REPO / "main.py"), "predict", "--ckpt_path", str(trained.checkpoint),
-         "--data.predict_path", str(trained.test_dir), "--predictions.output", str(csv_path),
-         "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"],
-        env=server_env(tmp_path), cwd=tmp_path, check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
+    run_cli("predict", "--ckpt_path", trained.checkpoint, "--data.predict_path", trained.test_dir, "--predictions.output", csv_path,
+            "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", env=server_env(tmp_path), cwd=tmp_path)  # fmt: skip
     predicted = {Path(row["path"]).name: row for row in csv.DictReader(csv_path.open())}
     for photo in trained.photos:
         served = ranked(server.predict(photo.read_bytes()))
@@ -225,14 +219,7 @@ def test_serve_refuses_a_missing_or_foreign_checkpoint_or_a_busy_port_in_one_lin
             (not_a_checkpoint, str(free_port()), "cannot read it as a checkpoint"),
             (trained.checkpoint, busy_port, f"cannot listen on 127.0.0.1:{busy_port}"),
         ):
-            result = subprocess.run(
-                [sys.executable, str(REPO / "main.py"), "serve", "--ckpt_path", str(ckpt), "--port", port],
-                env=server_env(tmp_path),
-                cwd=tmp_path,
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
+            result = run_cli("serve", "--ckpt_path", ckpt, "--port", port, env=server_env(tmp_path), cwd=tmp_path, check=False, timeout=120)
             assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 

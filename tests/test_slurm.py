@@ -22,7 +22,7 @@ from test_distributed import TINY_MODEL, clean_launch_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
-EPOCHS = 3
+EPOCHS = 2
 BATCHES_PER_EPOCH = 3  # 24 training images over 2 tasks, batches of 4
 JOB_TIMEOUT = 600  # s: a generous bound for one job on 2 shared cores
 TRIES: list[dict] = []  # what each signalled allocation did, printed at the end (pytest -s)
@@ -238,17 +238,23 @@ def test_sigusr1_at_four_moments_requeues_each_time_and_the_job_completes(jobs):
     record("SIGUSR1 job total", job, info, started)
 
 
-TIME_LIMIT_EPOCHS = 12
+TIME_LIMIT_EPOCHS = 3
+SLOW_STEP_S = 12  # 9 steps of 12 s more (until the signal): the first allocation cannot finish before it, at most 60 s in
 
 
 def test_a_real_time_limit_requeues_the_job_before_the_kill_and_it_completes(jobs):
-    """``--time=2 --signal=USR1@60``: SLURM itself sends SIGUSR1 a minute before the limit. The first
-    allocation's steps are slowed (2 s each) so that it cannot finish in time on any machine. (On a
-    starved machine the signal may come before training starts: the job then saves and requeues
-    after its first batch, which is progress too.)"""
+    """``--time=2 --signal=USR1@60``: SLURM itself sends SIGUSR1 a minute before the limit (its
+    periodic check, every 30 s, sends it 30 to 60 s after the start). The first allocation's steps
+    are slowed (``SLOW_STEP_S`` each, until the signal) so that it cannot finish in time on any
+    machine; the next allocation trains the rest at full speed. (On a starved machine the signal may
+    come before training starts: the job then saves and requeues after its first batch, which is
+    progress too.)"""
     started = time.monotonic()
     job = jobs.submit(
-        "time-limit", epochs=TIME_LIMIT_EPOCHS, pauses={"0": {"at": "slow", "seconds": 2}}, sbatch=("--time=2", "--signal=USR1@60")
+        "time-limit",
+        epochs=TIME_LIMIT_EPOCHS,
+        pauses={"0": {"at": "slow", "seconds": SLOW_STEP_S}},
+        sbatch=("--time=2", "--signal=USR1@60"),
     )
     info = jobs.cluster.wait_until(
         job, lambda i: i["Restarts"] != "0" or i["JobState"] in ("COMPLETED", "FAILED", "TIMEOUT", "CANCELLED"), JOB_TIMEOUT, "a requeue"

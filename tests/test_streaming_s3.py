@@ -7,15 +7,14 @@ Skipped, with the reason, where SeaweedFS's ``weed`` is not installed (the ``tes
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
 import time
 
 import pytest
 from conftest import make_dataset
 from helpers import REPO, TINY_MODEL, read_metrics, run_cli
 from object_store import seaweed_s3, skip_reason
+from warm_cli import start_main
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")]
 
@@ -191,15 +190,7 @@ def test_the_store_stopping_mid_epoch_ends_in_one_line_and_the_run_resumes_after
         "0",
     ]  # the validation chunks are first needed after the store stops
     log = root / "outage.log"
-    with log.open("w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, str(REPO / "tests" / "pausing_main.py"), *map(str, args)],
-            env=env,
-            cwd=root,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            start_new_session=True,
-        )
+    proc = start_main(args, env=env, cwd=root, stdout=root / "outage.out", stderr=log, script=REPO / "tests" / "pausing_main.py")
     checkpoint = root / "outage-checkpoints" / "last.ckpt"
     deadline = time.time() + 240
     while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
@@ -208,7 +199,7 @@ def test_the_store_stopping_mid_epoch_ends_in_one_line_and_the_run_resumes_after
     try:
         proc.wait(timeout=240)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        proc.kill_group()
         raise
     finally:
         store.start()

@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import pytest
 import torch
 from conftest import REPO, make_dataset, write_image
 from helpers import TINY_MODEL
-from warm_cli import run_main
+from warm_cli import run_main, start_main
 
 pytestmark = pytest.mark.slow  # each row starts the CLI: seconds of imports
 
@@ -431,15 +430,7 @@ def test_ctrl_c_during_fit_saves_a_resumable_last_ckpt(env, tmp_path):
     checkpoints = tmp_path / "checkpoints"
     args = ["fit", *common(tmp_path), "--data.data_dir", data, "--data.batch_size", "2", "--data.loader.num_workers", "1",
             "--checkpoint.dirpath", checkpoints, "--trainer.max_epochs", "20"]  # fmt: skip
-    process = subprocess.Popen(
-        [sys.executable, str(REPO / "main.py"), *map(str, args)],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    process = start_main(args, env=env, cwd=tmp_path, stdout=tmp_path / "fit.out", stderr=tmp_path / "fit.err")  # a session of its own
     try:
         deadline = time.monotonic() + 240
         while not (checkpoints / "last.ckpt").exists() and process.poll() is None and time.monotonic() < deadline:
@@ -447,10 +438,11 @@ def test_ctrl_c_during_fit_saves_a_resumable_last_ckpt(env, tmp_path):
         assert process.poll() is None, "fit ended before it could be interrupted"
         time.sleep(1.0)
         os.killpg(process.pid, signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=120)
+        process.wait(timeout=120)
     finally:
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+            process.kill_group()
+    stderr = (tmp_path / "fit.err").read_text()
     assert process.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
     assert f"Interrupted (Ctrl-C): saved a resumable checkpoint to '{checkpoints / 'last.ckpt'}'" in stderr
