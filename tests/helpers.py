@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import socket
 import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,10 +23,15 @@ TINY_MODEL = ["--model.network.channels", "[8, 16]", "--model.network.pools", "[
 """``TINY_NETWORK`` as command-line options."""
 
 
-def run_cli(*args: str, env: dict, cwd: Path, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(*args: str, env: dict, cwd: Path, check: bool = True, timeout: float = 300, fresh: bool = False) -> subprocess.CompletedProcess:
     """``python main.py <args>`` as a process of its own, forked warm (:mod:`warm_cli`: its imports are paid
-    once per test session); with ``check``, fail the test with its output when it fails."""
-    result = run_main(list(args), env=env, cwd=cwd, timeout=timeout)
+    once per test session), or with ``fresh`` a new interpreter (for settings libraries read when imported,
+    such as the Hub client's ``HF_HOME``); with ``check``, fail the test with its output when it fails."""
+    if fresh:
+        command = [sys.executable, str(REPO / "main.py"), *map(str, args)]
+        result = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    else:
+        result = run_main(list(args), env=env, cwd=cwd, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"main.py {' '.join(map(str, args))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     return result

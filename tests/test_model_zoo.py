@@ -219,6 +219,7 @@ def test_a_fit_reads_hub_weights_offline_and_its_checkpoint_needs_them_no_more(t
         "1",
         env=env,
         cwd=tmp_path,
+        fresh=True,  # the Hub client reads HF_HOME and HF_HUB_OFFLINE when imported
     )
     run = tmp_path / "runs" / "hub" / "version_0"
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
@@ -230,14 +231,15 @@ def test_a_fit_reads_hub_weights_offline_and_its_checkpoint_needs_them_no_more(t
     assert tuple(checkpoint["hyper_parameters"]["mean"]) == timm.models.get_pretrained_cfg(TIMM_TAGGED).mean  # the weights' statistics
     empty = dict(cpu_env, HF_HOME=str(tmp_path / "empty"), HF_HUB_OFFLINE="1")
     run_cli("test", *common(tmp_path, "hub-test"), "--data.data_dir", tiny_dataset, "--ckpt_path", run / "checkpoints" / "last.ckpt",
-            env=empty, cwd=tmp_path)  # fmt: skip
+            env=empty, cwd=tmp_path, fresh=True)  # fmt: skip
 
 
 @pytest.mark.slow
 def test_a_fit_whose_hub_weights_are_not_cached_stops_in_one_line_before_training(tiny_dataset, tmp_path, cpu_env):
     env = dict(cpu_env, HF_HOME=str(tmp_path / "empty"), HF_HUB_OFFLINE="1")
     network = ["--model.network", "TimmSpec", "--model.network.name", TIMM_TAGGED, "--model.network.weights", "pretrained"]
-    result = run_cli("fit", *common(tmp_path, "hub"), "--data.data_dir", tiny_dataset, *network, env=env, cwd=tmp_path, check=False)
+    fit = ["fit", *common(tmp_path, "hub"), "--data.data_dir", tiny_dataset, *network]
+    result = run_cli(*fit, env=env, cwd=tmp_path, check=False, fresh=True)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr
     assert str(tmp_path / "empty" / "hub") in errors[0] and f"hf download timm/{TIMM_TAGGED}" in errors[0]
