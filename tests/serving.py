@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from conftest import REPO
 from helpers import free_port
-from warm_cli import WarmProcess, start_main
 
 STARTUP_S = 240.0
 """Worker processes import torch and load the model: tens of seconds on a busy 2-core machine."""
@@ -31,7 +32,7 @@ class Answer:
 class Server:
     """A running ``serve`` process; ``request`` talks to it."""
 
-    process: WarmProcess
+    process: subprocess.Popen
     url: str
     log: Path
     api_key: str | None = None
@@ -97,9 +98,14 @@ def alive(pid: int) -> bool:
 
 
 def start_server(ckpt: Path, log: Path, env: dict, *args: str) -> Server:
-    """Start ``python main.py serve --ckpt_path ckpt`` (forked warm) on a free port and wait until ``/health`` says ok."""
+    """Start ``python main.py serve --ckpt_path ckpt`` on a free port and wait until ``/health`` says ok.
+
+    A new interpreter, as ``serve`` starts in production: the server's own worker processes and its
+    supervision (a killed worker restarted, its requests answered) are what these tests are about."""
     port = free_port()
-    process = start_main(["serve", "--ckpt_path", ckpt, "--port", port, *args], env=env, cwd=log.parent, stdout=log)
+    command = [sys.executable, str(REPO / "main.py"), "serve", "--ckpt_path", str(ckpt), "--port", str(port), *args]
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env, cwd=log.parent)
     server = Server(process, f"http://127.0.0.1:{port}", log, env.get("GEM_LIGHTNING_API_KEY"))
     deadline = time.monotonic() + STARTUP_S
     while time.monotonic() < deadline:
