@@ -21,7 +21,6 @@ import yaml
 from conftest import REPO, make_dataset, write_image
 from helpers import TINY_MODEL, TINY_NETWORK, read_metrics
 from torch.utils.data import DistributedSampler
-from warm_cli import run_main
 
 from gem_lightning.data.samplers import FitEpochDistributedSampler
 
@@ -83,12 +82,15 @@ def run_command(
 
 
 def run_cli(args: list, env: dict[str, str], *, timeout: float = 240) -> subprocess.CompletedProcess:
-    """``python main.py <args>`` forked warm (:mod:`warm_cli`); Lightning starts the other ranks as fresh
-    ``main.py`` processes. Fails the test with the output's tail when it fails or runs past ``timeout``."""
+    """``python main.py <args>`` in a new interpreter, as every DDP rank starts (a rank 0 forked from the
+    warm forkserver of :mod:`warm_cli` aborted now and then). Fails the test with the output's tail when
+    it fails or runs past ``timeout``."""
+    command = [sys.executable, str(REPO / "main.py"), *map(str, args)]
     try:
-        result = run_main(args, env=env, cwd=REPO, timeout=timeout)
+        result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as error:
-        pytest.fail(f"main.py {' '.join(map(str, args[:3]))} ... did not finish within {timeout} s; output tail:\n{error.stderr[-5000:]}")
+        tail = error.stderr.decode(errors="replace") if isinstance(error.stderr, bytes) else error.stderr or ""
+        pytest.fail(f"main.py {' '.join(map(str, args[:3]))} ... did not finish within {timeout} s; output tail:\n{tail[-5000:]}")
     if result.returncode != 0:
         pytest.fail(f"main.py {' '.join(map(str, args))}\nexited with status {result.returncode}; output tail:\n{result.stderr[-5000:]}")
     return result

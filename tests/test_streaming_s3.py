@@ -111,6 +111,7 @@ def test_two_processes_validate_a_stream_from_s3_exactly_as_one(s3_run):
             save_dir,
             env=s3_run["env"],
             cwd=s3_run["root"],
+            fresh=True,  # DDP ranks start from a new interpreter (see helpers.run_cli)
         )
         metrics[processes] = read_metrics(save_dir)
     assert metrics[1]["val/samples"] == 9
