@@ -114,7 +114,8 @@ def test_the_shipped_spaces_are_settings_of_their_configs():
         ("gemstones_finetune.yaml", ["gemstones_finetune.yaml"]),
         ("time_to_accuracy.yaml", ["gemstones_finetune.yaml", "gemstones_fast.yaml"]),
     ):
-        checked(REPO / "configs" / "tune" / space_file, [option for config in configs for option in ("--config", str(REPO / "configs" / config))])
+        options = [option for config in configs for option in ("--config", str(REPO / "configs" / config))]
+        checked(REPO / "configs" / "tune" / space_file, options)
 
 
 def test_the_space_is_checked_against_fits_parser(tmp_path):
@@ -128,6 +129,21 @@ def test_the_space_is_checked_against_fits_parser(tmp_path):
         checked(write_space(tmp_path / "s2.yaml", {"model.optimizer.init_args.lrr": {"uniform": [0.1, 0.2]}}), options)
     with pytest.raises(UserInputError, match=r"s3\.yaml: data\.image_size: `fit` refuses 'big'"):
         checked(write_space(tmp_path / "s3.yaml", {"data.image_size": {"choice": [32, "big"]}}), options)
+
+
+def test_the_baseline_is_the_configs_own_values_and_one_outside_the_space_is_one_line(tmp_path):
+    options = ["--config", str(REPO / "configs" / "quickstart.yaml"), "--model.network.channels", "[4, 8]"]
+    config = parse_fit_options(options).config
+    assert read_space(write_space(tmp_path / "s.yaml", SPACE)).baseline(config) == {
+        "model.optimizer.init_args.lr": 0.001,
+        "model.network.init_args.channels": "[4, 8]",
+    }
+    narrow = write_space(tmp_path / "narrow.yaml", {**SPACE, "model.optimizer.init_args.lr": {"uniform": [0.01, 0.1]}})
+    with pytest.raises(UserInputError, match=r"--tune.baseline: the config's model.optimizer.init_args.lr is 0.001, outside .*narrow"):
+        read_space(narrow).baseline(config)
+    other = write_space(tmp_path / "other.yaml", {**SPACE, "trainer.max_epochs": {"int": [1, 3]}})
+    with pytest.raises(UserInputError, match=r"the config's trainer.max_epochs is 5, outside"):
+        read_space(other).baseline(parse_fit_options([*options, "--trainer.max_epochs", "5"]).config)
 
 
 def test_durations():
@@ -183,17 +199,22 @@ def tune(*args, capsys=None) -> tuple[int, str]:
 def test_a_study_runs_resumes_and_writes_a_config_that_fit_stacks(tmp_path, gems, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     space = write_space(tmp_path / "lr.yaml", SPACE)
-    options = fit_options(gems)
-    status, output = tune("--tune.space", space, "--tune.trials", 3, "--tune.out", "out", *options, capsys=capsys)
+    options = [*fit_options(gems), "--model.network.channels", "[4, 8]"]
+    baseline = ["--tune.baseline", "true"]
+    status, output = tune("--tune.space", space, "--tune.trials", 3, "--tune.out", "out", *baseline, *options, capsys=capsys)
     assert status == 0, output
     study = study_of(tmp_path / "out", "lr")
     assert states(study) == ["COMPLETE"] * 3
+    first = min(study.trials, key=lambda trial: trial.number)  # the config's own settings ran first
+    assert first.params == {"model.optimizer.init_args.lr": 0.001, "model.network.init_args.channels": "[4, 8]"}
+    assert first.user_attrs["baseline"] and f"baseline: trial 0 (the config's own settings), val/acc {first.value:.4f}" in output
     folder = tmp_path / "out" / "lr"
     for number in range(3):  # each trial's fit wrote to its own folder
         assert (folder / f"trial-{number}" / "checkpoints" / "last.ckpt").is_file()
         assert len(list((folder / f"trial-{number}").rglob("metrics.csv"))) == 1
     rows = list(csv.DictReader((folder / "trials.csv").open()))
     assert [row["state"] for row in rows] == ["complete"] * 3 and all(row["validations"] == "2" for row in rows)
+    assert [row["baseline"] for row in rows] == ["yes", "", ""]
     assert {float(row["value"]) for row in rows} == {trial.value for trial in study.trials}
     assert (folder / "history.png").stat().st_size > 0 and (folder / "importance.png").stat().st_size > 0
     assert f"optuna-dashboard 'sqlite:///{folder / 'study.db'}'" in output
@@ -203,9 +224,11 @@ def test_a_study_runs_resumes_and_writes_a_config_that_fit_stacks(tmp_path, gems
     assert config.model.optimizer.init_args.lr == study.best_params["model.optimizer.init_args.lr"]
     assert list(config.model.network.init_args.channels) == json.loads(study.best_params["model.network.init_args.channels"])
 
-    status, output = tune("--tune.space", space, "--tune.trials", 4, "--tune.out", "out", *options, capsys=capsys)
+    status, output = tune("--tune.space", space, "--tune.trials", 4, "--tune.out", "out", *baseline, *options, capsys=capsys)
     assert status == 0 and "worker 0: done, the study has its 4 trials" in output, output
-    assert states(study_of(tmp_path / "out", "lr")) == ["COMPLETE"] * 4 and (folder / "trial-3").is_dir()
+    study = study_of(tmp_path / "out", "lr")  # resumed: the baseline is not queued again
+    assert states(study) == ["COMPLETE"] * 4 and (folder / "trial-3").is_dir()
+    assert [trial.number for trial in study.trials if trial.user_attrs.get("baseline")] == [0]
 
     other = write_space(tmp_path / "other.yaml", {**SPACE, "model.optimizer.init_args.lr": {"uniform": [0.001, 0.01]}})
     status, output = tune("--tune.space", other, "--tune.study", "lr", "--tune.out", "out", *options, capsys=capsys)
@@ -232,6 +255,7 @@ def test_a_metric_the_run_does_not_log_is_one_line_after_the_first_validation(tm
         (["--tune.storage", "not a url"], "is not a database URL"),
         (["--tune.trials", "0"], "--tune.trials must be at least 1"),
         (["--tune.timeout", "soon"], "'soon' is not a duration"),
+        (["--tune.baseline", "maybe"], "'maybe' is not true or false"),
     ],
 )
 def test_bad_tune_options_are_one_line(tmp_path, gems, capsys, extra, says):

@@ -2,7 +2,8 @@
 
 * ``best.yaml``: the best trial's settings as a config that ``fit`` stacks on the study's own
   (``--config <the study's config> --config best.yaml``);
-* ``trials.csv``: one row per trial (state, value, validations, seconds, settings, who ran it, folder);
+* ``trials.csv``: one row per trial (state, value, validations, seconds, settings, the trial it retries,
+  whether it is the config's own settings, who ran it, folder);
 * ``history.png`` and ``importance.png``: Optuna's optimisation history and parameter importances
   (importance needs two completed trials that differ; with fewer the summary says so).
 
@@ -49,9 +50,19 @@ def write_outputs(study: optuna.Study, space: SearchSpace, folder: Path, metric:
             f"best: trial {best.number}, {metric} {best.value:.4f}, {shlex.join(command_line_options(space.decode(best.params)))}",
             f"best settings: {path}; train them with: python main.py fit {shlex.join(fit_args)} --config {path}",
         ]
+        lines += baseline_line(completed, best, metric)
         lines.append(f"history: {plot(optuna.visualization.matplotlib.plot_optimization_history, study, metric, folder / 'history.png')}")
     lines.append(f"importance: {plot_importance(study, completed, metric, folder / 'importance.png')}")
     return lines
+
+
+def baseline_line(completed: list[FrozenTrial], best: FrozenTrial, metric: str) -> list[str]:
+    """How far the best trial got from the config's own settings (``--tune.baseline``), when that trial completed."""
+    baseline = next((trial for trial in completed if trial.user_attrs.get("baseline")), None)
+    if baseline is None:
+        return []
+    gain = best.value - baseline.value
+    return [f"baseline: trial {baseline.number} (the config's own settings), {metric} {baseline.value:.4f}; best - baseline: {gain:+.4f}"]
 
 
 def throughput(trials: list[FrozenTrial]) -> str:
@@ -69,7 +80,7 @@ def write_trials(trials: list[FrozenTrial], space: SearchSpace, folder: Path) ->
     keys = [param.key for param in space.params]
     text = io.StringIO()
     writer = csv.writer(text)
-    writer.writerow(["number", "state", "value", "validations", "seconds", *keys, "retry_of", "worker", "folder"])
+    writer.writerow(["number", "state", "value", "validations", "seconds", *keys, "retry_of", "baseline", "worker", "folder"])
     for trial in trials:
         values = space.decode(trial.params)
         writer.writerow(
@@ -81,6 +92,7 @@ def write_trials(trials: list[FrozenTrial], space: SearchSpace, folder: Path) ->
                 f"{trial.duration.total_seconds():.1f}" if trial.duration else "",
                 *(command_line_value(values[key]) if key in values else "" for key in keys),
                 trial.system_attrs.get("failed_trial", ""),
+                "yes" if trial.user_attrs.get("baseline") else "",
                 trial.user_attrs.get("worker", ""),
                 trial.user_attrs.get("folder", ""),
             ]

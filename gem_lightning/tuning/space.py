@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from jsonargparse import Namespace
 
 from gem_lightning.errors import UserInputError
 
@@ -62,6 +63,17 @@ class Param:
             return {_encode(choice): choice for choice in self.choices}[stored]
         return int(stored) if self.kind == "int" else float(stored)
 
+    def encode(self, value: Any) -> Any:
+        """A setting's value as Optuna stores it, for ``Study.enqueue_trial``; ``None`` when the space cannot hold it."""
+        if self.kind == "choice":
+            stored = _encode(value)
+            return stored if stored in {_encode(choice) for choice in self.choices} else None
+        if isinstance(value, bool) or not isinstance(value, int | float) or not self.bounds[0] <= value <= self.bounds[1]:
+            return None
+        if self.kind == "int":
+            return int(value) if float(value).is_integer() else None
+        return float(value)
+
     def extremes(self) -> list[Any]:
         """The values the parser must accept for every sample to be accepted: both ends, or every choice."""
         return list(self.choices) if self.kind == "choice" else [_number(self.kind, end) for end in self.bounds]
@@ -84,6 +96,21 @@ class SearchSpace:
     def decode(self, stored: dict[str, Any]) -> dict[str, Any]:
         """A finished trial's ``params`` -> setting -> value."""
         return {param.key: param.decode(stored[param.key]) for param in self.params if param.key in stored}
+
+    def baseline(self, config: Namespace) -> dict[str, Any]:
+        """The values ``config`` (the study's ``fit`` options, parsed) gives the searched settings, as Optuna
+        stores them: the point the search has to beat. One line naming the first setting whose value the space
+        cannot hold."""
+        stored = {}
+        for param in self.params:
+            value = config.get(param.key)
+            stored[param.key] = param.encode(value)
+            if stored[param.key] is None:
+                raise UserInputError(
+                    f"--tune.baseline: the config's {param.key} is {command_line_value(value)}, outside {self.source}'s "
+                    f"{json.dumps(param.describe()[param.key])}: widen the space to hold it, or leave --tune.baseline out."
+                )
+        return stored
 
     def fingerprint(self) -> str:
         """The space as canonical JSON: two studies search the same space when these are equal."""

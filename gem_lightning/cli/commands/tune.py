@@ -34,6 +34,14 @@ def parse_duration(text: str) -> float:
     return 3600 * float(match["h"] or 0) + 60 * float(match["m"] or 0) + float(match["s"] or 0)
 
 
+def parse_boolean(text: str) -> bool:
+    """``true``/``false`` (also yes/no, 1/0), as LightningCLI reads booleans."""
+    value = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}.get(text.strip().lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+    return value
+
+
 class OneLineErrors(argparse.ArgumentParser):
     """argparse whose mistakes are one ``error:`` line (a user error), without the usage text."""
 
@@ -88,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=5,
         help="random trials before TPE, and finished trials before pruning (default: 5)",
     )
+    add(
+        "--tune.baseline",
+        dest="baseline",
+        type=parse_boolean,
+        default=False,
+        help="true: the first trial runs the config's own values of the searched settings, the point to beat (default: false)",
+    )
     add("--tune.seed", dest="seed", type=int, default=0, help="sampler seed; worker i uses seed + i (default: 0)")
     add(
         "--tune.heartbeat",
@@ -97,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between a running trial's heartbeats; a trial silent for twice that is failed and queued again (default: 60)",
     )
     add("--tune.worker_index", dest="worker_index", type=int, default=None, help=argparse.SUPPRESS)  # default: SLURM_ARRAY_TASK_ID or 0
-    add("--tune.summary", dest="summary", type=lambda text: text.lower() == "true", default=True, help=argparse.SUPPRESS)
+    add("--tune.summary", dest="summary", type=parse_boolean, default=True, help=argparse.SUPPRESS)
     return parser  # fmt: skip
 
 
@@ -132,6 +147,7 @@ def main(argv: list[str]) -> int:
     space = read_space(options.space)
     fit = parse_fit_options(fit_args)  # a mistake in the fit options ends the command here, as it would end `fit`
     command = check_space(space, fit_args, fit.config, fit.parser)
+    baseline = space.baseline(fit.config) if options.baseline else None
     options.study = options.study or options.space.stem
     study_dir = (options.out / options.study).resolve()
     options.storage = options.storage or default_storage(study_dir)
@@ -139,6 +155,8 @@ def main(argv: list[str]) -> int:
     index = options.worker_index if options.worker_index is not None else int(os.environ.get("SLURM_ARRAY_TASK_ID", 0))
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial instead (tuning.worker.Announcer)
     study = open_the_study(options, space, index)
+    if baseline and index == 0:  # one enqueuer: the tasks of an array start at the same instant
+        study.enqueue_trial(baseline, user_attrs={"baseline": True}, skip_if_exists=True)
     if options.workers > 1:
         status = run_local_workers(argv, options.workers)
     else:
