@@ -229,6 +229,8 @@ def test_a_study_runs_resumes_and_writes_a_config_that_fit_stacks(tmp_path, gems
     study = study_of(tmp_path / "out", "lr")  # resumed: the baseline is not queued again
     assert states(study) == ["COMPLETE"] * 4 and (folder / "trial-3").is_dir()
     assert [trial.number for trial in study.trials if trial.user_attrs.get("baseline")] == [0]
+    first_sampled, resumed = study.trials[1].params, study.trials[3].params  # the resumed command draws anew
+    assert resumed["model.optimizer.init_args.lr"] != first_sampled["model.optimizer.init_args.lr"]
 
     other = write_space(tmp_path / "other.yaml", {**SPACE, "model.optimizer.init_args.lr": {"uniform": [0.001, 0.01]}})
     status, output = tune("--tune.space", other, "--tune.study", "lr", "--tune.out", "out", *options, capsys=capsys)

@@ -2,8 +2,8 @@
 
 A study remembers what it searches (the space, the metric and its direction, in its
 ``user_attrs``): a run that names the same study with another space or metric is refused in one
-line, instead of mixing two searches into one history. TPE samples (seeded; each worker from its
-own seed, and with ``constant_liar`` so that parallel workers do not all try the same point),
+line, instead of mixing two searches into one history. TPE samples (seeded; each worker and each resumed command
+from a seed of its own, and with ``constant_liar`` so that parallel workers do not all try the same point),
 and the median rule prunes (a trial behind the median of earlier trials at the same validation, from
 its second validation on).
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy
 import optuna
 from optuna.exceptions import ExperimentalWarning
 
@@ -31,6 +32,13 @@ def make_sampler(name: str, seed: int, startup_trials: int) -> optuna.samplers.B
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials, constant_liar=True)
 
 
+def sampler_seed(seed: int, worker: int, trials_so_far: int) -> int:
+    """The sampler seed of worker ``worker`` in a command that finds ``trials_so_far`` trials in the study:
+    each worker, and each command resuming the study, draws from a stream of its own (``seed`` alone
+    again would replay the first command's random points, trial for trial)."""
+    return int(numpy.random.SeedSequence([seed, worker, trials_so_far]).generate_state(1)[0])
+
+
 def make_pruner(name: str, startup_trials: int) -> optuna.pruners.BasePruner:
     """The median rule once ``startup_trials`` trials have finished, from a trial's second validation on
     (the first is too noisy to judge a recipe by, warm-up schedules most of all), or no pruning."""
@@ -46,13 +54,12 @@ def open_study(
     metric: str,
     direction: str,
     *,
-    sampler: optuna.samplers.BaseSampler,
     pruner: optuna.pruners.BasePruner,
     where: str,
 ) -> optuna.Study:
     """The study ``name`` in ``storage`` (``where`` names it in messages), created if new; refused if it
-    searches another space or metric than this run."""
-    study = optuna.create_study(storage=storage, study_name=name, direction=direction, sampler=sampler, pruner=pruner, load_if_exists=True)
+    searches another space or metric than this run. Its sampler is the caller's to set (:func:`sampler_seed`)."""
+    study = optuna.create_study(storage=storage, study_name=name, direction=direction, pruner=pruner, load_if_exists=True)
     check_same_search(study, space, metric, direction, where)
     for key, value in (("space", space.fingerprint()), ("metric", metric), ("direction", direction)):
         if key not in study.user_attrs:

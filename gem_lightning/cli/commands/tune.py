@@ -103,7 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=False,
         help="true: the first trial runs the config's own values of the searched settings, the point to beat (default: false)",
     )
-    add("--tune.seed", dest="seed", type=int, default=0, help="sampler seed; worker i uses seed + i (default: 0)")
+    add(
+        "--tune.seed",
+        dest="seed",
+        type=int,
+        default=0,
+        help="sampler seed; each worker and each resumed command draws from (seed, worker, trials so far) (default: 0)",
+    )
     add(
         "--tune.heartbeat",
         dest="heartbeat",
@@ -174,7 +180,7 @@ def main(argv: list[str]) -> int:
 def open_the_study(options: argparse.Namespace, space: SearchSpace, index: int) -> optuna.Study:
     """The study the options name, made or loaded, with worker ``index``'s sampler; says which on stdout."""
     from gem_lightning.tuning.storage import open_storage, shown
-    from gem_lightning.tuning.study import make_pruner, make_sampler, open_study
+    from gem_lightning.tuning.study import make_pruner, make_sampler, open_study, sampler_seed
 
     study = open_study(
         open_storage(options.storage, options.heartbeat),
@@ -182,10 +188,10 @@ def open_the_study(options: argparse.Namespace, space: SearchSpace, index: int) 
         space,
         options.metric,
         options.direction,
-        sampler=make_sampler(options.sampler, options.seed + index, options.startup_trials),
         pruner=make_pruner(options.pruner, options.startup_trials),
         where=shown(options.storage),
     )
+    study.sampler = make_sampler(options.sampler, sampler_seed(options.seed, index, len(study.trials)), options.startup_trials)
     what = f"{options.direction} {options.metric} over {len(space.params)} settings of {space.source}"
     print(f"study {options.study!r} in {shown(options.storage)}: {what}", flush=True)
     return study
