@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -27,7 +28,7 @@ from gem_lightning.cli.commands.tune import parse_duration
 from gem_lightning.errors import UserInputError
 from gem_lightning.tuning.reporting import ReportToTrial
 from gem_lightning.tuning.space import nested, read_space
-from gem_lightning.tuning.study import make_pruner
+from gem_lightning.tuning.study import best_trial, make_pruner
 from gem_lightning.tuning.trial_command import check_space
 
 SPACE = {
@@ -144,6 +145,15 @@ def test_the_baseline_is_the_configs_own_values_and_one_outside_the_space_is_one
     other = write_space(tmp_path / "other.yaml", {**SPACE, "trainer.max_epochs": {"int": [1, 3]}})
     with pytest.raises(UserInputError, match=r"the config's trainer.max_epochs is 5, outside"):
         read_space(other).baseline(parse_fit_options([*options, "--trainer.max_epochs", "5"]).config)
+
+
+@pytest.mark.parametrize("direction", ["maximize", "minimize"])
+def test_of_trials_that_tie_the_best_is_the_one_that_took_least_time(direction):
+    study = optuna.create_study(direction=direction)
+    start = datetime(2026, 12, 6)
+    for value, minutes in ((0.75, 8), (0.75, 5), (0.70, 1) if direction == "maximize" else (0.80, 1), (0.75, 6)):
+        study.add_trial(optuna.trial.create_trial(value=value, datetime_start=start, datetime_complete=start + timedelta(minutes=minutes)))
+    assert best_trial(study).number == 1 and best_trial(optuna.create_study()) is None
 
 
 def test_durations():

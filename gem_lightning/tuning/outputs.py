@@ -30,6 +30,7 @@ from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from gem_lightning.files import atomic_write  # noqa: E402
 from gem_lightning.tuning.space import SearchSpace, command_line_options, command_line_value, nested  # noqa: E402
+from gem_lightning.tuning.study import best_trial  # noqa: E402
 
 DPI = 110
 
@@ -44,7 +45,7 @@ def write_outputs(study: optuna.Study, space: SearchSpace, folder: Path, metric:
         f"trials table: {write_trials(trials, space, folder)}",
     ]
     if completed:
-        best = study.best_trial
+        best = best_trial(study)
         path = write_best(best, space, folder / "best.yaml", study.study_name, metric)
         lines += [
             f"best: trial {best.number}, {metric} {best.value:.4f}, {shlex.join(command_line_options(space.decode(best.params)))}",

@@ -15,6 +15,8 @@ import warnings
 import numpy
 import optuna
 from optuna.exceptions import ExperimentalWarning
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
 
 from gem_lightning.errors import UserInputError
 from gem_lightning.tuning.space import SearchSpace
@@ -82,3 +84,13 @@ def check_same_search(study: optuna.Study, space: SearchSpace, metric: str, dire
             f"study {study.study_name!r} in {where} is to {study.direction.name.lower()} {attrs.get('metric')}, "
             f"not to {direction} {metric}: {again}."
         )
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The best completed trial, or None. Of trials that tie on the metric (an accuracy counts photos:
+    ties are common), the one that took the least time: the same score for less training."""
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not completed:
+        return None
+    sign = 1 if study.direction == StudyDirection.MAXIMIZE else -1
+    return max(completed, key=lambda trial: (sign * trial.value, -trial.duration.total_seconds(), -trial.number))

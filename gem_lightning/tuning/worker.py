@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from gem_lightning.tuning import stopping
 from gem_lightning.tuning.objective import Objective, TrialStopped
+from gem_lightning.tuning.study import best_trial
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
@@ -64,7 +65,7 @@ class Announcer:
             outcome = f"pruned after {steps} validations"
         else:
             outcome = f"failed ({self._reason()})"
-        best = self._best(study)
+        best = best_trial(study)
         leader = f"; best so far: trial {best.number}, {best.value:.4f}" if best is not None else ""
         print(f"trial {trial.number}: {outcome} in {seconds:.0f} s{leader}", flush=True)
 
@@ -73,10 +74,3 @@ class Announcer:
         if stopping.requested():
             return f"stopped by {stopping.requested()}; its settings are queued again"
         return f"{self.objective.metric} is not a number"
-
-    @staticmethod
-    def _best(study: optuna.Study) -> FrozenTrial | None:
-        try:
-            return study.best_trial
-        except ValueError:  # no trial has completed yet
-            return None
