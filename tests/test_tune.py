@@ -151,8 +151,10 @@ def test_the_baseline_is_the_configs_own_values_and_one_outside_the_space_is_one
 def test_of_trials_that_tie_the_best_is_the_one_that_took_least_time(direction):
     study = optuna.create_study(direction=direction)
     start = datetime(2026, 12, 6)
-    for value, minutes in ((0.75, 8), (0.75, 5), (0.70, 1) if direction == "maximize" else (0.80, 1), (0.75, 6)):
-        study.add_trial(optuna.trial.create_trial(value=value, datetime_start=start, datetime_complete=start + timedelta(minutes=minutes)))
+    worse = 0.70 if direction == "maximize" else 0.80
+    for number, (value, minutes) in enumerate(((0.75, 8), (0.75, 5), (worse, 1), (0.75, 6))):
+        end = start + timedelta(minutes=minutes)
+        study.add_trial(optuna.trial.FrozenTrial(number, optuna.trial.TrialState.COMPLETE, value, start, end, {}, {}, {}, {}, {}, number))
     assert best_trial(study).number == 1 and best_trial(optuna.create_study()) is None
 
 
