@@ -2,9 +2,9 @@
 
 A study remembers what it searches (the space, the metric and its direction, in its
 ``user_attrs``): a run that names the same study with another space or metric is refused in one
-line, instead of mixing two searches into one history. TPE samples (seeded; each worker and each resumed command
-from a seed of its own, and with ``constant_liar`` so that parallel workers do not all try the same point),
-and the median rule prunes (a trial behind the median of earlier trials at the same validation, from
+line, instead of mixing two searches into one history. TPE samples (seeded; each worker and each
+resumed command from a seed of its own, and with ``constant_liar`` so that parallel workers do not
+all try the same point), and the median rule prunes (a trial behind the median of earlier trials at the same validation, from
 its second validation on).
 """
 
