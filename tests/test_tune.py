@@ -145,6 +145,8 @@ def test_the_baseline_is_the_configs_own_values_and_one_outside_the_space_is_one
     other = write_space(tmp_path / "other.yaml", {**SPACE, "trainer.max_epochs": {"int": [1, 3]}})
     with pytest.raises(UserInputError, match=r"the config's trainer.max_epochs is 5, outside"):
         read_space(other).baseline(parse_fit_options([*options, "--trainer.max_epochs", "5"]).config)
+    nullable = write_space(tmp_path / "null.yaml", {"trainer.max_time": {"choice": [None, "00:00:08:00"]}})
+    assert read_space(nullable).baseline(config) == {"trainer.max_time": None}  # a choice of null is a value, not "outside"
 
 
 @pytest.mark.parametrize("direction", ["maximize", "minimize"])

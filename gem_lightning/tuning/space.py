@@ -64,15 +64,13 @@ class Param:
         return int(stored) if self.kind == "int" else float(stored)
 
     def encode(self, value: Any) -> Any:
-        """A setting's value as Optuna stores it, for ``Study.enqueue_trial``; ``None`` when the space cannot hold it."""
-        if self.kind == "choice":
-            stored = _encode(value)
-            return stored if stored in {_encode(choice) for choice in self.choices} else None
-        if isinstance(value, bool) or not isinstance(value, int | float) or not self.bounds[0] <= value <= self.bounds[1]:
-            return None
-        if self.kind == "int":
-            return int(value) if float(value).is_integer() else None
-        return float(value)
+        """A setting's value as Optuna stores it, for ``Study.enqueue_trial``; ValueError when the space cannot hold it."""
+        if self.kind == "choice" and _encode(value) in {_encode(choice) for choice in self.choices}:
+            return _encode(value)
+        numeric = self.kind != "choice" and not isinstance(value, bool) and isinstance(value, int | float)
+        if numeric and self.bounds[0] <= value <= self.bounds[1] and (self.kind != "int" or float(value).is_integer()):
+            return int(value) if self.kind == "int" else float(value)
+        raise ValueError(f"{value!r} is outside {self.describe()[self.key]}")
 
     def extremes(self) -> list[Any]:
         """The values the parser must accept for every sample to be accepted: both ends, or every choice."""
@@ -104,12 +102,13 @@ class SearchSpace:
         stored = {}
         for param in self.params:
             value = config.get(param.key)
-            stored[param.key] = param.encode(value)
-            if stored[param.key] is None:
+            try:
+                stored[param.key] = param.encode(value)
+            except ValueError:
                 raise UserInputError(
                     f"--tune.baseline: the config's {param.key} is {command_line_value(value)}, outside {self.source}'s "
                     f"{json.dumps(param.describe()[param.key])}: widen the space to hold it, or leave --tune.baseline out."
-                )
+                ) from None
         return stored
 
     def fingerprint(self) -> str:
