@@ -82,18 +82,9 @@ def run_command(
 
 
 def run_cli(args: list, env: dict[str, str], *, timeout: float = 240) -> subprocess.CompletedProcess:
-    """``python main.py <args>`` in a new interpreter, as every DDP rank starts (a rank 0 forked from the
-    warm forkserver of :mod:`warm_cli` aborted now and then). Fails the test with the output's tail when
-    it fails or runs past ``timeout``."""
-    command = [sys.executable, str(REPO / "main.py"), *map(str, args)]
-    try:
-        result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as error:
-        tail = error.stderr.decode(errors="replace") if isinstance(error.stderr, bytes) else error.stderr or ""
-        pytest.fail(f"main.py {' '.join(map(str, args[:3]))} ... did not finish within {timeout} s; output tail:\n{tail[-5000:]}")
-    if result.returncode != 0:
-        pytest.fail(f"main.py {' '.join(map(str, args))}\nexited with status {result.returncode}; output tail:\n{result.stderr[-5000:]}")
-    return result
+    """``python main.py <args>`` through :func:`run_command`, in a new interpreter as every DDP rank starts
+    (a rank 0 forked from the warm forkserver of :mod:`warm_cli` aborted now and then)."""
+    return run_command([sys.executable, str(REPO / "main.py"), *map(str, args)], env, timeout=timeout)
 
 
 def run_cli_in_process(args: list, env: dict[str, str]) -> None:

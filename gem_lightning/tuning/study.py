@@ -11,6 +11,7 @@ its second validation on).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import numpy
 import optuna
@@ -56,12 +57,15 @@ def open_study(
     metric: str,
     direction: str,
     *,
+    sampler: Callable[[int], optuna.samplers.BaseSampler],
     pruner: optuna.pruners.BasePruner,
     where: str,
 ) -> optuna.Study:
     """The study ``name`` in ``storage`` (``where`` names it in messages), created if new; refused if it
-    searches another space or metric than this run. Its sampler is the caller's to set (:func:`sampler_seed`)."""
+    searches another space or metric than this run. ``sampler(n)`` makes its sampler once the study's
+    trials are known (``n`` of them: :func:`sampler_seed`)."""
     study = optuna.create_study(storage=storage, study_name=name, direction=direction, pruner=pruner, load_if_exists=True)
+    study.sampler = sampler(len(study.get_trials(deepcopy=False)))
     check_same_search(study, space, metric, direction, where)
     for key, value in (("space", space.fingerprint()), ("metric", metric), ("direction", direction)):
         if key not in study.user_attrs:

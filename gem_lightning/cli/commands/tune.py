@@ -188,10 +188,10 @@ def open_the_study(options: argparse.Namespace, space: SearchSpace, index: int) 
         space,
         options.metric,
         options.direction,
+        sampler=lambda trials: make_sampler(options.sampler, sampler_seed(options.seed, index, trials), options.startup_trials),
         pruner=make_pruner(options.pruner, options.startup_trials),
         where=shown(options.storage),
     )
-    study.sampler = make_sampler(options.sampler, sampler_seed(options.seed, index, len(study.trials)), options.startup_trials)
     what = f"{options.direction} {options.metric} over {len(space.params)} settings of {space.source}"
     print(f"study {options.study!r} in {shown(options.storage)}: {what}", flush=True)
     return study
